@@ -1,0 +1,51 @@
+//! The ingress's configuration: flags and `PUSHMESH_*` env vars, defaults
+//! that work on a laptop next to `make run`'s hub.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use pushmesh_common::telemetry::LogArgs;
+
+/// pushmesh http-ingress: the HTTP API backends publish through.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "http-ingress", version)]
+pub struct Config {
+    /// Address of the HTTP server (API, /metrics, /healthz, /readyz).
+    #[arg(long, env = "PUSHMESH_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
+    pub listen_addr: SocketAddr,
+
+    /// Hub gRPC endpoints. A publish goes to the hub its target hashes to
+    /// (rendezvous hashing), and to the next one if that hub is down.
+    #[arg(
+        long = "hub",
+        env = "PUSHMESH_HUBS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub hubs: Vec<String>,
+
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "PUSHMESH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: u64,
+
+    /// How often each hub's health is checked, in milliseconds.
+    #[arg(long, env = "PUSHMESH_HUB_PROBE_MS", default_value_t = 1000)]
+    pub hub_probe_ms: u64,
+
+    /// Time allowed for one hub to accept a publish, in milliseconds.
+    #[arg(long, env = "PUSHMESH_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
+    pub publish_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// The defaults, on port 0 and publishing to `hubs` (for tests).
+    pub fn ephemeral(hubs: Vec<String>) -> Self {
+        let mut c = Self::parse_from(["http-ingress"]);
+        c.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        c.hubs = hubs;
+        c
+    }
+}

@@ -1,0 +1,84 @@
+//! The ingress's metrics, registered in one place: `pushmesh_ingress_*`,
+//! labels from small fixed sets only.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct IngressMetrics {
+    pub registry: Registry,
+    /// HTTP requests by route (a fixed set; unknown paths are "other") and status code.
+    pub requests: IntCounterVec,
+    /// Publishes by target kind and result (ok, rejected, unavailable).
+    pub publishes: IntCounterVec,
+    /// Time for a hub to accept a publish, retries included, by target kind.
+    pub publish_duration: HistogramVec,
+    pub hubs_up: IntGauge,
+}
+
+pub const TARGETS: &[&str] = &["channel", "broadcast", "connection"];
+pub const RESULTS: &[&str] = &["ok", "rejected", "unavailable"];
+
+impl IngressMetrics {
+    pub fn new() -> Self {
+        let registry = pushmesh_common::admin::registry();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_ingress_requests_total",
+                "HTTP requests, by route and status code.",
+            ),
+            &["route", "code"],
+        )
+        .expect("metric");
+        let publishes = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_ingress_publishes_total",
+                "Publish attempts, by target kind and result.",
+            ),
+            &["target", "result"],
+        )
+        .expect("metric");
+        let publish_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pushmesh_ingress_publish_duration_seconds",
+                "Time until a hub accepted a publish (failover included), by target kind.",
+            )
+            .buckets(vec![
+                1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+                2.5,
+            ]),
+            &["target"],
+        )
+        .expect("metric");
+        let hubs_up = IntGauge::new(
+            "pushmesh_ingress_hubs_up",
+            "Hubs that answered the last health check.",
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(publishes.clone()),
+            Box::new(publish_duration.clone()),
+            Box::new(hubs_up.clone()),
+        ] {
+            registry.register(c).expect("register metric");
+        }
+        for t in TARGETS {
+            for r in RESULTS {
+                publishes.with_label_values(&[t, r]);
+            }
+        }
+        Self {
+            registry,
+            requests,
+            publishes,
+            publish_duration,
+            hubs_up,
+        }
+    }
+}
+
+impl Default for IngressMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,85 @@
+//! Wiring: bind, start the hub health probe, serve the API until the
+//! shutdown token fires (requests in flight are finished first).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use pushmesh_common::health::Health;
+
+use crate::config::Config;
+use crate::hubs::HubPool;
+use crate::metrics::IngressMetrics;
+use crate::routes::{self, State};
+
+pub struct Ingress {
+    config: Config,
+    listener: TcpListener,
+    hubs: Arc<HubPool>,
+    pub metrics: IngressMetrics,
+    pub health: Health,
+}
+
+impl Ingress {
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let hubs = Arc::new(HubPool::new(
+            &config.hubs,
+            Duration::from_millis(config.publish_timeout_ms.max(1)),
+        )?);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot bind {}", config.listen_addr))?;
+        Ok(Self {
+            config,
+            listener,
+            hubs,
+            metrics: IngressMetrics::new(),
+            health: Health::new("no hub checked yet"),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound socket")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Ingress {
+            config,
+            listener,
+            hubs,
+            metrics,
+            health,
+        } = self;
+        let probe_stop = CancellationToken::new();
+        let probe = tokio::spawn(hubs.clone().probe(
+            Duration::from_millis(config.hub_probe_ms.max(10)),
+            health.clone(),
+            metrics.clone(),
+            probe_stop.clone(),
+        ));
+        let state = Arc::new(State {
+            hubs,
+            metrics,
+            max_body: config.max_body_bytes,
+        });
+        let api = routes::api(state, health.clone());
+        tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
+        let drain_health = health.clone();
+        warp::serve(api)
+            .incoming(listener)
+            .graceful(async move {
+                shutdown.cancelled().await;
+                drain_health.start_draining();
+            })
+            .run()
+            .await;
+        probe_stop.cancel();
+        let _ = probe.await;
+        tracing::info!("ingress stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! One gateway's `Attach` stream.
+//!
+//! Two tasks per stream: the *reader* applies the gateway's subscribe and
+//! unsubscribe messages to the topic table and acks them in order with the
+//! deliveries; the *forwarder* drains the gateway's bounded queue and packs
+//! whatever is waiting (up to `batch_max`) into one `Deliveries` message, so
+//! a burst of publishes costs one HTTP/2 write, not one per message.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use pushmesh_common::proto::{
+    AttachRequest, AttachResponse, Attached, Deliveries, TopicsAck, attach_request, attach_response,
+};
+
+use crate::metrics::HubMetrics;
+use crate::topics::{Link, Outbound, TopicTable};
+
+pub type AttachStream = ReceiverStream<Result<AttachResponse, Status>>;
+
+pub struct AttachSettings {
+    pub hub_id: String,
+    pub queue: usize,
+    pub batch_max: usize,
+}
+
+/// Start serving a stream whose `Hello` named `gateway`.
+pub fn start(
+    gateway: String,
+    inbound: Streaming<AttachRequest>,
+    table: Arc<TopicTable>,
+    metrics: HubMetrics,
+    settings: &AttachSettings,
+    shutdown: CancellationToken,
+) -> AttachStream {
+    let (queue_tx, queue_rx) = mpsc::channel(settings.queue);
+    // A few batches in flight to tonic; past that the forwarder waits, the
+    // queue fills, and routing starts dropping for this gateway only.
+    let (resp_tx, resp_rx) = mpsc::channel(4);
+    let link = table.attach(gateway.clone(), queue_tx);
+    tracing::info!(%gateway, link = link.id, "gateway attached");
+
+    let hello = AttachResponse {
+        kind: Some(attach_response::Kind::Attached(Attached {
+            hub_id: settings.hub_id.clone(),
+        })),
+    };
+    // Capacity 4 and nothing sent yet: this cannot fail.
+    let _ = resp_tx.try_send(Ok(hello));
+
+    tokio::spawn(forward(queue_rx, resp_tx, metrics, settings.batch_max));
+    tokio::spawn(read(link, inbound, table, shutdown));
+    ReceiverStream::new(resp_rx)
+}
+
+async fn read(
+    link: Arc<Link>,
+    mut inbound: Streaming<AttachRequest>,
+    table: Arc<TopicTable>,
+    shutdown: CancellationToken,
+) {
+    let why = loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = link.closed.cancelled() => break "replaced by a newer stream".to_owned(),
+            _ = shutdown.cancelled() => break "hub shutting down".to_owned(),
+        };
+        let req = match msg {
+            Ok(Some(req)) => req,
+            Ok(None) => break "stream ended".to_owned(),
+            Err(status) => break format!("stream error: {}", status.message()),
+        };
+        let (request_id, subscribe, topics) = match req.kind {
+            Some(attach_request::Kind::Subscribe(c)) => (c.request_id, true, c.topics),
+            Some(attach_request::Kind::Unsubscribe(c)) => (c.request_id, false, c.topics),
+            Some(attach_request::Kind::Hello(_)) | None => {
+                tracing::warn!(gateway = %link.gateway, "ignoring unexpected attach message");
+                continue;
+            }
+        };
+        if subscribe {
+            table.subscribe(&link, &topics);
+        } else {
+            table.unsubscribe(&link, &topics);
+        }
+        // The ack must not be dropped: wait for room behind the deliveries.
+        if link.queue.send(Outbound::Ack(request_id)).await.is_err() {
+            break "stream closed".to_owned();
+        }
+    };
+    table.detach(&link);
+    tracing::info!(gateway = %link.gateway, link = link.id, reason = %why, "gateway detached");
+    // Dropping `link` (and the table's clones, gone with detach) closes the
+    // queue; the forwarder then flushes and ends the response stream.
+}
+
+async fn forward(
+    mut queue: mpsc::Receiver<Outbound>,
+    resp: mpsc::Sender<Result<AttachResponse, Status>>,
+    metrics: HubMetrics,
+    batch_max: usize,
+) {
+    let mut items = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Delivery(d) => {
+                    items.push(d);
+                    if items.len() < batch_max {
+                        next = queue.try_recv().ok();
+                    }
+                }
+                Outbound::Ack(request_id) => {
+                    // Deliveries queued before the ack go out before it.
+                    if !flush(&mut items, &resp, &metrics).await {
+                        return;
+                    }
+                    let ack = AttachResponse {
+                        kind: Some(attach_response::Kind::TopicsAck(TopicsAck { request_id })),
+                    };
+                    if resp.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                    next = queue.try_recv().ok();
+                }
+            }
+        }
+        if !flush(&mut items, &resp, &metrics).await {
+            return;
+        }
+    }
+}
+
+async fn flush(
+    items: &mut Vec<pushmesh_common::proto::Delivery>,
+    resp: &mpsc::Sender<Result<AttachResponse, Status>>,
+    metrics: &HubMetrics,
+) -> bool {
+    if items.is_empty() {
+        return true;
+    }
+    let batch = AttachResponse {
+        kind: Some(attach_response::Kind::Deliveries(Deliveries {
+            items: std::mem::take(items),
+        })),
+    };
+    metrics.batches.inc();
+    resp.send(Ok(batch)).await.is_ok()
+}

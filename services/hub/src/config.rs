@@ -1,0 +1,51 @@
+//! The hub's configuration: flags and `PUSHMESH_*` env vars, defaults that
+//! work on a laptop.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use pushmesh_common::telemetry::LogArgs;
+
+/// pushmesh hub: the channel bus. Gateways attach to it with a gRPC stream
+/// and say which topics they want; ingresses publish to it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hub", version)]
+pub struct Config {
+    /// Address of the gRPC server (Attach, Publish, grpc.health.v1).
+    #[arg(long, env = "PUSHMESH_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "PUSHMESH_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// This hub's id in logs and in the `Attached` greeting (default: random).
+    #[arg(long, env = "PUSHMESH_HUB_ID")]
+    pub hub_id: Option<String>,
+
+    /// Deliveries queued per attached gateway before new ones are dropped
+    /// (and counted in pushmesh_hub_dropped_total{reason="gateway_queue_full"}).
+    #[arg(long, env = "PUSHMESH_GATEWAY_QUEUE", default_value_t = 16384)]
+    pub gateway_queue: usize,
+
+    /// Most deliveries packed into one stream message to a gateway.
+    #[arg(long, env = "PUSHMESH_BATCH_MAX", default_value_t = 512)]
+    pub batch_max: usize,
+
+    /// HTTP/2 keepalive ping interval on gateway streams, in seconds.
+    #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
+    pub keepalive_secs: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// The defaults, with both servers on port 0 (for tests).
+    pub fn ephemeral() -> Self {
+        let mut c = Self::parse_from(["hub"]);
+        c.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+        c.admin_addr = "127.0.0.1:0".parse().expect("addr");
+        c
+    }
+}

@@ -1,0 +1,114 @@
+//! Wiring: bind, build the services, serve until the shutdown token fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use pushmesh_common::health::Health;
+use pushmesh_common::proto::hub_server::HubServer;
+
+use crate::attach::AttachSettings;
+use crate::config::Config;
+use crate::metrics::HubMetrics;
+use crate::service::HubService;
+use crate::topics::TopicTable;
+
+/// A hub whose sockets are bound, ready to `run`.
+pub struct Hub {
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    pub metrics: HubMetrics,
+    pub health: Health,
+}
+
+impl Hub {
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
+        Ok(Self {
+            config,
+            grpc,
+            admin,
+            metrics: HubMetrics::new(),
+            health: Health::new("starting"),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound socket")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound socket")
+    }
+
+    /// Serve until `shutdown` is cancelled; then turn not-ready and
+    /// `NOT_SERVING`, close every gateway stream (gateways move to the other
+    /// hubs) and return.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Hub {
+            config,
+            grpc,
+            admin,
+            metrics,
+            health,
+        } = self;
+        let hub_id = config
+            .hub_id
+            .clone()
+            .unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
+        let table = Arc::new(TopicTable::new(metrics.clone()));
+        let settings = AttachSettings {
+            hub_id: hub_id.clone(),
+            queue: config.gateway_queue.max(1),
+            batch_max: config.batch_max.max(1),
+        };
+        let service = HubService::new(table, metrics.clone(), settings, shutdown.clone());
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter.set_serving::<HubServer<HubService>>().await;
+
+        let admin_routes = pushmesh_common::admin::routes(health.clone(), metrics.registry.clone());
+        let admin_shutdown = shutdown.clone();
+        let admin_task = tokio::spawn(
+            warp::serve(admin_routes)
+                .incoming(admin)
+                .graceful(async move { admin_shutdown.cancelled().await })
+                .run(),
+        );
+
+        let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
+        let grpc_shutdown = shutdown.clone();
+        let grpc_health = health.clone();
+        let grpc_reporter = reporter.clone();
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(HubServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                grpc_shutdown.cancelled().await;
+                grpc_health.start_draining();
+                grpc_reporter
+                    .set_not_serving::<HubServer<HubService>>()
+                    .await;
+            });
+        health.set_ready();
+        tracing::info!(%hub_id, version = env!("CARGO_PKG_VERSION"), "hub serving");
+        server.await.context("gRPC server failed")?;
+        let _ = admin_task.await;
+        tracing::info!("hub stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! The `pushmesh.v1.Hub` gRPC service: `Attach` and `Publish`, reading like
+//! the proto. Routing lives in `topics`, stream handling in `attach`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, topic};
+use pushmesh_common::proto::hub_server::Hub;
+use pushmesh_common::proto::{
+    AttachRequest, Delivery, PublishRequest, PublishResponse, attach_request, publish_request,
+};
+
+use crate::attach::{self, AttachSettings, AttachStream};
+use crate::metrics::HubMetrics;
+use crate::topics::TopicTable;
+
+pub struct HubService {
+    table: Arc<TopicTable>,
+    metrics: HubMetrics,
+    settings: AttachSettings,
+    shutdown: CancellationToken,
+}
+
+impl HubService {
+    pub fn new(
+        table: Arc<TopicTable>,
+        metrics: HubMetrics,
+        settings: AttachSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            table,
+            metrics,
+            settings,
+            shutdown,
+        }
+    }
+
+    fn reject(&self, reason: &str, status: Status) -> Status {
+        self.metrics.rejected.with_label_values(&[reason]).inc();
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl Hub for HubService {
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("attach stream ended before hello"))?;
+        let Some(attach_request::Kind::Hello(hello)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "the first attach message must be hello",
+            ));
+        };
+        let gateway = GatewayId::new(hello.gateway_id)
+            .map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
+        if self.shutdown.is_cancelled() {
+            return Err(Status::unavailable("hub is shutting down"));
+        }
+        let stream = attach::start(
+            gateway.as_str().to_owned(),
+            inbound,
+            self.table.clone(),
+            self.metrics.clone(),
+            &self.settings,
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
+        let (kind, delivery) = match req.target {
+            Some(publish_request::Target::Channel(name)) => {
+                let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
+                let delivery = Delivery {
+                    topic: ch.topic(),
+                    channel: ch.as_str().to_owned(),
+                    data: req.data,
+                    exclude: req.exclude,
+                    ..Default::default()
+                };
+                ("channel", delivery)
+            }
+            Some(publish_request::Target::Broadcast(_)) => {
+                let delivery = Delivery {
+                    topic: topic::BROADCAST.to_owned(),
+                    data: req.data,
+                    exclude: req.exclude,
+                    ..Default::default()
+                };
+                ("broadcast", delivery)
+            }
+            Some(publish_request::Target::Connection(id)) => {
+                let conn = ConnectionId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+                if !self.table.has_gateway(conn.gateway().as_str()) {
+                    return Err(self.reject(
+                        "unknown_gateway",
+                        Status::not_found(format!(
+                            "connection {conn} is not connected: its gateway {} is not attached to this hub",
+                            conn.gateway()
+                        )),
+                    ));
+                }
+                let delivery = Delivery {
+                    topic: conn.gateway().topic(),
+                    connection: conn.to_string(),
+                    data: req.data,
+                    ..Default::default()
+                };
+                ("connection", delivery)
+            }
+            Some(publish_request::Target::User(user)) => {
+                if user.is_empty() {
+                    return Err(invalid("user id is empty".to_owned()));
+                }
+                let delivery = Delivery {
+                    topic: format!("{}{user}", topic::USER_PREFIX),
+                    data: req.data,
+                    exclude: req.exclude,
+                    ..Default::default()
+                };
+                ("user", delivery)
+            }
+            None => return Err(invalid("publish needs a target".to_owned())),
+        };
+        let routed = self.table.route(delivery);
+        self.metrics.publishes.with_label_values(&[kind]).inc();
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Response::new(PublishResponse {
+            gateways: routed.queued,
+        }))
+    }
+}

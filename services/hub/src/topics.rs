@@ -1,0 +1,198 @@
+//! The topic table: topic → the gateway streams that want it.
+//!
+//! Publishing takes a read lock, looks one topic up, and `try_send`s a clone
+//! of the delivery (a few small strings and a shared `Bytes` payload) into
+//! each interested gateway's bounded queue: no await and no allocation per
+//! connection, one push per gateway. Writers (subscribe, unsubscribe,
+//! attach, detach) are rare next to publishes and hold the lock briefly.
+//!
+//! A full gateway queue drops the delivery for that gateway only, and counts
+//! it: a slow gateway must not stall publishers or the other gateways.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use pushmesh_common::proto::Delivery;
+
+use crate::metrics::HubMetrics;
+
+/// What the hub queues to one gateway stream, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    Delivery(Delivery),
+    /// A subscribe/unsubscribe is in force; echo its request id.
+    Ack(u64),
+}
+
+/// One attached gateway stream.
+#[derive(Debug)]
+pub struct Link {
+    pub id: u64,
+    pub gateway: String,
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled when the link is replaced by a newer stream from the same
+    /// gateway, or the hub shuts down.
+    pub closed: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    topics: HashMap<String, Vec<Arc<Link>>>,
+    gateways: HashMap<String, Arc<Link>>,
+}
+
+/// The outcome of routing one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub queued: u32,
+    pub dropped: u32,
+}
+
+pub struct TopicTable {
+    inner: RwLock<Inner>,
+    next_link: AtomicU64,
+    metrics: HubMetrics,
+}
+
+impl TopicTable {
+    pub fn new(metrics: HubMetrics) -> Self {
+        Self {
+            inner: RwLock::default(),
+            next_link: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// Register a gateway stream. A previous stream of the same gateway is
+    /// removed and closed: a gateway that reconnected before the hub noticed
+    /// its old stream died must not receive everything twice.
+    pub fn attach(&self, gateway: String, queue: mpsc::Sender<Outbound>) -> Arc<Link> {
+        let link = Arc::new(Link {
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
+            gateway: gateway.clone(),
+            queue,
+            closed: CancellationToken::new(),
+        });
+        let old = {
+            let mut inner = self.inner.write().expect("topic table lock");
+            let old = inner.gateways.insert(gateway, link.clone());
+            if let Some(old) = &old {
+                Self::remove_link_topics(&mut inner, old.id);
+            }
+            self.update_gauges(&inner);
+            old
+        };
+        if let Some(old) = old {
+            tracing::info!(gateway = %old.gateway, "gateway re-attached; closing its previous stream");
+            old.closed.cancel();
+        }
+        link
+    }
+
+    /// Remove a stream and every subscription it held.
+    pub fn detach(&self, link: &Link) {
+        let mut inner = self.inner.write().expect("topic table lock");
+        Self::remove_link_topics(&mut inner, link.id);
+        if inner
+            .gateways
+            .get(&link.gateway)
+            .is_some_and(|l| l.id == link.id)
+        {
+            inner.gateways.remove(&link.gateway);
+        }
+        self.update_gauges(&inner);
+    }
+
+    pub fn subscribe(&self, link: &Arc<Link>, topics: &[String]) {
+        let mut inner = self.inner.write().expect("topic table lock");
+        // A link replaced meanwhile must not resurrect its subscriptions.
+        if inner
+            .gateways
+            .get(&link.gateway)
+            .is_none_or(|l| l.id != link.id)
+        {
+            return;
+        }
+        for t in topics {
+            let links = inner.topics.entry(t.clone()).or_default();
+            if !links.iter().any(|l| l.id == link.id) {
+                links.push(link.clone());
+            }
+        }
+        self.update_gauges(&inner);
+    }
+
+    pub fn unsubscribe(&self, link: &Link, topics: &[String]) {
+        let mut inner = self.inner.write().expect("topic table lock");
+        for t in topics {
+            if let Some(links) = inner.topics.get_mut(t) {
+                links.retain(|l| l.id != link.id);
+                if links.is_empty() {
+                    inner.topics.remove(t);
+                }
+            }
+        }
+        self.update_gauges(&inner);
+    }
+
+    /// Is a stream of this gateway attached?
+    pub fn has_gateway(&self, gateway: &str) -> bool {
+        self.inner
+            .read()
+            .expect("topic table lock")
+            .gateways
+            .contains_key(gateway)
+    }
+
+    /// Queue `delivery` to every gateway subscribed to its topic.
+    pub fn route(&self, delivery: Delivery) -> Routed {
+        let inner = self.inner.read().expect("topic table lock");
+        let mut routed = Routed {
+            queued: 0,
+            dropped: 0,
+        };
+        let Some(links) = inner.topics.get(&delivery.topic) else {
+            return routed;
+        };
+        let (last, rest) = links.split_last().expect("topic entries are never empty");
+        for link in rest {
+            Self::push(link, Outbound::Delivery(delivery.clone()), &mut routed);
+        }
+        Self::push(last, Outbound::Delivery(delivery), &mut routed);
+        drop(inner);
+        self.metrics.deliveries.inc_by(u64::from(routed.queued));
+        if routed.dropped > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&["gateway_queue_full"])
+                .inc_by(u64::from(routed.dropped));
+        }
+        routed
+    }
+
+    fn push(link: &Link, item: Outbound, routed: &mut Routed) {
+        match link.queue.try_send(item) {
+            Ok(()) => routed.queued += 1,
+            // Closed: the stream is going away and detach will follow; the
+            // delivery is lost with it, which is what a gateway that left means.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => routed.dropped += 1,
+        }
+    }
+
+    fn remove_link_topics(inner: &mut Inner, link_id: u64) {
+        inner.topics.retain(|_, links| {
+            links.retain(|l| l.id != link_id);
+            !links.is_empty()
+        });
+    }
+
+    fn update_gauges(&self, inner: &Inner) {
+        self.metrics.gateways.set(inner.gateways.len() as i64);
+        self.metrics.topics.set(inner.topics.len() as i64);
+    }
+}

@@ -1,0 +1,84 @@
+//! The gateway's configuration: flags and `PUSHMESH_*` env vars, defaults
+//! that work on a laptop next to `make run`'s hub.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use pushmesh_common::telemetry::LogArgs;
+
+/// pushmesh ws-gateway: holds client WebSocket connections and fans hub
+/// deliveries out to them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ws-gateway", version)]
+pub struct Config {
+    /// Address of the HTTP server: /ws (WebSocket), /metrics, /healthz, /readyz.
+    #[arg(long, env = "PUSHMESH_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Hub gRPC endpoints; the gateway attaches to every one of them.
+    #[arg(
+        long = "hub",
+        env = "PUSHMESH_HUBS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub hubs: Vec<String>,
+
+    /// This gateway's id: the owner part of every connection id it hands
+    /// out. Must be unique among live gateways (in Kubernetes, the pod name).
+    /// Default: "gw-" and 8 random hex digits.
+    #[arg(long, env = "PUSHMESH_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Frames queued per connection before the slow-consumer policy applies
+    /// (the connection is closed with 1013 and the drop is counted).
+    #[arg(long, env = "PUSHMESH_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Largest WebSocket message a client may send, in bytes (close 1009 beyond).
+    #[arg(long, env = "PUSHMESH_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Per-connection read buffer, in bytes. Clients send small commands, so
+    /// a small buffer keeps idle connections cheap.
+    #[arg(long, env = "PUSHMESH_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub read_buffer_bytes: usize,
+
+    /// Most channels one connection may subscribe to.
+    #[arg(
+        long,
+        env = "PUSHMESH_MAX_CHANNELS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_channels_per_connection: usize,
+
+    /// How long a client's subscribe waits for the hubs' confirmation, in milliseconds.
+    #[arg(long, env = "PUSHMESH_SUBSCRIBE_TIMEOUT_MS", default_value_t = 5000)]
+    pub subscribe_timeout_ms: u64,
+
+    /// Longest wait between two attempts to reach a hub, in milliseconds.
+    #[arg(long, env = "PUSHMESH_RECONNECT_MAX_MS", default_value_t = 2000)]
+    pub reconnect_max_ms: u64,
+
+    /// HTTP/2 keepalive ping interval (and timeout) towards hubs, in seconds:
+    /// a dead or hung hub is noticed within about twice this.
+    #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
+    pub keepalive_secs: u64,
+
+    /// Time allowed for a client to send its HTTP upgrade request, in seconds.
+    #[arg(long, env = "PUSHMESH_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// The defaults, on port 0 and attached to `hubs` (for tests).
+    pub fn ephemeral(hubs: Vec<String>) -> Self {
+        let mut c = Self::parse_from(["ws-gateway"]);
+        c.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        c.hubs = hubs;
+        c
+    }
+}

@@ -1,0 +1,339 @@
+//! One client WebSocket, from welcome to close.
+//!
+//! A connection is one task running two halves under `select!`: the reader
+//! (client commands, in order; a subscribe waits for the hubs' confirmation
+//! before its reply) and the writer (drains the bounded outbound queue,
+//! feeding every waiting frame into tungstenite's write buffer and flushing
+//! once, so a burst costs one `write` system call, not one per frame).
+//!
+//! Either side can end the connection: the client (close frame, EOF,
+//! protocol error), the fan-out (slow consumer), or shutdown (1012). Frames
+//! still queued when it ends are counted as dropped with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use pushmesh_common::ids::{Channel, ConnectionId};
+
+use crate::protocol::{self, Command, Reply, close};
+use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
+use crate::server::Shared;
+
+/// Most frames written per flush, so one busy connection cannot hog its
+/// worker thread.
+const MAX_FRAMES_PER_WRITE: usize = 256;
+
+pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, raw: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let seq = shared.next_seq();
+    let id = ConnectionId::new(shared.gateway.clone(), seq);
+    let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(2));
+    let close = Arc::new(CloseSignal::default());
+    let welcome = protocol::welcome_frame(&id.to_string(), shared.gateway.as_str());
+    // The queue is empty: the welcome always fits, and goes first.
+    let _ = tx.try_send(Frame {
+        text: welcome,
+        is_delivery: false,
+    });
+    shared
+        .registry
+        .insert(seq, ConnEntry::new(tx.clone(), raw, close.clone()));
+    shared.metrics.connections.inc();
+    shared.metrics.accepted.inc();
+    tracing::debug!(connection = %id, raw, "client connected");
+
+    let (sink, stream) = ws.split();
+    let conn = Conn {
+        seq,
+        shared: shared.clone(),
+        tx,
+        close: close.clone(),
+    };
+    let mut rx = rx;
+    let reason = {
+        let reader = conn.read(stream);
+        let writer = write(sink, &mut rx, &close, &shared);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            biased;
+            r = &mut writer => r,
+            () = &mut reader => {
+                if close.get().is_some() {
+                    // The reader asked for a close (protocol error): let the
+                    // writer say why, briefly.
+                    tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                        .await
+                        .unwrap_or("protocol_error")
+                } else {
+                    "client"
+                }
+            }
+        }
+    };
+    shared.registry.remove(seq);
+    shared.metrics.connections.dec();
+    shared
+        .metrics
+        .disconnects
+        .with_label_values(&[reason])
+        .inc();
+    // Anything still queued will never be written.
+    rx.close();
+    let mut lost = 0u64;
+    while let Ok(f) = rx.try_recv() {
+        lost += u64::from(f.is_delivery);
+    }
+    if lost > 0 {
+        let drop_reason = if reason == "client" {
+            "client_gone"
+        } else {
+            reason
+        };
+        shared
+            .metrics
+            .dropped
+            .with_label_values(&[drop_reason])
+            .inc_by(lost);
+    }
+    tracing::debug!(connection = %id, reason, "client disconnected");
+}
+
+/// The writer half. Returns the metric reason the connection ended for.
+async fn write<K>(
+    mut sink: K,
+    rx: &mut mpsc::Receiver<Frame>,
+    close: &CloseSignal,
+    shared: &Shared,
+) -> &'static str
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    loop {
+        tokio::select! {
+            biased;
+            (code, reason, metric) = close.fired() => {
+                let frame = CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                return metric;
+            }
+            _ = shared.shutdown.cancelled() => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(close::SERVICE_RESTART),
+                    reason: "server restarting: reconnect".into(),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                return "shutdown";
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return "client" };
+                let mut delivered = u64::from(frame.is_delivery);
+                if sink.feed(Message::Text(frame.text)).await.is_err() {
+                    return "client";
+                }
+                let mut n = 1;
+                while n < MAX_FRAMES_PER_WRITE {
+                    let Ok(frame) = rx.try_recv() else { break };
+                    delivered += u64::from(frame.is_delivery);
+                    if sink.feed(Message::Text(frame.text)).await.is_err() {
+                        return "client";
+                    }
+                    n += 1;
+                }
+                if sink.flush().await.is_err() {
+                    return "client";
+                }
+                shared.metrics.deliveries.inc_by(delivered);
+            }
+        }
+    }
+}
+
+struct Conn {
+    seq: u64,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Frame>,
+    close: Arc<CloseSignal>,
+}
+
+impl Conn {
+    /// The reader half: returns when the client is gone or must be closed
+    /// (in which case `close` has been fired).
+    async fn read<R>(&self, mut stream: R)
+    where
+        R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Text(text)) => self.command(text.as_str()).await,
+                Ok(Message::Binary(_)) => {
+                    self.close.fire(
+                        close::UNSUPPORTED_DATA,
+                        "binary frames are not supported; send JSON text",
+                        "protocol_error",
+                    );
+                    return;
+                }
+                Ok(Message::Close(_)) => return,
+                Ok(_) => {} // ping/pong: tungstenite answers pings itself
+                Err(WsError::Capacity(e)) => {
+                    let limit = self.shared.config.max_message_bytes;
+                    tracing::debug!(error = %e, "client message over the limit");
+                    self.close.fire(
+                        close::MESSAGE_TOO_BIG,
+                        format!("message too big: the limit is {limit} bytes"),
+                        "protocol_error",
+                    );
+                    return;
+                }
+                Err(WsError::Utf8(_)) => {
+                    self.close.fire(
+                        close::INVALID_PAYLOAD,
+                        "text frame is not valid UTF-8",
+                        "protocol_error",
+                    );
+                    return;
+                }
+                // The peer vanished without a close frame: just gone.
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return,
+                Err(WsError::Protocol(e)) => {
+                    tracing::debug!(error = ?e, "client protocol error");
+                    self.close.fire(
+                        close::PROTOCOL_ERROR,
+                        format!("protocol error: {e}"),
+                        "protocol_error",
+                    );
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn command(&self, text: &str) {
+        let cmd: Command = match serde_json::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                self.count("invalid", "error");
+                let msg = format!(
+                    "invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}"
+                );
+                self.reply(protocol::salvage_id(text), Reply::error("bad_request", msg));
+                return;
+            }
+        };
+        let (op, reply) = match cmd.op.as_str() {
+            "subscribe" => ("subscribe", self.subscribe(&cmd).await),
+            "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
+            "ping" => ("ping", Reply::Ok),
+            other => (
+                "unknown",
+                Reply::error(
+                    "unknown_op",
+                    format!(
+                        "unknown op {:?}; expected subscribe, unsubscribe or ping",
+                        pushmesh_common::ids::truncate(other, 40)
+                    ),
+                ),
+            ),
+        };
+        let ok = matches!(reply, Reply::Ok);
+        self.count(op, if ok { "ok" } else { "error" });
+        // Success replies only for commands that asked (with an id).
+        if !ok || cmd.id.is_some() {
+            self.reply(cmd.id, reply);
+        }
+    }
+
+    fn channel(cmd: &Command) -> Result<Channel, Reply> {
+        let name = cmd.channel.as_deref().ok_or_else(|| {
+            Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op))
+        })?;
+        Channel::new(name).map_err(|e| Reply::error("invalid_channel", e.to_string()))
+    }
+
+    async fn subscribe(&self, cmd: &Command) -> Reply {
+        let channel = match Self::channel(cmd) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let topic = channel.topic();
+        let max = self.shared.config.max_channels_per_connection;
+        let waits = match self.shared.registry.join(self.seq, &topic, max) {
+            Ok(w) => w,
+            Err(JoinError::TooManyChannels(n)) => {
+                return Reply::error(
+                    "limit_exceeded",
+                    format!("a connection may subscribe to at most {n} channels"),
+                );
+            }
+            Err(JoinError::Gone) => return Reply::error("closing", "connection is closing"),
+        };
+        // Wait for every attached hub to confirm (a detached one drops its
+        // waiter at once and gets the subscription in its re-attach
+        // snapshot). A hub that neither confirms nor drops within the
+        // timeout is hung and delivers nothing anyway: what counts then is
+        // that some hub confirmed.
+        let timeout = Duration::from_millis(self.shared.config.subscribe_timeout_ms);
+        let mut waits: FuturesUnordered<_> = waits.into_iter().collect();
+        let mut confirmed = 0;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(r) = waits.next().await {
+                confirmed += usize::from(r.is_ok());
+            }
+        })
+        .await;
+        if confirmed > 0 {
+            Reply::Ok
+        } else {
+            self.shared.registry.leave(self.seq, &topic);
+            Reply::error(
+                "unavailable",
+                "no hub confirmed the subscription; try again",
+            )
+        }
+    }
+
+    fn unsubscribe(&self, cmd: &Command) -> Reply {
+        match Self::channel(cmd) {
+            Ok(channel) => {
+                self.shared.registry.leave(self.seq, &channel.topic());
+                Reply::Ok
+            }
+            Err(r) => r,
+        }
+    }
+
+    fn reply(&self, id: Option<u64>, reply: Reply) {
+        let frame = Frame {
+            text: protocol::reply_frame(id, &reply),
+            is_delivery: false,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            self.close.fire(
+                close::TRY_AGAIN_LATER,
+                "slow consumer: outbound queue full",
+                "slow_consumer",
+            );
+        }
+    }
+
+    fn count(&self, op: &str, result: &str) {
+        self.shared
+            .metrics
+            .commands
+            .with_label_values(&[op, result])
+            .inc();
+    }
+}

@@ -1,0 +1,158 @@
+//! How one hub delivery reaches local sockets.
+//!
+//! The client frame is encoded once per delivery (JSON envelope, and the
+//! bare content for `?format=raw` connections, each only if some recipient
+//! needs it) and the same `Utf8Bytes` is handed to every recipient's
+//! bounded queue with `try_send`: no copy, no await, no lock held across an
+//! await. A full queue means a slow consumer: the frame is dropped, counted,
+//! and the connection is told to close with 1013 (it cannot catch up by
+//! itself, and keeping it would grow memory without bound).
+
+use std::collections::HashSet;
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use pushmesh_common::ids::{ConnectionId, topic};
+use pushmesh_common::proto::Delivery;
+
+use crate::protocol::close;
+use crate::registry::{ConnEntry, Frame};
+use crate::server::Shared;
+
+/// The frames for one delivery, built on first use.
+struct Frames<'a> {
+    delivery: &'a Delivery,
+    data: &'a str,
+    json: Option<Utf8Bytes>,
+    raw: Option<Utf8Bytes>,
+}
+
+impl<'a> Frames<'a> {
+    fn get(&mut self, raw: bool) -> Utf8Bytes {
+        if raw {
+            self.raw
+                .get_or_insert_with(|| raw_frame(self.delivery, self.data))
+                .clone()
+        } else {
+            self.json
+                .get_or_insert_with(|| json_frame(self.delivery, self.data))
+                .clone()
+        }
+    }
+}
+
+/// `{"type":"message","channel":"…","data":…}`; the data is already JSON
+/// text (validated by the ingress), copied in once.
+fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    let mut s = String::with_capacity(data.len() + d.channel.len() + 40);
+    s.push_str(r#"{"type":"message""#);
+    if !d.channel.is_empty() {
+        // Channel names are restricted to characters that need no escaping.
+        s.push_str(r#","channel":""#);
+        s.push_str(&d.channel);
+        s.push('"');
+    }
+    s.push_str(r#","data":"#);
+    s.push_str(data);
+    s.push('}');
+    s.into()
+}
+
+/// The published content alone, as the seed sent it: a JSON string is
+/// unquoted; any other JSON value goes as its text (sharing the buffer).
+fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    if data.starts_with('"')
+        && let Ok(s) = serde_json::from_str::<String>(data)
+    {
+        return s.into();
+    }
+    Utf8Bytes::try_from(d.data.clone()).unwrap_or_else(|_| data.to_owned().into())
+}
+
+pub fn deliver(shared: &Shared, d: Delivery) {
+    let metrics = &shared.metrics;
+    let Ok(data) = std::str::from_utf8(&d.data) else {
+        metrics
+            .dropped
+            .with_label_values(&["invalid_payload"])
+            .inc();
+        return;
+    };
+    let mut frames = Frames {
+        delivery: &d,
+        data,
+        json: None,
+        raw: None,
+    };
+    let excluded: HashSet<u64> = d
+        .exclude
+        .iter()
+        .filter_map(|c| ConnectionId::parse(c).ok())
+        .filter(|c| c.gateway() == &shared.gateway)
+        .map(|c| c.seq())
+        .collect();
+    let inner = shared.registry.read();
+    if d.topic == topic::BROADCAST {
+        for (seq, conn) in &inner.conns {
+            if !excluded.contains(seq) {
+                send(shared, conn, &mut frames);
+            }
+        }
+    } else if d.topic.starts_with(topic::CHANNEL_PREFIX) {
+        if let Some(members) = inner.topics.get(&d.topic) {
+            for seq in members {
+                if excluded.contains(seq) {
+                    continue;
+                }
+                if let Some(conn) = inner.conns.get(seq) {
+                    send(shared, conn, &mut frames);
+                }
+            }
+        }
+    } else if d.topic.starts_with(topic::GATEWAY_PREFIX) {
+        let target = ConnectionId::parse(&d.connection)
+            .ok()
+            .filter(|c| c.gateway() == &shared.gateway)
+            .and_then(|c| inner.conns.get(&c.seq()));
+        match target {
+            Some(conn) => send(shared, conn, &mut frames),
+            // The connection closed after the send was accepted.
+            None => metrics
+                .dropped
+                .with_label_values(&["unknown_connection"])
+                .inc(),
+        }
+    } else {
+        tracing::debug!(topic = %d.topic, "delivery on a topic this gateway does not route");
+    }
+}
+
+fn send(shared: &Shared, conn: &ConnEntry, frames: &mut Frames<'_>) {
+    let frame = Frame {
+        text: frames.get(conn.raw),
+        is_delivery: true,
+    };
+    match conn.tx.try_send(frame) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&["slow_consumer"])
+                .inc();
+            conn.close.fire(
+                close::TRY_AGAIN_LATER,
+                "slow consumer: outbound queue full",
+                "slow_consumer",
+            );
+        }
+        Err(TrySendError::Closed(_)) => {
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&["client_gone"])
+                .inc();
+        }
+    }
+}

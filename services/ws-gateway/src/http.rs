@@ -1,0 +1,221 @@
+//! The gateway's HTTP front: one hyper HTTP/1 server on one port answering
+//! `/ws` (the WebSocket upgrade, done here so the handshake, the upgrade
+//! checks and the socket's buffer sizes are ours), and `/healthz`,
+//! `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use pushmesh_common::admin;
+
+use crate::connection;
+use crate::server::Shared;
+
+type Body = Full<Bytes>;
+
+/// Accept until shutdown.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(
+            shared.config.handshake_timeout_secs.max(1),
+        ));
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(route(req, shared)) }
+                }),
+            )
+            .with_upgrades();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(req, shared),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let (code, body) = admin::readyz(&shared.health);
+            text(code, body)
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(
+                StatusCode::OK,
+                admin::metrics_text(&shared.metrics.registry),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(admin::METRICS_CONTENT_TYPE),
+            );
+            r
+        }
+        (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET is allowed here",
+        ),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!(
+                "no route {}; the gateway serves /ws, /healthz, /readyz and /metrics",
+                pushmesh_common::ids::truncate(path, 100)
+            ),
+        ),
+    }
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    if !header_has_token(&req, header::CONNECTION, "upgrade")
+        || !header_has_token(&req, header::UPGRADE, "websocket")
+    {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this endpoint speaks WebSocket: connect with a WebSocket client (e.g. new WebSocket(\"ws://host/ws\"))",
+        );
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "Sec-WebSocket-Version must be 13",
+        );
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "Sec-WebSocket-Key is missing",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let raw = match query_format(req.uri().query()) {
+        Ok(raw) => raw,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", &msg),
+    };
+    if shared.health.is_draining() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this gateway is shutting down; connect to another",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = shared.ws_config;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                connection::run(ws, shared, raw).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
+    resp
+}
+
+/// `?format=raw` or `?format=json` (the default). Unknown parameters are
+/// ignored so clients can add their own (cache busters, tokens later).
+fn query_format(query: Option<&str>) -> Result<bool, String> {
+    let mut raw = false;
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("format=") {
+            raw = match v {
+                "raw" => true,
+                "json" => false,
+                other => {
+                    return Err(format!(
+                        "unknown format {:?}; expected \"json\" (default) or \"raw\"",
+                        pushmesh_common::ids::truncate(other, 40)
+                    ));
+                }
+            };
+        }
+    }
+    Ok(raw)
+}
+
+fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn error(code: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": kind, "message": message } }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

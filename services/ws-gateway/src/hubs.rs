@@ -1,0 +1,330 @@
+//! The gateway's links to the hubs: one task per hub endpoint, each holding
+//! one `Attach` stream, reconnecting with capped exponential backoff (with
+//! jitter, so a restarted hub is not stampeded) when it breaks.
+//!
+//! On every (re)attach a link sends `Hello`, then one subscribe carrying a
+//! snapshot of everything this gateway needs (broadcast, its own topic,
+//! every channel with local members), and counts as attached (and the
+//! gateway as ready) only once the hub acked that snapshot. Later interest
+//! changes arrive as commands from the registry, in order, are coalesced
+//! into as few stream messages as possible, and their acks release the
+//! clients waiting for "subscription live".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use pushmesh_common::ids::topic;
+use pushmesh_common::proto::hub_client::HubClient;
+use pushmesh_common::proto::{AttachRequest, Hello, TopicsChange, attach_request, attach_response};
+
+use crate::fanout;
+use crate::server::Shared;
+
+/// Queued interest changes per link. While a link is down it discards them
+/// (the snapshot on re-attach covers them), so this only fills if a hub
+/// stalls while attached; then new subscribes fail with a clear error.
+const COMMAND_QUEUE: usize = 8192;
+
+pub enum LinkCmd {
+    Subscribe {
+        topics: Vec<String>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+}
+
+impl LinkCmd {
+    fn is_subscribe(&self) -> bool {
+        matches!(self, LinkCmd::Subscribe { .. })
+    }
+}
+
+/// The command side of every hub link.
+pub struct HubLinks {
+    links: Vec<(String, mpsc::Sender<LinkCmd>)>,
+}
+
+impl HubLinks {
+    pub fn new(endpoints: &[String]) -> (Self, Vec<mpsc::Receiver<LinkCmd>>) {
+        let mut links = Vec::new();
+        let mut rxs = Vec::new();
+        for e in endpoints {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            links.push((e.clone(), tx));
+            rxs.push(rx);
+        }
+        (Self { links }, rxs)
+    }
+
+    /// Ask every link to subscribe; one receiver per link that took the
+    /// command, completing when that hub confirmed.
+    pub fn subscribe(&self, topics: Vec<String>) -> Vec<oneshot::Receiver<()>> {
+        let mut waits = Vec::with_capacity(self.links.len());
+        for (endpoint, tx) in &self.links {
+            let (done, wait) = oneshot::channel();
+            let cmd = LinkCmd::Subscribe {
+                topics: topics.clone(),
+                done: Some(done),
+            };
+            match tx.try_send(cmd) {
+                Ok(()) => waits.push(wait),
+                Err(_) => {
+                    tracing::warn!(hub = %endpoint, "hub link command queue full; subscribe not sent")
+                }
+            }
+        }
+        waits
+    }
+
+    pub fn unsubscribe(&self, topics: Vec<String>) {
+        for (endpoint, tx) in &self.links {
+            if tx
+                .try_send(LinkCmd::Unsubscribe {
+                    topics: topics.clone(),
+                })
+                .is_err()
+            {
+                // Harmless: the hub keeps sending a topic nobody here wants
+                // until the next re-attach snapshot.
+                tracing::warn!(hub = %endpoint, "hub link command queue full; unsubscribe not sent");
+            }
+        }
+    }
+}
+
+/// Counts attached links and keeps readiness and the gauge in step.
+#[derive(Default)]
+pub struct AttachedCount(AtomicUsize);
+
+impl AttachedCount {
+    fn up(&self, shared: &Shared) {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.metrics.hubs_attached.set(n as i64);
+        shared.health.set_ready();
+    }
+
+    fn down(&self, shared: &Shared) {
+        let n = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        shared.metrics.hubs_attached.set(n as i64);
+        if n == 0 {
+            shared.health.set_not_ready("not attached to any hub");
+        }
+    }
+}
+
+pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
+    let e = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051"))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    Ok(e)
+}
+
+/// Keep one hub attached until shutdown.
+pub async fn run(
+    url: String,
+    endpoint: Endpoint,
+    mut cmds: mpsc::Receiver<LinkCmd>,
+    shared: Arc<Shared>,
+) {
+    let min = Duration::from_millis(100);
+    let max = Duration::from_millis(shared.config.reconnect_max_ms.max(100));
+    let mut backoff = min;
+    loop {
+        let ended = session(&endpoint, &mut cmds, &shared).await;
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(error) = ended.error else { return };
+        if ended.was_attached {
+            backoff = min;
+            tracing::warn!(hub = %url, %error, "hub link lost; re-attaching");
+        } else {
+            tracing::debug!(hub = %url, %error, "hub not reachable; retrying");
+        }
+        // Jitter in [backoff/2, backoff].
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = shared.shutdown.cancelled() => return,
+                c = cmds.recv() => if c.is_none() { return },
+            }
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+struct Ended {
+    error: Option<String>,
+    was_attached: bool,
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    shared: &Arc<Shared>,
+) -> Ended {
+    let fail = |e: String| Ended {
+        error: Some(e),
+        was_attached: false,
+    };
+    // Connect, discarding interest changes meanwhile: the snapshot taken
+    // right after covers them (waiting clients see their waiter dropped).
+    let connect = endpoint.connect();
+    tokio::pin!(connect);
+    let channel = loop {
+        tokio::select! {
+            r = &mut connect => match r {
+                Ok(c) => break c,
+                Err(e) => return fail(format!("connect: {e}")),
+            },
+            c = cmds.recv() => if c.is_none() { return Ended { error: None, was_attached: false } },
+            _ = shared.shutdown.cancelled() => return Ended { error: None, was_attached: false },
+        }
+    };
+    let mut client = HubClient::new(channel).max_decoding_message_size(64 << 20);
+    let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
+    let mut snapshot = shared.registry.channel_topics();
+    snapshot.push(topic::BROADCAST.to_owned());
+    snapshot.push(shared.gateway.topic());
+    let hello = AttachRequest {
+        kind: Some(attach_request::Kind::Hello(Hello {
+            gateway_id: shared.gateway.to_string(),
+        })),
+    };
+    let snapshot_id = 1;
+    let sub = AttachRequest {
+        kind: Some(attach_request::Kind::Subscribe(TopicsChange {
+            request_id: snapshot_id,
+            topics: snapshot,
+        })),
+    };
+    // Capacity 256, nothing sent yet: these cannot fail.
+    let _ = out.try_send(hello);
+    let _ = out.try_send(sub);
+    let response = tokio::select! {
+        r = client.attach(ReceiverStream::new(out_rx)) => r,
+        _ = shared.shutdown.cancelled() => return Ended { error: None, was_attached: false },
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) => return fail(format!("attach refused: {}", status.message())),
+    };
+
+    let mut next_id = snapshot_id + 1;
+    let mut pending: HashMap<u64, Vec<oneshot::Sender<()>>> = HashMap::new();
+    let mut attached = false;
+    let started = Instant::now();
+    let error = loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break None,
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break Some("hub closed the stream".to_owned()),
+                    Err(status) => break Some(format!("stream: {}", status.message())),
+                };
+                match msg.kind {
+                    Some(attach_response::Kind::Deliveries(batch)) => {
+                        shared.metrics.hub_deliveries.inc_by(batch.items.len() as u64);
+                        for d in batch.items {
+                            fanout::deliver(shared, d);
+                        }
+                    }
+                    Some(attach_response::Kind::TopicsAck(ack)) => {
+                        if ack.request_id == snapshot_id && !attached {
+                            attached = true;
+                            shared.attached.up(shared);
+                            tracing::info!(hub = ?endpoint.uri(), after_ms = started.elapsed().as_millis() as u64, "attached to hub");
+                        } else if let Some(waiters) = pending.remove(&ack.request_id) {
+                            for w in waiters {
+                                let _ = w.send(());
+                            }
+                        }
+                    }
+                    Some(attach_response::Kind::Attached(a)) => {
+                        tracing::debug!(hub_id = %a.hub_id, "hub greeted");
+                    }
+                    None => {}
+                }
+            }
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { break None };
+                let mut batch = vec![cmd];
+                while batch.len() < 1024 {
+                    match cmds.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = send_commands(batch, &out, &mut next_id, &mut pending).await {
+                    break Some(e);
+                }
+            }
+        }
+    };
+    if attached {
+        shared.attached.down(shared);
+    }
+    // Waiters still pending are dropped here: their clients learn the
+    // subscription was not confirmed by this hub.
+    Ended {
+        error,
+        was_attached: attached,
+    }
+}
+
+/// Send `batch` in order, one stream message per run of same-kind commands.
+async fn send_commands(
+    batch: Vec<LinkCmd>,
+    out: &mpsc::Sender<AttachRequest>,
+    next_id: &mut u64,
+    pending: &mut HashMap<u64, Vec<oneshot::Sender<()>>>,
+) -> Result<(), String> {
+    let mut iter = batch.into_iter().peekable();
+    while let Some(first) = iter.next() {
+        let subscribe = first.is_subscribe();
+        let mut topics = Vec::new();
+        let mut waiters = Vec::new();
+        let mut take = |cmd: LinkCmd| match cmd {
+            LinkCmd::Subscribe { topics: t, done } => {
+                topics.extend(t);
+                waiters.extend(done);
+            }
+            LinkCmd::Unsubscribe { topics: t } => topics.extend(t),
+        };
+        take(first);
+        while iter.peek().is_some_and(|c| c.is_subscribe() == subscribe) {
+            take(iter.next().expect("peeked"));
+        }
+        let request_id = *next_id;
+        *next_id += 1;
+        let change = TopicsChange { request_id, topics };
+        let kind = if subscribe {
+            attach_request::Kind::Subscribe(change)
+        } else {
+            attach_request::Kind::Unsubscribe(change)
+        };
+        if !waiters.is_empty() {
+            pending.insert(request_id, waiters);
+        }
+        out.send(AttachRequest { kind: Some(kind) })
+            .await
+            .map_err(|_| "attach stream closed".to_owned())?;
+    }
+    Ok(())
+}

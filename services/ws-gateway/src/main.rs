@@ -1,0 +1,13 @@
+use clap::Parser;
+use pushmesh_ws_gateway::{Config, Gateway};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    config.log.init();
+    let shutdown = pushmesh_common::shutdown::on_signal();
+    let gateway = Gateway::bind(config, shutdown).await?;
+    pushmesh_common::announce::listening("ws-gateway", &[("http", gateway.local_addr())]);
+    tracing::info!(gateway = %gateway.id(), addr = %gateway.local_addr(), "ws-gateway listening");
+    gateway.run().await
+}

@@ -1,0 +1,128 @@
+//! The gateway's metrics, registered in one place: `pushmesh_gateway_*`,
+//! labels from small fixed sets only (never a connection id or channel).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub accepted: IntCounter,
+    pub disconnects: IntCounterVec,
+    /// Message frames written to client sockets.
+    pub deliveries: IntCounter,
+    /// Message frames that did not reach a client, by reason.
+    pub dropped: IntCounterVec,
+    /// Deliveries received from hubs (before local fan-out).
+    pub hub_deliveries: IntCounter,
+    pub hubs_attached: IntGauge,
+    pub topics: IntGauge,
+    pub commands: IntCounterVec,
+}
+
+pub const DROP_REASONS: &[&str] = &[
+    "slow_consumer",
+    "client_gone",
+    "shutdown",
+    "unknown_connection",
+    "protocol_error",
+    "invalid_payload",
+];
+pub const DISCONNECT_REASONS: &[&str] = &["client", "slow_consumer", "protocol_error", "shutdown"];
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let registry = pushmesh_common::admin::registry();
+        let connections = IntGauge::new(
+            "pushmesh_gateway_connections",
+            "Client WebSocket connections open now.",
+        )
+        .expect("metric");
+        let accepted = IntCounter::new(
+            "pushmesh_gateway_connections_accepted_total",
+            "Client WebSocket connections accepted.",
+        )
+        .expect("metric");
+        let disconnects = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_gateway_disconnects_total",
+                "Client connections ended, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let deliveries = IntCounter::new(
+            "pushmesh_gateway_deliveries_total",
+            "Message frames written to client sockets.",
+        )
+        .expect("metric");
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_gateway_dropped_total",
+                "Message frames that did not reach a client, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let hub_deliveries = IntCounter::new(
+            "pushmesh_gateway_hub_deliveries_total",
+            "Deliveries received from hubs, before local fan-out.",
+        )
+        .expect("metric");
+        let hubs_attached = IntGauge::new(
+            "pushmesh_gateway_hubs_attached",
+            "Hubs this gateway is attached to now.",
+        )
+        .expect("metric");
+        let topics = IntGauge::new(
+            "pushmesh_gateway_topics",
+            "Hub topics this gateway has local interest in.",
+        )
+        .expect("metric");
+        let commands = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_gateway_client_commands_total",
+                "Client commands handled, by op and result.",
+            ),
+            &["op", "result"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(accepted.clone()),
+            Box::new(disconnects.clone()),
+            Box::new(deliveries.clone()),
+            Box::new(dropped.clone()),
+            Box::new(hub_deliveries.clone()),
+            Box::new(hubs_attached.clone()),
+            Box::new(topics.clone()),
+            Box::new(commands.clone()),
+        ] {
+            registry.register(c).expect("register metric");
+        }
+        for r in DROP_REASONS {
+            dropped.with_label_values(&[r]);
+        }
+        for r in DISCONNECT_REASONS {
+            disconnects.with_label_values(&[r]);
+        }
+        Self {
+            registry,
+            connections,
+            accepted,
+            disconnects,
+            deliveries,
+            dropped,
+            hub_deliveries,
+            hubs_attached,
+            topics,
+            commands,
+        }
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

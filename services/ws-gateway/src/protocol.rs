@@ -1,0 +1,78 @@
+//! The client WebSocket protocol (JSON text frames), specified in
+//! docs/protocol.md: the commands a client sends, and the frames the
+//! gateway builds for it. Frames that go to many connections are encoded
+//! once (see `fanout`); these helpers build the per-connection ones.
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Close codes the gateway uses (RFC 6455 and pushmesh's own 4000–4999).
+pub mod close {
+    /// The client sent a binary frame; the protocol is JSON text.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message larger than the configured limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The gateway is shutting down: reconnect (to another gateway).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The connection's outbound queue overflowed (slow consumer).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Any other protocol violation by the client.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+}
+
+/// A command from the client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Echoed in the reply; commands without one get no success reply.
+    pub id: Option<u64>,
+    pub op: String,
+    pub channel: Option<String>,
+    /// Recovery position (accepted, answered `recovered: false` until
+    /// history exists).
+    pub since: Option<serde_json::Value>,
+}
+
+/// What the gateway answers a command with.
+#[derive(Debug)]
+pub enum Reply {
+    Ok,
+    Error { code: &'static str, message: String },
+}
+
+impl Reply {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
+    let v = match reply {
+        Reply::Ok => json!({ "type": "reply", "id": id, "ok": true }),
+        Reply::Error { code, message } => {
+            json!({ "type": "reply", "id": id, "error": { "code": code, "message": message } })
+        }
+    };
+    v.to_string().into()
+}
+
+pub fn welcome_frame(connection: &str, gateway: &str) -> Utf8Bytes {
+    json!({ "type": "welcome", "connection": connection, "gateway": gateway })
+        .to_string()
+        .into()
+}
+
+/// Best effort at the `id` of a command that did not parse, so the error
+/// reply can still be matched to it.
+pub fn salvage_id(text: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()?
+        .get("id")?
+        .as_u64()
+}

@@ -1,0 +1,518 @@
+//! Test support: start the real service binaries on ports the kernel picks,
+//! and talk to them with real WebSocket and HTTP clients.
+//!
+//! Every service prints one JSON line on stdout once bound
+//! (`{"service":…,"listening":{…}}`); `Proc::start` waits for it and reads
+//! the addresses back, so tests never guess ports. Each process's logs go
+//! to `target/test-logs/<name>-<pid>.log`. Processes are killed on drop,
+//! also when a test fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The directory cargo put the binaries in (next to this test binary).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-xxxx → target/<profile>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --bins)",
+        p.display()
+    );
+    p
+}
+
+/// One running service process.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `binary` with `args` and wait until it announces its addresses.
+    pub async fn start(binary: &str, args: &[&str]) -> Result<Proc> {
+        let logs = bin_dir().parent().expect("target").join("test-logs");
+        std::fs::create_dir_all(&logs)?;
+        let nonce: u32 = std::process::id()
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .subsec_nanos());
+        let log = logs.join(format!("{binary}-{nonce:08x}.log"));
+        let stderr = std::fs::File::create(&log)?;
+        let mut child = Command::new(bin(binary))
+            .args(args)
+            .env("PUSHMESH_LOG", "info,pushmesh_ws_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {binary}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{binary} did not announce its addresses within {WAIT:?}; see {}",
+                    log.display()
+                )
+            })??
+            .ok_or_else(|| {
+                anyhow!(
+                    "{binary} exited before announcing its addresses; see {}",
+                    log.display()
+                )
+            })?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
+        let addrs = v["listening"]
+            .as_object()
+            .ok_or_else(|| anyhow!("no listening map in {line}"))?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_str().unwrap_or_default().parse()?)))
+            .collect::<Result<_>>()?;
+        Ok(Proc {
+            name: binary.to_owned(),
+            child,
+            addrs,
+            log,
+        })
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Send a signal by name (TERM, STOP, CONT…).
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill -{sig} {} failed",
+            self.pid()
+        );
+    }
+
+    /// Wait for the process to exit; its exit status.
+    pub async fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("{} did not exit within {limit:?}", self.name))?
+            .map_err(Into::into)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub async fn hub() -> Result<Proc> {
+    Proc::start(
+        "hub",
+        &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+    )
+    .await
+}
+
+/// A hub on a given gRPC address (to restart one where gateways expect it).
+pub async fn hub_at(grpc: SocketAddr) -> Result<Proc> {
+    let grpc = grpc.to_string();
+    // The old socket may linger for a moment after a kill; retry briefly.
+    let mut last = None;
+    for _ in 0..50 {
+        match Proc::start(
+            "hub",
+            &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0"],
+        )
+        .await
+        {
+            Ok(p) => return Ok(p),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.expect("tried"))
+}
+
+pub fn hub_url(hub: &Proc) -> String {
+    format!("http://{}", hub.addr("grpc"))
+}
+
+pub async fn gateway(hubs: &[String], extra: &[&str]) -> Result<Proc> {
+    let hubs = hubs.join(",");
+    let mut args = vec![
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--hub",
+        &hubs,
+        "--reconnect-max-ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("ws-gateway", &args).await
+}
+
+pub async fn ingress(hubs: &[String], extra: &[&str]) -> Result<Proc> {
+    let hubs = hubs.join(",");
+    let mut args = vec![
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--hub",
+        &hubs,
+        "--hub-probe-ms",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("http-ingress", &args).await
+}
+
+/// Poll `check` every 25 ms until it returns `Some`, or fail after `WAIT`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// GET `http://addr/path`: (status, body).
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let r = http().get(format!("http://{addr}{path}")).send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// Wait until `addr` answers `/readyz` with 200.
+pub async fn wait_ready(addr: SocketAddr) -> Result<()> {
+    eventually(&format!("{addr}/readyz = 200"), || async move {
+        matches!(get(addr, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("http client")
+}
+
+/// POST JSON to the ingress: (status, parsed body or the raw text as a string).
+pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<(u16, Value)> {
+    post_raw(
+        addr,
+        path,
+        body.to_string().into_bytes(),
+        "application/json",
+    )
+    .await
+}
+
+pub async fn post_raw(
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<(u16, Value)> {
+    let r = http()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let text = r.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+/// The seed's publish form: `GET /?content=…[&to_worker_id=…&to_connection_id=…]`.
+pub async fn seed_get(
+    addr: SocketAddr,
+    content: &str,
+    to: Option<(&str, &str)>,
+) -> Result<(u16, String)> {
+    let mut path = format!("/?content={}", urlencoding::encode(content));
+    if let Some((w, c)) = to {
+        path.push_str(&format!(
+            "&to_worker_id={}&to_connection_id={}",
+            urlencoding::encode(w),
+            urlencoding::encode(c)
+        ));
+    }
+    get(addr, &path).await
+}
+
+/// One sample from a Prometheus text exposition: `name` with exactly the
+/// given labels (in any order); 0 when the series is absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, l) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let mut have: Vec<(String, String)> = l
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            })
+            .collect();
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        have.sort();
+        want.sort();
+        if have == want {
+            return value.parse().unwrap_or(f64::NAN);
+        }
+    }
+    0.0
+}
+
+pub async fn metrics(addr: SocketAddr) -> Result<String> {
+    let (code, body) = get(addr, "/metrics").await?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    Ok(body)
+}
+
+/// A real WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// From the welcome frame.
+    pub connection: String,
+    pub gateway: String,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connect to `ws://addr/ws{query}` and read the welcome frame.
+    pub async fn connect(addr: SocketAddr, query: &str) -> Result<Client> {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}")),
+        )
+        .await
+        .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+        let mut c = Client {
+            ws,
+            connection: String::new(),
+            gateway: String::new(),
+            next_id: 1,
+        };
+        let welcome = c.next_json().await?;
+        if welcome["type"] != "welcome" {
+            bail!("expected a welcome frame first, got {welcome}");
+        }
+        c.connection = welcome["connection"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        c.gateway = welcome["gateway"].as_str().unwrap_or_default().to_owned();
+        Ok(c)
+    }
+
+    /// The next frame of any kind (text, close…), skipping pings and pongs.
+    pub async fn next_message(&mut self) -> Result<Message> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {WAIT:?} on {}", self.connection))?
+                .ok_or_else(|| anyhow!("connection {} ended", self.connection))??;
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                return Ok(m);
+            }
+        }
+    }
+
+    pub async fn next_text(&mut self) -> Result<String> {
+        match self.next_message().await? {
+            Message::Text(t) => Ok(t.as_str().to_owned()),
+            other => bail!(
+                "expected a text frame on {}, got {other:?}",
+                self.connection
+            ),
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Result<Value> {
+        let t = self.next_text().await?;
+        serde_json::from_str(&t).with_context(|| format!("frame is not JSON: {t}"))
+    }
+
+    /// The next frame must be a message whose data is `data`.
+    pub async fn expect_data(&mut self, data: &Value) -> Result<Value> {
+        let m = self.next_json().await?;
+        if m["type"] != "message" || &m["data"] != data {
+            bail!(
+                "{} expected a message with data {data}, got {m}",
+                self.connection
+            );
+        }
+        Ok(m)
+    }
+
+    pub async fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.ws.send(Message::Text(v.to_string().into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> Result<()> {
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// Send a command with a fresh id and return its reply (the next frame).
+    pub async fn command(&mut self, mut cmd: Value) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["id"] = json!(id);
+        self.send_json(&cmd).await?;
+        let reply = self.next_json().await?;
+        if reply["type"] != "reply" || reply["id"] != json!(id) {
+            bail!("expected the reply to command {id}, got {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// Subscribe and require `ok`.
+    pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
+        let r = self
+            .command(json!({"op": "subscribe", "channel": channel}))
+            .await?;
+        if r["ok"] != json!(true) {
+            bail!("subscribe to {channel} failed: {r}");
+        }
+        Ok(())
+    }
+
+    /// Wait for the server to close the connection; its close code and reason.
+    pub async fn expect_close(&mut self) -> Result<(u16, String)> {
+        loop {
+            match self.next_message().await {
+                Ok(Message::Close(Some(f))) => {
+                    return Ok((u16::from(f.code), f.reason.as_str().to_owned()));
+                }
+                Ok(Message::Close(None)) => return Ok((1005, String::new())),
+                Ok(_) => continue,
+                Err(e) => bail!("connection ended without a close frame: {e}"),
+            }
+        }
+    }
+}
+
+/// A whole local system: hubs, gateways (each attached to every hub) and
+/// one ingress, all ready.
+pub struct System {
+    pub hubs: Vec<Proc>,
+    pub gateways: Vec<Proc>,
+    pub ingress: Proc,
+}
+
+impl System {
+    pub async fn start(hubs: usize, gateways: usize) -> Result<System> {
+        Self::start_with(hubs, gateways, &[], &[]).await
+    }
+
+    pub async fn start_with(
+        hubs: usize,
+        gateways: usize,
+        gateway_args: &[&str],
+        ingress_args: &[&str],
+    ) -> Result<System> {
+        let mut hub_procs = Vec::new();
+        for _ in 0..hubs {
+            hub_procs.push(hub().await?);
+        }
+        let urls: Vec<String> = hub_procs.iter().map(hub_url).collect();
+        let mut gws = Vec::new();
+        for _ in 0..gateways {
+            gws.push(gateway(&urls, gateway_args).await?);
+        }
+        let ingress = ingress(&urls, ingress_args).await?;
+        for g in &gws {
+            wait_ready(g.addr("http")).await?;
+        }
+        wait_ready(ingress.addr("http")).await?;
+        Ok(System {
+            hubs: hub_procs,
+            gateways: gws,
+            ingress,
+        })
+    }
+
+    pub fn api(&self) -> SocketAddr {
+        self.ingress.addr("http")
+    }
+
+    pub fn gw(&self, i: usize) -> SocketAddr {
+        self.gateways[i].addr("http")
+    }
+
+    pub fn hub_urls(&self) -> Vec<String> {
+        self.hubs.iter().map(hub_url).collect()
+    }
+}
