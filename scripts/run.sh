@@ -18,6 +18,7 @@ stop() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "stopped."
+  exit 0
 }
 trap stop INT TERM EXIT
 
@@ -30,7 +31,6 @@ start() { # name, args...
 wait_ready() { # name url
   for _ in $(seq 1 100); do
     if curl -fsS "$2" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "${pids[-1]}" 2>/dev/null && ! curl -fsS "$2" >/dev/null 2>&1; then :; fi
     sleep 0.1
   done
   echo "$1 did not become ready at $2; its log:" >&2
