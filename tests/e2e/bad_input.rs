@@ -10,10 +10,7 @@ fn error_code(body: &Value) -> &str {
 }
 
 fn error_message(body: &Value) -> String {
-    body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    body["error"]["message"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
@@ -23,39 +20,11 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
     let api = sys.api();
 
     // (path, content type, body, status, error code, text the message must contain)
-    type Case = (
-        &'static str,
-        &'static str,
-        Vec<u8>,
-        u16,
-        &'static str,
-        &'static str,
-    );
+    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, &'static str);
     let cases: Vec<Case> = vec![
-        (
-            "/publish",
-            "application/json",
-            b"{\"channel\": \"news\",".to_vec(),
-            400,
-            "malformed_json",
-            "EOF",
-        ),
-        (
-            "/publish",
-            "application/json",
-            b"not json".to_vec(),
-            400,
-            "malformed_json",
-            "expected",
-        ),
-        (
-            "/publish",
-            "application/json",
-            br#"{"data": 1}"#.to_vec(),
-            400,
-            "invalid_request",
-            "missing field `channel`",
-        ),
+        ("/publish", "application/json", b"{\"channel\": \"news\",".to_vec(), 400, "malformed_json", "EOF"),
+        ("/publish", "application/json", b"not json".to_vec(), 400, "malformed_json", "expected"),
+        ("/publish", "application/json", br#"{"data": 1}"#.to_vec(), 400, "invalid_request", "missing field `channel`"),
         (
             "/publish",
             "application/json",
@@ -88,14 +57,7 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
             "invalid_channel",
             "allowed characters",
         ),
-        (
-            "/publish",
-            "application/json",
-            br#"{"channel": "", "data": 1}"#.to_vec(),
-            400,
-            "invalid_channel",
-            "empty",
-        ),
+        ("/publish", "application/json", br#"{"channel": "", "data": 1}"#.to_vec(), 400, "invalid_channel", "empty"),
         (
             "/publish",
             "text/plain",
@@ -120,14 +82,7 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
             "invalid_request",
             "malformed",
         ),
-        (
-            "/send",
-            "application/json",
-            br#"{"data": 1}"#.to_vec(),
-            400,
-            "invalid_request",
-            "connection",
-        ),
+        ("/send", "application/json", br#"{"data": 1}"#.to_vec(), 400, "invalid_request", "connection"),
         (
             "/broadcast",
             "application/json",
@@ -159,11 +114,7 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
     // Over the body limit (1 KiB here): 413, with and without Content-Length.
     let big = json!({ "channel": "news", "data": "x".repeat(2000) });
     let (code, resp) = post(api, "/publish", &big).await?;
-    assert_eq!(
-        (code, error_code(&resp)),
-        (413, "payload_too_large"),
-        "{resp}"
-    );
+    assert_eq!((code, error_code(&resp)), (413, "payload_too_large"), "{resp}");
     assert!(error_message(&resp).contains("1024"), "{resp}");
     let chunked = reqwest::Body::wrap_stream(futures_util::stream::iter(
         (0..4).map(|_| Ok::<_, std::io::Error>(vec![b' '; 600])),
@@ -182,11 +133,7 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
     assert_eq!((code, error_code(&body)), (404, "not_found"), "{body}");
     let (code, body) = get(api, "/publish").await?;
     let body: Value = serde_json::from_str(&body)?;
-    assert_eq!(
-        (code, error_code(&body)),
-        (405, "method_not_allowed"),
-        "{body}"
-    );
+    assert_eq!((code, error_code(&body)), (405, "method_not_allowed"), "{body}");
 
     // The seed form: content is required, and a half-addressed send is refused.
     let (code, body) = get(api, "/").await?;
@@ -195,14 +142,8 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
     let (code, body) = get(api, "/?content=x&to_worker_id=gw-1").await?;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("go together"), "{body}");
-    let (code, body) = get(
-        api,
-        &format!(
-            "/?content=x&to_worker_id=other&to_connection_id={}",
-            bystander.connection
-        ),
-    )
-    .await?;
+    let (code, body) =
+        get(api, &format!("/?content=x&to_worker_id=other&to_connection_id={}", bystander.connection)).await?;
     assert_eq!(code, 400, "{body}");
 
     // And the bystander never noticed.
@@ -213,8 +154,7 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
 }
 
 #[tokio::test]
-async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() -> anyhow::Result<()>
-{
+async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() -> anyhow::Result<()> {
     let sys = System::start_with(1, 1, &["--max-message-bytes", "1024"], &[]).await?;
     let mut bystander = Client::connect(sys.gw(0), "").await?;
     bystander.subscribe("news").await?;
@@ -223,23 +163,15 @@ async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() 
     // Errors come back as replies; the connection stays.
     c.send_raw(Message::Text("not json".into())).await?;
     let r = c.next_json().await?;
-    assert_eq!(
-        (r["type"].as_str(), error_code(&r)),
-        (Some("reply"), "bad_request"),
-        "{r}"
-    );
+    assert_eq!((r["type"].as_str(), error_code(&r)), (Some("reply"), "bad_request"), "{r}");
     let r = c.command(json!({ "op": "dance" })).await?;
     assert_eq!(error_code(&r), "unknown_op", "{r}");
-    let r = c
-        .command(json!({ "op": "subscribe", "channel": "no spaces" }))
-        .await?;
+    let r = c.command(json!({ "op": "subscribe", "channel": "no spaces" })).await?;
     assert_eq!(error_code(&r), "invalid_channel", "{r}");
     assert!(error_message(&r).contains("allowed characters"), "{r}");
     let r = c.command(json!({ "op": "subscribe" })).await?;
     assert_eq!(error_code(&r), "bad_request", "{r}");
-    let r = c
-        .command(json!({ "op": "subscribe", "channel": "news", "colour": "red" }))
-        .await?;
+    let r = c.command(json!({ "op": "subscribe", "channel": "news", "colour": "red" })).await?;
     assert_eq!(error_code(&r), "bad_request", "{r}");
     assert!(error_message(&r).contains("colour"), "{r}");
     c.subscribe("news").await?;
@@ -262,12 +194,7 @@ async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() 
     assert_eq!(code, 404, "{body}");
 
     // The bystander kept receiving.
-    post(
-        sys.api(),
-        "/publish",
-        &json!({ "channel": "news", "data": "fine" }),
-    )
-    .await?;
+    post(sys.api(), "/publish", &json!({ "channel": "news", "data": "fine" })).await?;
     bystander.expect_data(&json!("fine")).await?;
     Ok(())
 }

@@ -8,8 +8,7 @@ use pushmesh_tests::*;
 use serde_json::json;
 
 #[tokio::test]
-async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_survives_a_hub_kill()
--> anyhow::Result<()> {
+async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_survives_a_hub_kill() -> anyhow::Result<()> {
     // Learn a free port from a first hub, then take that hub away.
     let mut first = hub().await?;
     let grpc = first.addr("grpc");
@@ -33,12 +32,7 @@ async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_surviv
         .send()
         .await?;
     assert_eq!(r.status(), 503);
-    assert_eq!(
-        r.headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        Some("1".to_owned())
-    );
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".to_owned()));
     let body: serde_json::Value = r.json().await?;
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert_eq!(seed_get(ing.addr("http"), "x", None).await?.0, 503);
@@ -50,12 +44,7 @@ async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_surviv
     let mut client = Client::connect(gw.addr("http"), "").await?;
     client.subscribe("news").await?;
     let mut raw = Client::connect(gw.addr("http"), "?format=raw").await?;
-    post(
-        ing.addr("http"),
-        "/publish",
-        &json!({"channel":"news","data":"before kill"}),
-    )
-    .await?;
+    post(ing.addr("http"), "/publish", &json!({"channel":"news","data":"before kill"})).await?;
     client.expect_data(&json!("before kill")).await?;
 
     // SIGKILL the hub: the gateway notices and stops being ready…
@@ -73,21 +62,11 @@ async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_surviv
     // Topics: broadcast, the gateway's own, and "news" re-subscribed.
     assert_eq!(sample(&text, "pushmesh_hub_topics", &[]), 3.0, "{text}");
     wait_ready(ing.addr("http")).await?;
-    let (code, body) = post(
-        ing.addr("http"),
-        "/publish",
-        &json!({"channel":"news","data":"after restart"}),
-    )
-    .await?;
+    let (code, body) = post(ing.addr("http"), "/publish", &json!({"channel":"news","data":"after restart"})).await?;
     assert_eq!((code, &body), (200, &json!({"ok": true, "gateways": 1})));
     client.expect_data(&json!("after restart")).await?;
-    assert_eq!(
-        seed_get(ing.addr("http"), "broadcast after restart", None).await?,
-        (200, "ok".to_owned())
-    );
-    client
-        .expect_data(&json!("broadcast after restart"))
-        .await?;
+    assert_eq!(seed_get(ing.addr("http"), "broadcast after restart", None).await?, (200, "ok".to_owned()));
+    client.expect_data(&json!("broadcast after restart")).await?;
     assert_eq!(raw.next_text().await?, "broadcast after restart");
     Ok(())
 }

@@ -7,18 +7,9 @@ use serde_json::json;
 /// Send a distinct marker to `client` through the ingress and require it
 /// to be the very next frame: proves nothing else (a duplicate, a message
 /// meant for someone else) was queued before it.
-async fn expect_nothing_before_marker(
-    sys: &System,
-    client: &mut Client,
-    marker: &str,
-) -> anyhow::Result<()> {
+async fn expect_nothing_before_marker(sys: &System, client: &mut Client, marker: &str) -> anyhow::Result<()> {
     let data = json!({ "marker": marker });
-    let (code, body) = post(
-        sys.api(),
-        "/send",
-        &json!({ "connection": client.connection, "data": data }),
-    )
-    .await?;
+    let (code, body) = post(sys.api(), "/send", &json!({ "connection": client.connection, "data": data })).await?;
     assert_eq!(code, 200, "{body}");
     client.expect_data(&data).await?;
     Ok(())
@@ -31,11 +22,7 @@ async fn broadcast_send_and_channels_across_two_gateways() -> anyhow::Result<()>
     let mut b = Client::connect(sys.gw(0), "").await?;
     let mut c = Client::connect(sys.gw(1), "").await?;
     assert_ne!(a.gateway, c.gateway, "two gateways, two ids");
-    assert!(
-        a.connection.starts_with(&format!("{}:", a.gateway)),
-        "connection id names its gateway: {}",
-        a.connection
-    );
+    assert!(a.connection.starts_with(&format!("{}:", a.gateway)), "connection id names its gateway: {}", a.connection);
     assert_ne!(a.connection, b.connection);
 
     // Broadcast: every client once.
@@ -43,20 +30,12 @@ async fn broadcast_send_and_channels_across_two_gateways() -> anyhow::Result<()>
     assert_eq!((code, &body), (200, &json!({ "ok": true, "gateways": 2 })));
     for cl in [&mut a, &mut b, &mut c] {
         let m = cl.expect_data(&json!({ "n": 1 })).await?;
-        assert!(
-            m.get("channel").is_none(),
-            "a broadcast has no channel: {m}"
-        );
+        assert!(m.get("channel").is_none(), "a broadcast has no channel: {m}");
         expect_nothing_before_marker(&sys, cl, "after-broadcast").await?;
     }
 
     // Direct send: only b.
-    let (code, body) = post(
-        sys.api(),
-        "/send",
-        &json!({ "connection": b.connection, "data": "for b" }),
-    )
-    .await?;
+    let (code, body) = post(sys.api(), "/send", &json!({ "connection": b.connection, "data": "for b" })).await?;
     assert_eq!((code, &body), (200, &json!({ "ok": true, "gateways": 1 })));
     b.expect_data(&json!("for b")).await?;
     for cl in [&mut a, &mut b, &mut c] {
@@ -66,12 +45,7 @@ async fn broadcast_send_and_channels_across_two_gateways() -> anyhow::Result<()>
     // Channel: a and c subscribe; b does not.
     a.subscribe("news").await?;
     c.subscribe("news").await?;
-    let (code, body) = post(
-        sys.api(),
-        "/publish",
-        &json!({ "channel": "news", "data": { "headline": "hi" } }),
-    )
-    .await?;
+    let (code, body) = post(sys.api(), "/publish", &json!({ "channel": "news", "data": { "headline": "hi" } })).await?;
     assert_eq!((code, &body), (200, &json!({ "ok": true, "gateways": 2 })));
     for cl in [&mut a, &mut c] {
         let m = cl.expect_data(&json!({ "headline": "hi" })).await?;
@@ -98,16 +72,9 @@ async fn broadcast_send_and_channels_across_two_gateways() -> anyhow::Result<()>
     }
 
     // Unsubscribe: a stops receiving the channel, c does not.
-    let r = a
-        .command(json!({ "op": "unsubscribe", "channel": "news" }))
-        .await?;
+    let r = a.command(json!({ "op": "unsubscribe", "channel": "news" })).await?;
     assert_eq!(r["ok"], true, "{r}");
-    post(
-        sys.api(),
-        "/publish",
-        &json!({ "channel": "news", "data": "late" }),
-    )
-    .await?;
+    post(sys.api(), "/publish", &json!({ "channel": "news", "data": "late" })).await?;
     c.expect_data(&json!("late")).await?;
     expect_nothing_before_marker(&sys, &mut a, "after-unsubscribe").await?;
     Ok(())
@@ -120,10 +87,7 @@ async fn the_seed_get_forms_broadcast_and_send_and_answer_ok() -> anyhow::Result
     let mut raw = Client::connect(sys.gw(0), "?format=raw").await?;
     let mut json_client = Client::connect(sys.gw(1), "").await?;
 
-    assert_eq!(
-        seed_get(sys.api(), "hello everyone", None).await?,
-        (200, "ok".to_owned())
-    );
+    assert_eq!(seed_get(sys.api(), "hello everyone", None).await?, (200, "ok".to_owned()));
     assert_eq!(raw.next_text().await?, "hello everyone");
     json_client.expect_data(&json!("hello everyone")).await?;
 
@@ -139,10 +103,7 @@ async fn the_seed_get_forms_broadcast_and_send_and_answer_ok() -> anyhow::Result
     assert_eq!(raw.next_text().await?, "you again");
 
     // The other client got neither: its next frame is the next broadcast.
-    assert_eq!(
-        seed_get(sys.api(), "second broadcast", None).await?,
-        (200, "ok".to_owned())
-    );
+    assert_eq!(seed_get(sys.api(), "second broadcast", None).await?, (200, "ok".to_owned()));
     json_client.expect_data(&json!("second broadcast")).await?;
     assert_eq!(raw.next_text().await?, "second broadcast");
 
@@ -157,12 +118,8 @@ async fn broadcast_exclude_skips_the_listed_connections() -> anyhow::Result<()> 
     let sys = System::start(1, 2).await?;
     let mut a = Client::connect(sys.gw(0), "").await?;
     let mut b = Client::connect(sys.gw(1), "").await?;
-    let (code, body) = post(
-        sys.api(),
-        "/broadcast",
-        &json!({ "data": "not for a", "exclude": [a.connection] }),
-    )
-    .await?;
+    let (code, body) =
+        post(sys.api(), "/broadcast", &json!({ "data": "not for a", "exclude": [a.connection] })).await?;
     assert_eq!(code, 200, "{body}");
     b.expect_data(&json!("not for a")).await?;
     expect_nothing_before_marker(&sys, &mut a, "excluded").await?;

@@ -29,19 +29,12 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/e2e-xxxx → target/<profile>
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .to_path_buf()
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace binaries first (cargo build --bins)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: build the workspace binaries first (cargo build --bins)", p.display());
     p
 }
 
@@ -58,10 +51,8 @@ impl Proc {
     pub async fn start(binary: &str, args: &[&str]) -> Result<Proc> {
         let logs = bin_dir().parent().expect("target").join("test-logs");
         std::fs::create_dir_all(&logs)?;
-        let nonce: u32 = std::process::id()
-            ^ (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .subsec_nanos());
+        let nonce: u32 =
+            std::process::id() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos());
         let log = logs.join(format!("{binary}-{nonce:08x}.log"));
         let stderr = std::fs::File::create(&log)?;
         let mut child = Command::new(bin(binary))
@@ -77,34 +68,18 @@ impl Proc {
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(WAIT, lines.next_line())
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "{binary} did not announce its addresses within {WAIT:?}; see {}",
-                    log.display()
-                )
-            })??
-            .ok_or_else(|| {
-                anyhow!(
-                    "{binary} exited before announcing its addresses; see {}",
-                    log.display()
-                )
-            })?;
+            .map_err(|_| anyhow!("{binary} did not announce its addresses within {WAIT:?}; see {}", log.display()))??
+            .ok_or_else(|| anyhow!("{binary} exited before announcing its addresses; see {}", log.display()))?;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let v: Value =
-            serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
         let addrs = v["listening"]
             .as_object()
             .ok_or_else(|| anyhow!("no listening map in {line}"))?
             .iter()
             .map(|(k, v)| Ok((k.clone(), v.as_str().unwrap_or_default().parse()?)))
             .collect::<Result<_>>()?;
-        Ok(Proc {
-            name: binary.to_owned(),
-            child,
-            addrs,
-            log,
-        })
+        Ok(Proc { name: binary.to_owned(), child, addrs, log })
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
@@ -122,15 +97,8 @@ impl Proc {
 
     /// Send a signal by name (TERM, STOP, CONT…).
     pub fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "kill -{sig} {} failed",
-            self.pid()
-        );
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {} failed", self.pid());
     }
 
     /// Wait for the process to exit; its exit status.
@@ -147,11 +115,7 @@ impl Proc {
 }
 
 pub async fn hub() -> Result<Proc> {
-    Proc::start(
-        "hub",
-        &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
-    )
-    .await
+    Proc::start("hub", &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]).await
 }
 
 /// A hub on a given gRPC address (to restart one where gateways expect it).
@@ -160,12 +124,7 @@ pub async fn hub_at(grpc: SocketAddr) -> Result<Proc> {
     // The old socket may linger for a moment after a kill; retry briefly.
     let mut last = None;
     for _ in 0..50 {
-        match Proc::start(
-            "hub",
-            &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0"],
-        )
-        .await
-        {
+        match Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0"]).await {
             Ok(p) => return Ok(p),
             Err(e) => last = Some(e),
         }
@@ -180,28 +139,14 @@ pub fn hub_url(hub: &Proc) -> String {
 
 pub async fn gateway(hubs: &[String], extra: &[&str]) -> Result<Proc> {
     let hubs = hubs.join(",");
-    let mut args = vec![
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--hub",
-        &hubs,
-        "--reconnect-max-ms",
-        "300",
-    ];
+    let mut args = vec!["--listen-addr", "127.0.0.1:0", "--hub", &hubs, "--reconnect-max-ms", "300"];
     args.extend_from_slice(extra);
     Proc::start("ws-gateway", &args).await
 }
 
 pub async fn ingress(hubs: &[String], extra: &[&str]) -> Result<Proc> {
     let hubs = hubs.join(",");
-    let mut args = vec![
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--hub",
-        &hubs,
-        "--hub-probe-ms",
-        "100",
-    ];
+    let mut args = vec!["--listen-addr", "127.0.0.1:0", "--hub", &hubs, "--hub-probe-ms", "100"];
     args.extend_from_slice(extra);
     Proc::start("http-ingress", &args).await
 }
@@ -239,56 +184,26 @@ pub async fn wait_ready(addr: SocketAddr) -> Result<()> {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
 }
 
 /// POST JSON to the ingress: (status, parsed body or the raw text as a string).
 pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<(u16, Value)> {
-    post_raw(
-        addr,
-        path,
-        body.to_string().into_bytes(),
-        "application/json",
-    )
-    .await
+    post_raw(addr, path, body.to_string().into_bytes(), "application/json").await
 }
 
-pub async fn post_raw(
-    addr: SocketAddr,
-    path: &str,
-    body: Vec<u8>,
-    content_type: &str,
-) -> Result<(u16, Value)> {
-    let r = http()
-        .post(format!("http://{addr}{path}"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await?;
+pub async fn post_raw(addr: SocketAddr, path: &str, body: Vec<u8>, content_type: &str) -> Result<(u16, Value)> {
+    let r = http().post(format!("http://{addr}{path}")).header("content-type", content_type).body(body).send().await?;
     let status = r.status().as_u16();
     let text = r.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
 /// The seed's publish form: `GET /?content=…[&to_worker_id=…&to_connection_id=…]`.
-pub async fn seed_get(
-    addr: SocketAddr,
-    content: &str,
-    to: Option<(&str, &str)>,
-) -> Result<(u16, String)> {
+pub async fn seed_get(addr: SocketAddr, content: &str, to: Option<(&str, &str)>) -> Result<(u16, String)> {
     let mut path = format!("/?content={}", urlencoding::encode(content));
     if let Some((w, c)) = to {
-        path.push_str(&format!(
-            "&to_worker_id={}&to_connection_id={}",
-            urlencoding::encode(w),
-            urlencoding::encode(c)
-        ));
+        path.push_str(&format!("&to_worker_id={}&to_connection_id={}", urlencoding::encode(w), urlencoding::encode(c)));
     }
     get(addr, &path).await
 }
@@ -313,15 +228,9 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut have: Vec<(String, String)> = l
             .split(',')
             .filter(|p| !p.is_empty())
-            .filter_map(|p| {
-                p.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            })
+            .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned())))
             .collect();
-        let mut want: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         have.sort();
         want.sort();
         if have == want {
@@ -351,26 +260,15 @@ pub struct Client {
 impl Client {
     /// Connect to `ws://addr/ws{query}` and read the welcome frame.
     pub async fn connect(addr: SocketAddr, query: &str) -> Result<Client> {
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}")),
-        )
-        .await
-        .map_err(|_| anyhow!("connect to {addr} timed out"))??;
-        let mut c = Client {
-            ws,
-            connection: String::new(),
-            gateway: String::new(),
-            next_id: 1,
-        };
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}")))
+            .await
+            .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+        let mut c = Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 };
         let welcome = c.next_json().await?;
         if welcome["type"] != "welcome" {
             bail!("expected a welcome frame first, got {welcome}");
         }
-        c.connection = welcome["connection"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        c.connection = welcome["connection"].as_str().unwrap_or_default().to_owned();
         c.gateway = welcome["gateway"].as_str().unwrap_or_default().to_owned();
         Ok(c)
     }
@@ -391,10 +289,7 @@ impl Client {
     pub async fn next_text(&mut self) -> Result<String> {
         match self.next_message().await? {
             Message::Text(t) => Ok(t.as_str().to_owned()),
-            other => bail!(
-                "expected a text frame on {}, got {other:?}",
-                self.connection
-            ),
+            other => bail!("expected a text frame on {}, got {other:?}", self.connection),
         }
     }
 
@@ -407,10 +302,7 @@ impl Client {
     pub async fn expect_data(&mut self, data: &Value) -> Result<Value> {
         let m = self.next_json().await?;
         if m["type"] != "message" || &m["data"] != data {
-            bail!(
-                "{} expected a message with data {data}, got {m}",
-                self.connection
-            );
+            bail!("{} expected a message with data {data}, got {m}", self.connection);
         }
         Ok(m)
     }
@@ -440,9 +332,7 @@ impl Client {
 
     /// Subscribe and require `ok`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
-        let r = self
-            .command(json!({"op": "subscribe", "channel": channel}))
-            .await?;
+        let r = self.command(json!({"op": "subscribe", "channel": channel})).await?;
         if r["ok"] != json!(true) {
             bail!("subscribe to {channel} failed: {r}");
         }
@@ -497,11 +387,7 @@ impl System {
             wait_ready(g.addr("http")).await?;
         }
         wait_ready(ingress.addr("http")).await?;
-        Ok(System {
-            hubs: hub_procs,
-            gateways: gws,
-            ingress,
-        })
+        Ok(System { hubs: hub_procs, gateways: gws, ingress })
     }
 
     pub fn api(&self) -> SocketAddr {

@@ -26,10 +26,7 @@ pub fn registry() -> Registry {
 pub fn readyz(health: &Health) -> (StatusCode, String) {
     match health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
@@ -55,12 +52,7 @@ pub fn routes(
         warp::reply::with_status(body, code).into_response_()
     });
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(
-            metrics_text(&registry),
-            "content-type",
-            METRICS_CONTENT_TYPE,
-        )
-        .into_response_()
+        warp::reply::with_header(metrics_text(&registry), "content-type", METRICS_CONTENT_TYPE).into_response_()
     });
     healthz.or(readyz).unify().or(metrics).unify()
 }

@@ -9,15 +9,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 pub fn listening(service: &str, addrs: &[(&str, SocketAddr)]) {
-    let map: serde_json::Map<String, serde_json::Value> = addrs
-        .iter()
-        .map(|(name, addr)| {
-            (
-                name.to_string(),
-                serde_json::Value::String(addr.to_string()),
-            )
-        })
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        addrs.iter().map(|(name, addr)| (name.to_string(), serde_json::Value::String(addr.to_string()))).collect();
     let line = serde_json::json!({ "service": service, "listening": map });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

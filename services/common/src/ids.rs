@@ -30,9 +30,13 @@ pub enum NameError {
     GatewayTooLong(usize),
     #[error("gateway id contains {0:?}; allowed characters are A-Z a-z 0-9 and _ - .")]
     GatewayChar(char),
-    #[error(
-        "connection id {0:?} is malformed; expected <gateway>:<number> as sent in the welcome frame"
-    )]
+    #[error("user id is empty; it must be 1 to 255 bytes")]
+    EmptyUser,
+    #[error("user id is {0} bytes long; the limit is 255 bytes")]
+    UserTooLong(usize),
+    #[error("user id contains {0:?}; allowed characters are A-Z a-z 0-9 and _ - : . @ #")]
+    UserChar(char),
+    #[error("connection id {0:?} is malformed; expected <gateway>:<number> as sent in the welcome frame")]
     Connection(String),
 }
 
@@ -74,6 +78,42 @@ impl Channel {
 }
 
 impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user id (a JWT's `sub`): the same characters as a channel name, so it
+/// can stand in a topic and a URL unescaped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn new(id: impl Into<String>) -> Result<Self, NameError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(NameError::EmptyUser);
+        }
+        if id.len() > MAX_CHANNEL_LEN {
+            return Err(NameError::UserTooLong(id.len()));
+        }
+        if let Some(c) = id.chars().find(|c| !channel_char_ok(*c)) {
+            return Err(NameError::UserChar(c));
+        }
+        Ok(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hub topic that carries sends to this user.
+    pub fn topic(&self) -> String {
+        format!("{}{}", topic::USER_PREFIX, self.0)
+    }
+}
+
+impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -187,10 +227,7 @@ mod tests {
         assert!(Channel::new("news").is_ok());
         assert!(Channel::new("a-b_c:d.e@f#g").is_ok());
         assert_eq!(Channel::new(""), Err(NameError::EmptyChannel));
-        assert_eq!(
-            Channel::new("x".repeat(256)),
-            Err(NameError::ChannelTooLong(256))
-        );
+        assert_eq!(Channel::new("x".repeat(256)), Err(NameError::ChannelTooLong(256)));
         assert!(Channel::new("x".repeat(255)).is_ok());
         assert_eq!(Channel::new("a b"), Err(NameError::ChannelChar(' ')));
         assert_eq!(Channel::new("né"), Err(NameError::ChannelChar('é')));

@@ -16,9 +16,7 @@ impl std::str::FromStr for LogFormat {
         match s {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!(
-                "unknown log format {other:?}; expected \"text\" or \"json\""
-            )),
+            other => Err(format!("unknown log format {other:?}; expected \"text\" or \"json\"")),
         }
     }
 }
@@ -26,11 +24,9 @@ impl std::str::FromStr for LogFormat {
 /// Install the global subscriber. Safe to call more than once (later calls
 /// are ignored), so tests that start services in-process can call it too.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -44,11 +40,7 @@ pub struct LogArgs {
     #[arg(long = "log", env = "PUSHMESH_LOG", default_value = "info")]
     pub filter: String,
     /// Log line format: "text" for terminals, "json" for log collectors.
-    #[arg(
-        long = "log-format",
-        env = "PUSHMESH_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long = "log-format", env = "PUSHMESH_LOG_FORMAT", default_value = "text")]
     pub format: LogFormat,
 }
 

@@ -16,12 +16,7 @@ pub struct Config {
 
     /// Hub gRPC endpoints. A publish goes to the hub its target hashes to
     /// (rendezvous hashing), and to the next one if that hub is down.
-    #[arg(
-        long = "hub",
-        env = "PUSHMESH_HUBS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
     pub hubs: Vec<String>,
 
     /// Largest request body, in bytes (413 beyond).

@@ -35,9 +35,7 @@ impl warp::reject::Reject for ApiError {}
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidChannel(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidChannel(_) => StatusCode::BAD_REQUEST,
             Self::UnknownConnection(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,14 +70,11 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let body =
-            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        let mut resp =
-            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
         if matches!(self, Self::Unavailable(_)) {
             // Hubs come back within seconds (restart, failover).
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }

@@ -55,7 +55,11 @@ impl HubPool {
             .iter()
             .map(|url| {
                 let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051"))?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051"
+                        )
+                    })?
                     .connect_timeout(Duration::from_millis(500).min(timeout))
                     .timeout(timeout)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -70,23 +74,15 @@ impl HubPool {
     /// Hubs in the order to try for `key`: by rendezvous score, hubs that
     /// are up first.
     fn order(&self, key: &str) -> Vec<&HubHandle> {
-        let mut hubs: Vec<(&HubHandle, u64)> =
-            self.hubs.iter().map(|h| (h, score(&h.url, key))).collect();
+        let mut hubs: Vec<(&HubHandle, u64)> = self.hubs.iter().map(|h| (h, score(&h.url, key))).collect();
         hubs.sort_by(|a, b| {
-            let (ua, ub) = (
-                a.0.up.load(Ordering::Relaxed),
-                b.0.up.load(Ordering::Relaxed),
-            );
+            let (ua, ub) = (a.0.up.load(Ordering::Relaxed), b.0.up.load(Ordering::Relaxed));
             ub.cmp(&ua).then(b.1.cmp(&a.1))
         });
         hubs.into_iter().map(|(h, _)| h).collect()
     }
 
-    pub async fn publish(
-        &self,
-        key: &str,
-        req: PublishRequest,
-    ) -> Result<PublishResponse, PublishError> {
+    pub async fn publish(&self, key: &str, req: PublishRequest) -> Result<PublishResponse, PublishError> {
         let mut not_found = None;
         let mut last_error = String::from("no hub configured");
         for hub in self.order(key) {
@@ -128,9 +124,7 @@ impl HubPool {
             let mut up = 0;
             for hub in &self.hubs {
                 let mut client = HealthClient::new(hub.channel.clone());
-                let req = HealthCheckRequest {
-                    service: "pushmesh.v1.Hub".to_owned(),
-                };
+                let req = HealthCheckRequest { service: "pushmesh.v1.Hub".to_owned() };
                 let ok = matches!(
                     tokio::time::timeout(self.timeout, client.check(req)).await,
                     Ok(Ok(r)) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
@@ -177,11 +171,7 @@ mod tests {
 
     #[test]
     fn rendezvous_moves_only_the_departed_hubs_keys() {
-        let hubs = [
-            "http://hub-0:50051",
-            "http://hub-1:50051",
-            "http://hub-2:50051",
-        ];
+        let hubs = ["http://hub-0:50051", "http://hub-1:50051", "http://hub-2:50051"];
         fn pick<'a>(set: &[&'a str], key: &str) -> &'a str {
             set.iter().copied().max_by_key(|h| score(h, key)).unwrap()
         }

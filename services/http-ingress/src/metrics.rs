@@ -22,18 +22,12 @@ impl IngressMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_ingress_requests_total",
-                "HTTP requests, by route and status code.",
-            ),
+            Opts::new("pushmesh_ingress_requests_total", "HTTP requests, by route and status code."),
             &["route", "code"],
         )
         .expect("metric");
         let publishes = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_ingress_publishes_total",
-                "Publish attempts, by target kind and result.",
-            ),
+            Opts::new("pushmesh_ingress_publishes_total", "Publish attempts, by target kind and result."),
             &["target", "result"],
         )
         .expect("metric");
@@ -42,18 +36,12 @@ impl IngressMetrics {
                 "pushmesh_ingress_publish_duration_seconds",
                 "Time until a hub accepted a publish (failover included), by target kind.",
             )
-            .buckets(vec![
-                1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
-                2.5,
-            ]),
+            .buckets(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]),
             &["target"],
         )
         .expect("metric");
-        let hubs_up = IntGauge::new(
-            "pushmesh_ingress_hubs_up",
-            "Hubs that answered the last health check.",
-        )
-        .expect("metric");
+        let hubs_up =
+            IntGauge::new("pushmesh_ingress_hubs_up", "Hubs that answered the last health check.").expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(publishes.clone()),
@@ -67,13 +55,7 @@ impl IngressMetrics {
                 publishes.with_label_values(&[t, r]);
             }
         }
-        Self {
-            registry,
-            requests,
-            publishes,
-            publish_duration,
-            hubs_up,
-        }
+        Self { registry, requests, publishes, publish_duration, hubs_up }
     }
 }
 

@@ -51,17 +51,12 @@ struct SendBody {
 }
 
 /// Every route, with errors turned into JSON responses.
-pub fn api(
-    state: Arc<State>,
-    health: Health,
-) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let admin = pushmesh_common::admin::routes(health, state.metrics.registry.clone());
     let publish = post_json("publish", state.clone())
         .then(|s: Arc<State>, body: Bytes| async move { respond(handle_publish(&s, &body).await) });
-    let broadcast =
-        post_json("broadcast", state.clone()).then(|s: Arc<State>, body: Bytes| async move {
-            respond(handle_broadcast(&s, &body).await)
-        });
+    let broadcast = post_json("broadcast", state.clone())
+        .then(|s: Arc<State>, body: Bytes| async move { respond(handle_broadcast(&s, &body).await) });
     let send = post_json("send", state.clone())
         .then(|s: Arc<State>, body: Bytes| async move { respond(handle_send(&s, &body).await) });
     let seed = warp::path::end()
@@ -70,31 +65,16 @@ pub fn api(
         .and(warp::query::<HashMap<String, String>>())
         .then(|s: Arc<State>, q: HashMap<String, String>| async move {
             match handle_seed(&s, q).await {
-                Ok(()) => {
-                    warp::reply::with_header("ok", "content-type", "text/plain; charset=utf-8")
-                        .into_response()
-                }
+                Ok(()) => warp::reply::with_header("ok", "content-type", "text/plain; charset=utf-8").into_response(),
                 Err(e) => e.into_response(),
             }
         });
     let metrics = state.metrics.clone();
-    admin
-        .or(publish)
-        .unify()
-        .or(broadcast)
-        .unify()
-        .or(send)
-        .unify()
-        .or(seed)
-        .unify()
-        .recover(recover)
-        .unify()
-        .with(warp::log::custom(move |info| {
-            metrics
-                .requests
-                .with_label_values(&[route_label(info.path()), info.status().as_str()])
-                .inc();
-        }))
+    admin.or(publish).unify().or(broadcast).unify().or(send).unify().or(seed).unify().recover(recover).unify().with(
+        warp::log::custom(move |info| {
+            metrics.requests.with_label_values(&[route_label(info.path()), info.status().as_str()]).inc();
+        }),
+    )
 }
 
 fn with(state: Arc<State>) -> impl Filter<Extract = (Arc<State>,), Error = Infallible> + Clone {
@@ -120,22 +100,15 @@ fn content_type_json() -> impl Filter<Extract = (), Error = Rejection> + Clone {
         .and_then(|ct: Option<String>| async move {
             match ct {
                 None => Ok(()),
-                Some(ct)
-                    if ct
-                        .split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .eq_ignore_ascii_case("application/json") =>
-                {
+                Some(ct) if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") => {
                     Ok(())
                 }
                 // curl -d sends this by default; accept it as JSON so the
                 // one-line examples work without -H.
                 Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => Ok(()),
-                Some(ct) => Err(warp::reject::custom(ApiError::UnsupportedMediaType(
-                    pushmesh_common::ids::truncate(&ct, 80),
-                ))),
+                Some(ct) => {
+                    Err(warp::reject::custom(ApiError::UnsupportedMediaType(pushmesh_common::ids::truncate(&ct, 80))))
+                }
             }
         })
         .untuple_one()
@@ -144,16 +117,14 @@ fn content_type_json() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 /// The body, read up to `limit` bytes whether or not it has a
 /// Content-Length (a chunked body over the limit is cut off at the limit).
 fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .and_then(move |len: Option<u64>, body| async move {
+    warp::header::optional::<u64>("content-length").and(warp::body::stream()).and_then(
+        move |len: Option<u64>, body| async move {
             if len.is_some_and(|l| l > limit) {
                 return Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }));
             }
-            read_limited(body, limit)
-                .await
-                .map_err(warp::reject::custom)
-        })
+            read_limited(body, limit).await.map_err(warp::reject::custom)
+        },
+    )
 }
 
 async fn read_limited<S, B>(body: S, limit: u64) -> Result<Bytes, ApiError>
@@ -164,8 +135,7 @@ where
     futures_util::pin_mut!(body);
     let mut buf = BytesMut::new();
     while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::InvalidRequest(format!("reading body: {e}")))?;
+        let mut chunk = chunk.map_err(|e| ApiError::InvalidRequest(format!("reading body: {e}")))?;
         if buf.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
@@ -209,11 +179,7 @@ async fn handle_broadcast(s: &State, body: &[u8]) -> Result<serde_json::Value, A
         .map(|c| ConnectionId::parse(c).map(|c| c.to_string()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::InvalidRequest(format!("exclude: {e}")))?;
-    let req = PublishRequest {
-        target: Some(Target::Broadcast(Broadcast {})),
-        data: data_bytes(&b.data),
-        exclude,
-    };
+    let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data: data_bytes(&b.data), exclude };
     publish(s, "broadcast", topic::BROADCAST, req).await
 }
 
@@ -229,17 +195,9 @@ async fn handle_send(s: &State, body: &[u8]) -> Result<serde_json::Value, ApiErr
     }
 }
 
-async fn send_to_connection(
-    s: &State,
-    conn: &str,
-    data: Bytes,
-) -> Result<serde_json::Value, ApiError> {
+async fn send_to_connection(s: &State, conn: &str, data: Bytes) -> Result<serde_json::Value, ApiError> {
     let id = ConnectionId::parse(conn).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let req = PublishRequest {
-        target: Some(Target::Connection(id.to_string())),
-        data,
-        exclude: Vec::new(),
-    };
+    let req = PublishRequest { target: Some(Target::Connection(id.to_string())), data, exclude: Vec::new() };
     publish(s, "connection", &id.gateway().topic(), req).await
 }
 
@@ -253,8 +211,7 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiErr
             "missing query parameter `content`; use /?content=TEXT to broadcast, or add &to_worker_id=GATEWAY&to_connection_id=CONNECTION to send to one client".to_owned(),
         )
     })?;
-    let data =
-        Bytes::from(serde_json::to_string(content).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let data = Bytes::from(serde_json::to_string(content).map_err(|e| ApiError::Internal(e.to_string()))?);
     match (q.get("to_worker_id"), q.get("to_connection_id")) {
         (None, None) => {
             let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data, exclude: Vec::new() };
@@ -274,7 +231,8 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiErr
         // The seed fell back to a broadcast here; a half-addressed send
         // reaching every client is a bug waiting to happen, so refuse it.
         _ => Err(ApiError::InvalidRequest(
-            "to_worker_id and to_connection_id go together: give both to send to one client, or neither to broadcast".to_owned(),
+            "to_worker_id and to_connection_id go together: give both to send to one client, or neither to broadcast"
+                .to_owned(),
         )),
     }
 }
@@ -289,26 +247,14 @@ async fn publish(
     let result = s.hubs.publish(key, req).await;
     let (label, out) = match result {
         Ok(resp) => {
-            s.metrics
-                .publish_duration
-                .with_label_values(&[target])
-                .observe(started.elapsed().as_secs_f64());
-            (
-                "ok",
-                Ok(serde_json::json!({ "ok": true, "gateways": resp.gateways })),
-            )
+            s.metrics.publish_duration.with_label_values(&[target]).observe(started.elapsed().as_secs_f64());
+            ("ok", Ok(serde_json::json!({ "ok": true, "gateways": resp.gateways })))
         }
-        Err(PublishError::Rejected(status)) => (
-            "rejected",
-            Err(ApiError::InvalidRequest(status.message().to_owned())),
-        ),
+        Err(PublishError::Rejected(status)) => ("rejected", Err(ApiError::InvalidRequest(status.message().to_owned()))),
         Err(PublishError::NotFound(msg)) => ("rejected", Err(ApiError::UnknownConnection(msg))),
         Err(PublishError::Unavailable(msg)) => ("unavailable", Err(ApiError::Unavailable(msg))),
     };
-    s.metrics
-        .publishes
-        .with_label_values(&[target, label])
-        .inc();
+    s.metrics.publishes.with_label_values(&[target, label]).inc();
     out
 }
 

@@ -26,20 +26,11 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let hubs = Arc::new(HubPool::new(
-            &config.hubs,
-            Duration::from_millis(config.publish_timeout_ms.max(1)),
-        )?);
+        let hubs = Arc::new(HubPool::new(&config.hubs, Duration::from_millis(config.publish_timeout_ms.max(1)))?);
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
-        Ok(Self {
-            config,
-            listener,
-            hubs,
-            metrics: IngressMetrics::new(),
-            health: Health::new("no hub checked yet"),
-        })
+        Ok(Self { config, listener, hubs, metrics: IngressMetrics::new(), health: Health::new("no hub checked yet") })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -47,13 +38,7 @@ impl Ingress {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingress {
-            config,
-            listener,
-            hubs,
-            metrics,
-            health,
-        } = self;
+        let Ingress { config, listener, hubs, metrics, health } = self;
         let probe_stop = CancellationToken::new();
         let probe = tokio::spawn(hubs.clone().probe(
             Duration::from_millis(config.hub_probe_ms.max(10)),
@@ -61,11 +46,7 @@ impl Ingress {
             metrics.clone(),
             probe_stop.clone(),
         ));
-        let state = Arc::new(State {
-            hubs,
-            metrics,
-            max_body: config.max_body_bytes,
-        });
+        let state = Arc::new(State { hubs, metrics, max_body: config.max_body_bytes });
         let api = routes::api(state, health.clone());
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();

@@ -18,12 +18,15 @@ use pushmesh_common::proto::{
 };
 
 use crate::metrics::HubMetrics;
+use crate::query::Queries;
 use crate::topics::{Link, Outbound, TopicTable};
 
 pub type AttachStream = ReceiverStream<Result<AttachResponse, Status>>;
 
 pub struct AttachSettings {
     pub hub_id: String,
+    /// How long a query waits for gateways' answers.
+    pub query_timeout_ms: u64,
     pub queue: usize,
     pub batch_max: usize,
 }
@@ -33,6 +36,7 @@ pub fn start(
     gateway: String,
     inbound: Streaming<AttachRequest>,
     table: Arc<TopicTable>,
+    queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: &AttachSettings,
     shutdown: CancellationToken,
@@ -44,16 +48,13 @@ pub fn start(
     let link = table.attach(gateway.clone(), queue_tx);
     tracing::info!(%gateway, link = link.id, "gateway attached");
 
-    let hello = AttachResponse {
-        kind: Some(attach_response::Kind::Attached(Attached {
-            hub_id: settings.hub_id.clone(),
-        })),
-    };
+    let hello =
+        AttachResponse { kind: Some(attach_response::Kind::Attached(Attached { hub_id: settings.hub_id.clone() })) };
     // Capacity 4 and nothing sent yet: this cannot fail.
     let _ = resp_tx.try_send(Ok(hello));
 
     tokio::spawn(forward(queue_rx, resp_tx, metrics, settings.batch_max));
-    tokio::spawn(read(link, inbound, table, shutdown));
+    tokio::spawn(read(link, inbound, table, queries, shutdown));
     ReceiverStream::new(resp_rx)
 }
 
@@ -61,6 +62,7 @@ async fn read(
     link: Arc<Link>,
     mut inbound: Streaming<AttachRequest>,
     table: Arc<TopicTable>,
+    queries: Arc<Queries>,
     shutdown: CancellationToken,
 ) {
     let why = loop {
@@ -77,6 +79,10 @@ async fn read(
         let (request_id, subscribe, topics) = match req.kind {
             Some(attach_request::Kind::Subscribe(c)) => (c.request_id, true, c.topics),
             Some(attach_request::Kind::Unsubscribe(c)) => (c.request_id, false, c.topics),
+            Some(attach_request::Kind::QueryReply(r)) => {
+                queries.complete(r);
+                continue;
+            }
             Some(attach_request::Kind::Hello(_)) | None => {
                 tracing::warn!(gateway = %link.gateway, "ignoring unexpected attach message");
                 continue;
@@ -115,15 +121,17 @@ async fn forward(
                         next = queue.try_recv().ok();
                     }
                 }
-                Outbound::Ack(request_id) => {
-                    // Deliveries queued before the ack go out before it.
+                Outbound::Ack(_) | Outbound::Query(_) => {
+                    // Deliveries queued before it go out before it.
                     if !flush(&mut items, &resp, &metrics).await {
                         return;
                     }
-                    let ack = AttachResponse {
-                        kind: Some(attach_response::Kind::TopicsAck(TopicsAck { request_id })),
+                    let kind = match item {
+                        Outbound::Ack(request_id) => attach_response::Kind::TopicsAck(TopicsAck { request_id }),
+                        Outbound::Query(q) => attach_response::Kind::Query(q),
+                        Outbound::Delivery(_) => unreachable!("matched above"),
                     };
-                    if resp.send(Ok(ack)).await.is_err() {
+                    if resp.send(Ok(AttachResponse { kind: Some(kind) })).await.is_err() {
                         return;
                     }
                     next = queue.try_recv().ok();
@@ -144,11 +152,8 @@ async fn flush(
     if items.is_empty() {
         return true;
     }
-    let batch = AttachResponse {
-        kind: Some(attach_response::Kind::Deliveries(Deliveries {
-            items: std::mem::take(items),
-        })),
-    };
+    let batch =
+        AttachResponse { kind: Some(attach_response::Kind::Deliveries(Deliveries { items: std::mem::take(items) })) };
     metrics.batches.inc();
     resp.send(Ok(batch)).await.is_ok()
 }

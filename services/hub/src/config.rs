@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_BATCH_MAX", default_value_t = 512)]
     pub batch_max: usize,
 
+    /// How long a query (presence, stats, server-side subscribe…) waits for
+    /// gateways' answers, in milliseconds.
+    #[arg(long, env = "PUSHMESH_QUERY_TIMEOUT_MS", default_value_t = 2000)]
+    pub query_timeout_ms: u64,
+
     /// HTTP/2 keepalive ping interval on gateway streams, in seconds.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod config;
 pub mod metrics;
+pub mod query;
 pub mod server;
 pub mod service;
 pub mod topics;

@@ -19,16 +19,15 @@ pub struct HubMetrics {
     pub publish_duration: Histogram,
     pub gateways: IntGauge,
     pub topics: IntGauge,
+    /// Queries forwarded to gateways (presence, stats, server-side commands).
+    pub queries: IntCounter,
 }
 
 impl HubMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
         let publishes = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_hub_publishes_total",
-                "Publishes accepted by the hub, by target kind.",
-            ),
+            Opts::new("pushmesh_hub_publishes_total", "Publishes accepted by the hub, by target kind."),
             &["target"],
         )
         .expect("metric");
@@ -51,33 +50,20 @@ impl HubMetrics {
         )
         .expect("metric");
         let rejected = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_hub_publish_rejected_total",
-                "Publish requests the hub refused, by reason.",
-            ),
+            Opts::new("pushmesh_hub_publish_rejected_total", "Publish requests the hub refused, by reason."),
             &["reason"],
         )
         .expect("metric");
         let publish_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "pushmesh_hub_publish_duration_seconds",
-                "Time to route one publish to gateway queues.",
-            )
-            .buckets(vec![
-                1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
-            ]),
+            HistogramOpts::new("pushmesh_hub_publish_duration_seconds", "Time to route one publish to gateway queues.")
+                .buckets(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
         )
         .expect("metric");
-        let gateways = IntGauge::new(
-            "pushmesh_hub_gateways_attached",
-            "Gateway streams attached now.",
-        )
-        .expect("metric");
-        let topics = IntGauge::new(
-            "pushmesh_hub_topics",
-            "Topics with at least one attached gateway.",
-        )
-        .expect("metric");
+        let gateways =
+            IntGauge::new("pushmesh_hub_gateways_attached", "Gateway streams attached now.").expect("metric");
+        let queries = IntCounter::new("pushmesh_hub_queries_total", "Queries forwarded to gateways.").expect("metric");
+        let topics =
+            IntGauge::new("pushmesh_hub_topics", "Topics with at least one attached gateway.").expect("metric");
         for c in [
             Box::new(publishes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(deliveries.clone()),
@@ -87,6 +73,7 @@ impl HubMetrics {
             Box::new(publish_duration.clone()),
             Box::new(gateways.clone()),
             Box::new(topics.clone()),
+            Box::new(queries.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -109,6 +96,7 @@ impl HubMetrics {
             publish_duration,
             gateways,
             topics,
+            queries,
         }
     }
 }

@@ -35,13 +35,7 @@ impl Hub {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
-        Ok(Self {
-            config,
-            grpc,
-            admin,
-            metrics: HubMetrics::new(),
-            health: Health::new("starting"),
-        })
+        Ok(Self { config, grpc, admin, metrics: HubMetrics::new(), health: Health::new("starting") })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -56,20 +50,13 @@ impl Hub {
     /// `NOT_SERVING`, close every gateway stream (gateways move to the other
     /// hubs) and return.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Hub {
-            config,
-            grpc,
-            admin,
-            metrics,
-            health,
-        } = self;
-        let hub_id = config
-            .hub_id
-            .clone()
-            .unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
+        let Hub { config, grpc, admin, metrics, health } = self;
+        let hub_id =
+            config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
         let table = Arc::new(TopicTable::new(metrics.clone()));
         let settings = AttachSettings {
             hub_id: hub_id.clone(),
+            query_timeout_ms: config.query_timeout_ms.max(1),
             queue: config.gateway_queue.max(1),
             batch_max: config.batch_max.max(1),
         };
@@ -81,10 +68,7 @@ impl Hub {
         let admin_routes = pushmesh_common::admin::routes(health.clone(), metrics.registry.clone());
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(
-            warp::serve(admin_routes)
-                .incoming(admin)
-                .graceful(async move { admin_shutdown.cancelled().await })
-                .run(),
+            warp::serve(admin_routes).incoming(admin).graceful(async move { admin_shutdown.cancelled().await }).run(),
         );
 
         let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
@@ -100,9 +84,7 @@ impl Hub {
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 grpc_shutdown.cancelled().await;
                 grpc_health.start_draining();
-                grpc_reporter
-                    .set_not_serving::<HubServer<HubService>>()
-                    .await;
+                grpc_reporter.set_not_serving::<HubServer<HubService>>().await;
             });
         health.set_ready();
         tracing::info!(%hub_id, version = env!("CARGO_PKG_VERSION"), "hub serving");

@@ -10,15 +10,18 @@ use tonic::{Request, Response, Status, Streaming};
 use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, topic};
 use pushmesh_common::proto::hub_server::Hub;
 use pushmesh_common::proto::{
-    AttachRequest, Delivery, PublishRequest, PublishResponse, attach_request, publish_request,
+    AttachRequest, Delivery, PublishRequest, PublishResponse, QueryRequest, QueryResponse, attach_request,
+    publish_request,
 };
 
 use crate::attach::{self, AttachSettings, AttachStream};
 use crate::metrics::HubMetrics;
+use crate::query::{Queries, QueryError};
 use crate::topics::TopicTable;
 
 pub struct HubService {
     table: Arc<TopicTable>,
+    queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: AttachSettings,
     shutdown: CancellationToken,
@@ -31,12 +34,7 @@ impl HubService {
         settings: AttachSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self {
-            table,
-            metrics,
-            settings,
-            shutdown,
-        }
+        Self { table, queries: Arc::default(), metrics, settings, shutdown }
     }
 
     fn reject(&self, reason: &str, status: Status) -> Status {
@@ -49,22 +47,14 @@ impl HubService {
 impl Hub for HubService {
     type AttachStream = AttachStream;
 
-    async fn attach(
-        &self,
-        request: Request<Streaming<AttachRequest>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(&self, request: Request<Streaming<AttachRequest>>) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("attach stream ended before hello"))?;
+        let first =
+            inbound.message().await?.ok_or_else(|| Status::invalid_argument("attach stream ended before hello"))?;
         let Some(attach_request::Kind::Hello(hello)) = first.kind else {
-            return Err(Status::invalid_argument(
-                "the first attach message must be hello",
-            ));
+            return Err(Status::invalid_argument("the first attach message must be hello"));
         };
-        let gateway = GatewayId::new(hello.gateway_id)
-            .map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
+        let gateway = GatewayId::new(hello.gateway_id).map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("hub is shutting down"));
         }
@@ -72,6 +62,7 @@ impl Hub for HubService {
             gateway.as_str().to_owned(),
             inbound,
             self.table.clone(),
+            self.queries.clone(),
             self.metrics.clone(),
             &self.settings,
             self.shutdown.clone(),
@@ -79,10 +70,7 @@ impl Hub for HubService {
         Ok(Response::new(stream))
     }
 
-    async fn publish(
-        &self,
-        request: Request<PublishRequest>,
-    ) -> Result<Response<PublishResponse>, Status> {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
         let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
@@ -142,11 +130,20 @@ impl Hub for HubService {
         };
         let routed = self.table.route(delivery);
         self.metrics.publishes.with_label_values(&[kind]).inc();
-        self.metrics
-            .publish_duration
-            .observe(started.elapsed().as_secs_f64());
-        Ok(Response::new(PublishResponse {
-            gateways: routed.queued,
-        }))
+        self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+        Ok(Response::new(PublishResponse { gateways: routed.queued }))
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let req = request.into_inner();
+        if req.op.as_ref().and_then(|o| o.op.as_ref()).is_none() {
+            return Err(Status::invalid_argument("query needs an op"));
+        }
+        let deadline = std::time::Duration::from_millis(self.settings.query_timeout_ms);
+        self.metrics.queries.inc();
+        match self.queries.ask(&self.table, req, deadline).await {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e @ QueryError::UnknownGateway(_)) => Err(Status::not_found(e.to_string())),
+        }
     }
 }

@@ -26,6 +26,8 @@ pub enum Outbound {
     Delivery(Delivery),
     /// A subscribe/unsubscribe is in force; echo its request id.
     Ack(u64),
+    /// A question for the gateway (see `query`).
+    Query(pushmesh_common::proto::GatewayQuery),
 }
 
 /// One attached gateway stream.
@@ -60,11 +62,7 @@ pub struct TopicTable {
 
 impl TopicTable {
     pub fn new(metrics: HubMetrics) -> Self {
-        Self {
-            inner: RwLock::default(),
-            next_link: AtomicU64::new(1),
-            metrics,
-        }
+        Self { inner: RwLock::default(), next_link: AtomicU64::new(1), metrics }
     }
 
     /// Register a gateway stream. A previous stream of the same gateway is
@@ -97,11 +95,7 @@ impl TopicTable {
     pub fn detach(&self, link: &Link) {
         let mut inner = self.inner.write().expect("topic table lock");
         Self::remove_link_topics(&mut inner, link.id);
-        if inner
-            .gateways
-            .get(&link.gateway)
-            .is_some_and(|l| l.id == link.id)
-        {
+        if inner.gateways.get(&link.gateway).is_some_and(|l| l.id == link.id) {
             inner.gateways.remove(&link.gateway);
         }
         self.update_gauges(&inner);
@@ -110,11 +104,7 @@ impl TopicTable {
     pub fn subscribe(&self, link: &Arc<Link>, topics: &[String]) {
         let mut inner = self.inner.write().expect("topic table lock");
         // A link replaced meanwhile must not resurrect its subscriptions.
-        if inner
-            .gateways
-            .get(&link.gateway)
-            .is_none_or(|l| l.id != link.id)
-        {
+        if inner.gateways.get(&link.gateway).is_none_or(|l| l.id != link.id) {
             return;
         }
         for t in topics {
@@ -139,22 +129,24 @@ impl TopicTable {
         self.update_gauges(&inner);
     }
 
+    /// Every attached gateway's current stream.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.inner.read().expect("topic table lock").gateways.values().cloned().collect()
+    }
+
+    pub fn link(&self, gateway: &str) -> Option<Arc<Link>> {
+        self.inner.read().expect("topic table lock").gateways.get(gateway).cloned()
+    }
+
     /// Is a stream of this gateway attached?
     pub fn has_gateway(&self, gateway: &str) -> bool {
-        self.inner
-            .read()
-            .expect("topic table lock")
-            .gateways
-            .contains_key(gateway)
+        self.inner.read().expect("topic table lock").gateways.contains_key(gateway)
     }
 
     /// Queue `delivery` to every gateway subscribed to its topic.
     pub fn route(&self, delivery: Delivery) -> Routed {
         let inner = self.inner.read().expect("topic table lock");
-        let mut routed = Routed {
-            queued: 0,
-            dropped: 0,
-        };
+        let mut routed = Routed { queued: 0, dropped: 0 };
         let Some(links) = inner.topics.get(&delivery.topic) else {
             return routed;
         };
@@ -166,10 +158,7 @@ impl TopicTable {
         drop(inner);
         self.metrics.deliveries.inc_by(u64::from(routed.queued));
         if routed.dropped > 0 {
-            self.metrics
-                .dropped
-                .with_label_values(&["gateway_queue_full"])
-                .inc_by(u64::from(routed.dropped));
+            self.metrics.dropped.with_label_values(&["gateway_queue_full"]).inc_by(u64::from(routed.dropped));
         }
         routed
     }

@@ -16,12 +16,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
 
     /// Hub gRPC endpoints; the gateway attaches to every one of them.
-    #[arg(
-        long = "hub",
-        env = "PUSHMESH_HUBS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
     pub hubs: Vec<String>,
 
     /// This gateway's id: the owner part of every connection id it hands
@@ -45,11 +40,7 @@ pub struct Config {
     pub read_buffer_bytes: usize,
 
     /// Most channels one connection may subscribe to.
-    #[arg(
-        long,
-        env = "PUSHMESH_MAX_CHANNELS_PER_CONNECTION",
-        default_value_t = 256
-    )]
+    #[arg(long, env = "PUSHMESH_MAX_CHANNELS_PER_CONNECTION", default_value_t = 256)]
     pub max_channels_per_connection: usize,
 
     /// How long a client's subscribe waits for the hubs' confirmation, in milliseconds.
@@ -68,6 +59,31 @@ pub struct Config {
     /// Time allowed for a client to send its HTTP upgrade request, in seconds.
     #[arg(long, env = "PUSHMESH_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
+
+    /// HS256 secret for client JWTs. With no JWT key at all, clients are
+    /// anonymous and may subscribe to any channel (local development only).
+    #[arg(long, env = "PUSHMESH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "PUSHMESH_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// PEM public key for RS256/ES256 client JWTs.
+    #[arg(long, env = "PUSHMESH_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// JWT algorithm: HS256 (with a secret), RS256 or ES256 (with a public key).
+    #[arg(long, env = "PUSHMESH_JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
+
+    /// With JWT auth on: seconds a client has to authenticate after connecting.
+    #[arg(long, env = "PUSHMESH_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub auth_timeout_secs: u64,
+
+    /// Most connections one user may hold on this gateway (0: no limit).
+    #[arg(long, env = "PUSHMESH_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: usize,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -1,4 +1,4 @@
-//! One client WebSocket, from welcome to close.
+//! One client WebSocket, from authentication and welcome to close.
 //!
 //! A connection is one task running two halves under `select!`: the reader
 //! (client commands, in order; a subscribe waits for the hubs' confirmation
@@ -7,13 +7,13 @@
 //! once, so a burst costs one `write` system call, not one per frame).
 //!
 //! Either side can end the connection: the client (close frame, EOF,
-//! protocol error), the fan-out (slow consumer), or shutdown (1012). Frames
-//! still queued when it ends are counted as dropped with the reason.
+//! protocol error), the fan-out (slow consumer), the server API
+//! (disconnect), or shutdown (1012). Frames still queued when it ends are
+//! counted as dropped with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use pushmesh_common::ids::{Channel, ConnectionId};
 
+use crate::auth::{AuthError, Grant};
 use crate::protocol::{self, Command, Reply, close};
 use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
 use crate::server::Shared;
@@ -33,35 +34,56 @@ use crate::server::Shared;
 /// worker thread.
 const MAX_FRAMES_PER_WRITE: usize = 256;
 
-pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, raw: bool)
+pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, raw: bool, token: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (mut sink, mut stream) = ws.split();
+    let (grant, auth_reply_id) = match authenticate(&shared, token, &mut stream).await {
+        Ok(g) => g,
+        Err(e) => {
+            let (code, label) = match e {
+                AuthError::Expired => (close::TOKEN_EXPIRED, "expired"),
+                AuthError::Invalid(_) => (close::UNAUTHORIZED, "invalid"),
+                AuthError::Missing => (close::UNAUTHORIZED, "missing"),
+            };
+            shared.metrics.auth_failures.with_label_values(&[label]).inc();
+            shared.metrics.disconnects.with_label_values(&["auth"]).inc();
+            let _ = close_with(&mut sink, code, &e.to_string()).await;
+            return;
+        }
+    };
+
     let seq = shared.next_seq();
     let id = ConnectionId::new(shared.gateway.clone(), seq);
-    let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(2));
+    let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue.max(2));
     let close = Arc::new(CloseSignal::default());
-    let welcome = protocol::welcome_frame(&id.to_string(), shared.gateway.as_str());
-    // The queue is empty: the welcome always fits, and goes first.
-    let _ = tx.try_send(Frame {
-        text: welcome,
-        is_delivery: false,
-    });
-    shared
-        .registry
-        .insert(seq, ConnEntry::new(tx.clone(), raw, close.clone()));
+    // The queue is empty: these always fit, and go first.
+    if let Some(reply_id) = auth_reply_id {
+        let _ = tx.try_send(Frame { text: protocol::reply_frame(Some(reply_id), &Reply::Ok), is_delivery: false });
+    }
+    let welcome = protocol::welcome_frame(&id.to_string(), shared.gateway.as_str(), grant.user.as_ref());
+    let _ = tx.try_send(Frame { text: welcome, is_delivery: false });
+    let entry = ConnEntry::new(tx.clone(), raw, close.clone(), grant.user.clone());
+    let waits = match shared.registry.insert(seq, entry, shared.config.max_connections_per_user) {
+        Ok(w) => w,
+        Err(e) => {
+            shared.metrics.disconnects.with_label_values(&["user_limit"]).inc();
+            let _ = close_with(&mut sink, close::TOO_MANY_CONNECTIONS, &e.to_string()).await;
+            return;
+        }
+    };
     shared.metrics.connections.inc();
     shared.metrics.accepted.inc();
-    tracing::debug!(connection = %id, raw, "client connected");
+    // A user's first connection here subscribes the user's topic; the
+    // welcome is written only once that is live, so "welcome" means "sends
+    // to this user reach this connection".
+    if !waits.is_empty() {
+        crate::registry::confirmed(waits, Duration::from_millis(shared.config.subscribe_timeout_ms)).await;
+    }
+    tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let (sink, stream) = ws.split();
-    let conn = Conn {
-        seq,
-        shared: shared.clone(),
-        tx,
-        close: close.clone(),
-    };
-    let mut rx = rx;
+    let conn = Conn { seq, shared: shared.clone(), tx, close: close.clone(), grant };
     let reason = {
         let reader = conn.read(stream);
         let writer = write(sink, &mut rx, &close, &shared);
@@ -73,9 +95,7 @@ where
                 if close.get().is_some() {
                     // The reader asked for a close (protocol error): let the
                     // writer say why, briefly.
-                    tokio::time::timeout(Duration::from_secs(1), &mut writer)
-                        .await
-                        .unwrap_or("protocol_error")
+                    tokio::time::timeout(Duration::from_secs(1), &mut writer).await.unwrap_or("protocol_error")
                 } else {
                     "client"
                 }
@@ -84,11 +104,7 @@ where
     };
     shared.registry.remove(seq);
     shared.metrics.connections.dec();
-    shared
-        .metrics
-        .disconnects
-        .with_label_values(&[reason])
-        .inc();
+    shared.metrics.disconnects.with_label_values(&[reason]).inc();
     // Anything still queued will never be written.
     rx.close();
     let mut lost = 0u64;
@@ -96,27 +112,62 @@ where
         lost += u64::from(f.is_delivery);
     }
     if lost > 0 {
-        let drop_reason = if reason == "client" {
-            "client_gone"
-        } else {
-            reason
-        };
-        shared
-            .metrics
-            .dropped
-            .with_label_values(&[drop_reason])
-            .inc_by(lost);
+        let drop_reason = if reason == "client" { "client_gone" } else { reason };
+        shared.metrics.dropped.with_label_values(&[drop_reason]).inc_by(lost);
     }
     tracing::debug!(connection = %id, reason, "client disconnected");
 }
 
-/// The writer half. Returns the metric reason the connection ended for.
-async fn write<K>(
-    mut sink: K,
-    rx: &mut mpsc::Receiver<Frame>,
-    close: &CloseSignal,
+/// With auth configured: the token from `?token=`, or from a first
+/// `{"op":"auth","token":…}` within the auth timeout. Returns the grant and
+/// the id of the auth command to reply to.
+async fn authenticate<R>(
     shared: &Shared,
-) -> &'static str
+    token: Option<String>,
+    stream: &mut R,
+) -> Result<(Grant, Option<u64>), AuthError>
+where
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let Some(auth) = &shared.auth else {
+        return Ok((Grant::anonymous(), None));
+    };
+    if let Some(t) = token {
+        return auth.check(&t).map(|g| (g, None));
+    }
+    let wait = Duration::from_secs(shared.config.auth_timeout_secs.max(1));
+    let first = tokio::time::timeout(wait, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or(AuthError::Missing)?;
+    let cmd: Command = serde_json::from_str(first.as_str()).map_err(|_| AuthError::Missing)?;
+    match (cmd.op.as_str(), cmd.token) {
+        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
+        _ => Err(AuthError::Missing),
+    }
+}
+
+async fn close_with<K>(sink: &mut K, code: u16, reason: &str) -> Result<(), WsError>
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let frame = CloseFrame { code: CloseCode::from(code), reason: protocol::close_reason(reason).into() };
+    tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame))))
+        .await
+        .unwrap_or(Err(WsError::ConnectionClosed))
+}
+
+/// The writer half. Returns the metric reason the connection ended for.
+async fn write<K>(mut sink: K, rx: &mut mpsc::Receiver<Frame>, close: &CloseSignal, shared: &Shared) -> &'static str
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
@@ -124,16 +175,11 @@ where
         tokio::select! {
             biased;
             (code, reason, metric) = close.fired() => {
-                let frame = CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                let _ = close_with(&mut sink, *code, reason).await;
                 return metric;
             }
             _ = shared.shutdown.cancelled() => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(close::SERVICE_RESTART),
-                    reason: "server restarting: reconnect".into(),
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                let _ = close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect").await;
                 return "shutdown";
             }
             frame = rx.recv() => {
@@ -165,6 +211,7 @@ struct Conn {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
     close: Arc<CloseSignal>,
+    grant: Grant,
 }
 
 impl Conn {
@@ -198,22 +245,13 @@ impl Conn {
                     return;
                 }
                 Err(WsError::Utf8(_)) => {
-                    self.close.fire(
-                        close::INVALID_PAYLOAD,
-                        "text frame is not valid UTF-8",
-                        "protocol_error",
-                    );
+                    self.close.fire(close::INVALID_PAYLOAD, "text frame is not valid UTF-8", "protocol_error");
                     return;
                 }
                 // The peer vanished without a close frame: just gone.
                 Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return,
                 Err(WsError::Protocol(e)) => {
-                    tracing::debug!(error = ?e, "client protocol error");
-                    self.close.fire(
-                        close::PROTOCOL_ERROR,
-                        format!("protocol error: {e}"),
-                        "protocol_error",
-                    );
+                    self.close.fire(close::PROTOCOL_ERROR, format!("protocol error: {e}"), "protocol_error");
                     return;
                 }
                 Err(_) => return,
@@ -226,9 +264,7 @@ impl Conn {
             Ok(c) => c,
             Err(e) => {
                 self.count("invalid", "error");
-                let msg = format!(
-                    "invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}"
-                );
+                let msg = format!("invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}");
                 self.reply(protocol::salvage_id(text), Reply::error("bad_request", msg));
                 return;
             }
@@ -237,6 +273,7 @@ impl Conn {
             "subscribe" => ("subscribe", self.subscribe(&cmd).await),
             "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
             "ping" => ("ping", Reply::Ok),
+            "auth" => ("auth", Reply::error("bad_request", "already authenticated")),
             other => (
                 "unknown",
                 Reply::error(
@@ -248,7 +285,7 @@ impl Conn {
                 ),
             ),
         };
-        let ok = matches!(reply, Reply::Ok);
+        let ok = matches!(reply, Reply::Ok | Reply::Subscribed { .. });
         self.count(op, if ok { "ok" } else { "error" });
         // Success replies only for commands that asked (with an id).
         if !ok || cmd.id.is_some() {
@@ -257,9 +294,8 @@ impl Conn {
     }
 
     fn channel(cmd: &Command) -> Result<Channel, Reply> {
-        let name = cmd.channel.as_deref().ok_or_else(|| {
-            Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op))
-        })?;
+        let name =
+            cmd.channel.as_deref().ok_or_else(|| Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op)))?;
         Channel::new(name).map_err(|e| Reply::error("invalid_channel", e.to_string()))
     }
 
@@ -268,40 +304,22 @@ impl Conn {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let topic = channel.topic();
-        let max = self.shared.config.max_channels_per_connection;
-        let waits = match self.shared.registry.join(self.seq, &topic, max) {
-            Ok(w) => w,
-            Err(JoinError::TooManyChannels(n)) => {
-                return Reply::error(
-                    "limit_exceeded",
-                    format!("a connection may subscribe to at most {n} channels"),
-                );
-            }
-            Err(JoinError::Gone) => return Reply::error("closing", "connection is closing"),
-        };
-        // Wait for every attached hub to confirm (a detached one drops its
-        // waiter at once and gets the subscription in its re-attach
-        // snapshot). A hub that neither confirms nor drops within the
-        // timeout is hung and delivers nothing anyway: what counts then is
-        // that some hub confirmed.
+        if !self.grant.may_subscribe(channel.as_str()) {
+            return Reply::error(
+                "permission_denied",
+                format!("your token does not allow channel {:?}", channel.as_str()),
+            );
+        }
         let timeout = Duration::from_millis(self.shared.config.subscribe_timeout_ms);
-        let mut waits: FuturesUnordered<_> = waits.into_iter().collect();
-        let mut confirmed = 0;
-        let _ = tokio::time::timeout(timeout, async {
-            while let Some(r) = waits.next().await {
-                confirmed += usize::from(r.is_ok());
-            }
-        })
-        .await;
-        if confirmed > 0 {
-            Reply::Ok
-        } else {
-            self.shared.registry.leave(self.seq, &topic);
-            Reply::error(
-                "unavailable",
-                "no hub confirmed the subscription; try again",
-            )
+        let max = self.shared.config.max_channels_per_connection;
+        match self.shared.registry.join(self.seq, &channel.topic(), max, timeout).await {
+            // No history yet: a `since` cannot be honoured, and the client
+            // must be told so it knows it may have missed messages.
+            Ok(_) if cmd.since.is_some() => Reply::Subscribed { recovered: false },
+            Ok(_) => Reply::Ok,
+            Err(e @ JoinError::TooManyChannels(_)) => Reply::error("limit_exceeded", e.to_string()),
+            Err(e @ JoinError::Gone) => Reply::error("closing", e.to_string()),
+            Err(e @ JoinError::Unconfirmed) => Reply::error("unavailable", e.to_string()),
         }
     }
 
@@ -316,24 +334,13 @@ impl Conn {
     }
 
     fn reply(&self, id: Option<u64>, reply: Reply) {
-        let frame = Frame {
-            text: protocol::reply_frame(id, &reply),
-            is_delivery: false,
-        };
+        let frame = Frame { text: protocol::reply_frame(id, &reply), is_delivery: false };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            self.close.fire(
-                close::TRY_AGAIN_LATER,
-                "slow consumer: outbound queue full",
-                "slow_consumer",
-            );
+            self.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
         }
     }
 
     fn count(&self, op: &str, result: &str) {
-        self.shared
-            .metrics
-            .commands
-            .with_label_values(&[op, result])
-            .inc();
+        self.shared.metrics.commands.with_label_values(&[op, result]).inc();
     }
 }

@@ -31,13 +31,9 @@ struct Frames<'a> {
 impl<'a> Frames<'a> {
     fn get(&mut self, raw: bool) -> Utf8Bytes {
         if raw {
-            self.raw
-                .get_or_insert_with(|| raw_frame(self.delivery, self.data))
-                .clone()
+            self.raw.get_or_insert_with(|| raw_frame(self.delivery, self.data)).clone()
         } else {
-            self.json
-                .get_or_insert_with(|| json_frame(self.delivery, self.data))
-                .clone()
+            self.json.get_or_insert_with(|| json_frame(self.delivery, self.data)).clone()
         }
     }
 }
@@ -73,18 +69,10 @@ fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
 pub fn deliver(shared: &Shared, d: Delivery) {
     let metrics = &shared.metrics;
     let Ok(data) = std::str::from_utf8(&d.data) else {
-        metrics
-            .dropped
-            .with_label_values(&["invalid_payload"])
-            .inc();
+        metrics.dropped.with_label_values(&["invalid_payload"]).inc();
         return;
     };
-    let mut frames = Frames {
-        delivery: &d,
-        data,
-        json: None,
-        raw: None,
-    };
+    let mut frames = Frames { delivery: &d, data, json: None, raw: None };
     let excluded: HashSet<u64> = d
         .exclude
         .iter()
@@ -110,6 +98,17 @@ pub fn deliver(shared: &Shared, d: Delivery) {
                 }
             }
         }
+    } else if d.topic.starts_with(topic::USER_PREFIX) {
+        if let Some(conns) = inner.users.get(&d.topic) {
+            for seq in conns {
+                if excluded.contains(seq) {
+                    continue;
+                }
+                if let Some(conn) = inner.conns.get(seq) {
+                    send(shared, conn, &mut frames);
+                }
+            }
+        }
     } else if d.topic.starts_with(topic::GATEWAY_PREFIX) {
         let target = ConnectionId::parse(&d.connection)
             .ok()
@@ -118,10 +117,7 @@ pub fn deliver(shared: &Shared, d: Delivery) {
         match target {
             Some(conn) => send(shared, conn, &mut frames),
             // The connection closed after the send was accepted.
-            None => metrics
-                .dropped
-                .with_label_values(&["unknown_connection"])
-                .inc(),
+            None => metrics.dropped.with_label_values(&["unknown_connection"]).inc(),
         }
     } else {
         tracing::debug!(topic = %d.topic, "delivery on a topic this gateway does not route");
@@ -129,30 +125,15 @@ pub fn deliver(shared: &Shared, d: Delivery) {
 }
 
 fn send(shared: &Shared, conn: &ConnEntry, frames: &mut Frames<'_>) {
-    let frame = Frame {
-        text: frames.get(conn.raw),
-        is_delivery: true,
-    };
+    let frame = Frame { text: frames.get(conn.raw), is_delivery: true };
     match conn.tx.try_send(frame) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
-            shared
-                .metrics
-                .dropped
-                .with_label_values(&["slow_consumer"])
-                .inc();
-            conn.close.fire(
-                close::TRY_AGAIN_LATER,
-                "slow consumer: outbound queue full",
-                "slow_consumer",
-            );
+            shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
+            conn.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
         }
         Err(TrySendError::Closed(_)) => {
-            shared
-                .metrics
-                .dropped
-                .with_label_values(&["client_gone"])
-                .inc();
+            shared.metrics.dropped.with_label_values(&["client_gone"]).inc();
         }
     }
 }

@@ -30,9 +30,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            shared.config.handshake_timeout_secs.max(1),
-        ));
+        .header_read_timeout(Duration::from_secs(shared.config.handshake_timeout_secs.max(1)));
     loop {
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -74,21 +72,13 @@ fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             text(code, body)
         }
         (&Method::GET, "/metrics") => {
-            let mut r = text(
-                StatusCode::OK,
-                admin::metrics_text(&shared.metrics.registry),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(admin::METRICS_CONTENT_TYPE),
-            );
+            let mut r = text(StatusCode::OK, admin::metrics_text(&shared.metrics.registry));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(admin::METRICS_CONTENT_TYPE));
             r
         }
-        (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is allowed here",
-        ),
+        (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is allowed here")
+        }
         (_, path) => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -110,58 +100,34 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 }
 
 fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
-    if !header_has_token(&req, header::CONNECTION, "upgrade")
-        || !header_has_token(&req, header::UPGRADE, "websocket")
-    {
+    if !header_has_token(&req, header::CONNECTION, "upgrade") || !header_has_token(&req, header::UPGRADE, "websocket") {
         return error(
             StatusCode::UPGRADE_REQUIRED,
             "websocket_required",
             "this endpoint speaks WebSocket: connect with a WebSocket client (e.g. new WebSocket(\"ws://host/ws\"))",
         );
     }
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_handshake",
-            "Sec-WebSocket-Version must be 13",
-        );
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return error(StatusCode::BAD_REQUEST, "bad_handshake", "Sec-WebSocket-Version must be 13");
     }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_handshake",
-            "Sec-WebSocket-Key is missing",
-        );
+        return error(StatusCode::BAD_REQUEST, "bad_handshake", "Sec-WebSocket-Key is missing");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let raw = match query_format(req.uri().query()) {
-        Ok(raw) => raw,
+    let (raw, token) = match ws_params(req.uri().query()) {
+        Ok(p) => p,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", &msg),
     };
     if shared.health.is_draining() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "this gateway is shutting down; connect to another",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "this gateway is shutting down; connect to another");
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = shared.ws_config;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                connection::run(ws, shared, raw).await;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                connection::run(ws, shared, raw, token).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -171,41 +137,45 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
-    );
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
     resp
 }
 
-/// `?format=raw` or `?format=json` (the default). Unknown parameters are
-/// ignored so clients can add their own (cache busters, tokens later).
-fn query_format(query: Option<&str>) -> Result<bool, String> {
+/// The query parameters `/ws` understands: `format=raw|json` (default
+/// json) and `token=JWT`. Unknown parameters are ignored so clients can add
+/// their own (cache busters).
+fn ws_params(query: Option<&str>) -> Result<(bool, Option<String>), String> {
     let mut raw = false;
-    for pair in query.unwrap_or("").split('&') {
-        if let Some(v) = pair.strip_prefix("format=") {
-            raw = match v {
-                "raw" => true,
-                "json" => false,
-                other => {
-                    return Err(format!(
-                        "unknown format {:?}; expected \"json\" (default) or \"raw\"",
-                        pushmesh_common::ids::truncate(other, 40)
-                    ));
+    let mut token = None;
+    for (k, v) in url_pairs(query.unwrap_or("")) {
+        match k.as_str() {
+            "format" => {
+                raw = match v.as_str() {
+                    "raw" => true,
+                    "json" => false,
+                    other => {
+                        return Err(format!(
+                            "unknown format {:?}; expected \"json\" (default) or \"raw\"",
+                            pushmesh_common::ids::truncate(other, 40)
+                        ));
+                    }
                 }
-            };
+            }
+            "token" => token = Some(v),
+            _ => {}
         }
     }
-    Ok(raw)
+    Ok((raw, token))
+}
+
+fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
 fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
@@ -213,9 +183,6 @@ fn error(code: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": kind, "message": message } }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

@@ -32,13 +32,8 @@ use crate::server::Shared;
 const COMMAND_QUEUE: usize = 8192;
 
 pub enum LinkCmd {
-    Subscribe {
-        topics: Vec<String>,
-        done: Option<oneshot::Sender<()>>,
-    },
-    Unsubscribe {
-        topics: Vec<String>,
-    },
+    Subscribe { topics: Vec<String>, done: Option<oneshot::Sender<()>> },
+    Unsubscribe { topics: Vec<String> },
 }
 
 impl LinkCmd {
@@ -70,10 +65,7 @@ impl HubLinks {
         let mut waits = Vec::with_capacity(self.links.len());
         for (endpoint, tx) in &self.links {
             let (done, wait) = oneshot::channel();
-            let cmd = LinkCmd::Subscribe {
-                topics: topics.clone(),
-                done: Some(done),
-            };
+            let cmd = LinkCmd::Subscribe { topics: topics.clone(), done: Some(done) };
             match tx.try_send(cmd) {
                 Ok(()) => waits.push(wait),
                 Err(_) => {
@@ -86,12 +78,7 @@ impl HubLinks {
 
     pub fn unsubscribe(&self, topics: Vec<String>) {
         for (endpoint, tx) in &self.links {
-            if tx
-                .try_send(LinkCmd::Unsubscribe {
-                    topics: topics.clone(),
-                })
-                .is_err()
-            {
+            if tx.try_send(LinkCmd::Unsubscribe { topics: topics.clone() }).is_err() {
                 // Harmless: the hub keeps sending a topic nobody here wants
                 // until the next re-attach snapshot.
                 tracing::warn!(hub = %endpoint, "hub link command queue full; unsubscribe not sent");
@@ -122,7 +109,9 @@ impl AttachedCount {
 
 pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
     let e = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051"))?
+        .map_err(|e| {
+            anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051")
+        })?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive)
@@ -132,12 +121,7 @@ pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
 }
 
 /// Keep one hub attached until shutdown.
-pub async fn run(
-    url: String,
-    endpoint: Endpoint,
-    mut cmds: mpsc::Receiver<LinkCmd>,
-    shared: Arc<Shared>,
-) {
+pub async fn run(url: String, endpoint: Endpoint, mut cmds: mpsc::Receiver<LinkCmd>, shared: Arc<Shared>) {
     let min = Duration::from_millis(100);
     let max = Duration::from_millis(shared.config.reconnect_max_ms.max(100));
     let mut backoff = min;
@@ -173,15 +157,8 @@ struct Ended {
     was_attached: bool,
 }
 
-async fn session(
-    endpoint: &Endpoint,
-    cmds: &mut mpsc::Receiver<LinkCmd>,
-    shared: &Arc<Shared>,
-) -> Ended {
-    let fail = |e: String| Ended {
-        error: Some(e),
-        was_attached: false,
-    };
+async fn session(endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared: &Arc<Shared>) -> Ended {
+    let fail = |e: String| Ended { error: Some(e), was_attached: false };
     // Connect, discarding interest changes meanwhile: the snapshot taken
     // right after covers them (waiting clients see their waiter dropped).
     let connect = endpoint.connect();
@@ -198,20 +175,14 @@ async fn session(
     };
     let mut client = HubClient::new(channel).max_decoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
-    let mut snapshot = shared.registry.channel_topics();
+    let mut snapshot = shared.registry.topics_snapshot();
     snapshot.push(topic::BROADCAST.to_owned());
     snapshot.push(shared.gateway.topic());
-    let hello = AttachRequest {
-        kind: Some(attach_request::Kind::Hello(Hello {
-            gateway_id: shared.gateway.to_string(),
-        })),
-    };
+    let hello =
+        AttachRequest { kind: Some(attach_request::Kind::Hello(Hello { gateway_id: shared.gateway.to_string() })) };
     let snapshot_id = 1;
     let sub = AttachRequest {
-        kind: Some(attach_request::Kind::Subscribe(TopicsChange {
-            request_id: snapshot_id,
-            topics: snapshot,
-        })),
+        kind: Some(attach_request::Kind::Subscribe(TopicsChange { request_id: snapshot_id, topics: snapshot })),
     };
     // Capacity 256, nothing sent yet: these cannot fail.
     let _ = out.try_send(hello);
@@ -259,6 +230,15 @@ async fn session(
                     Some(attach_response::Kind::Attached(a)) => {
                         tracing::debug!(hub_id = %a.hub_id, "hub greeted");
                     }
+                    Some(attach_response::Kind::Query(q)) => {
+                        // Answered on its own task: a server-side subscribe
+                        // waits for this very stream's acks.
+                        let (shared, out) = (shared.clone(), out.clone());
+                        tokio::spawn(async move {
+                            let reply = crate::queries::answer(&shared, q).await;
+                            let _ = out.send(AttachRequest { kind: Some(attach_request::Kind::QueryReply(reply)) }).await;
+                        });
+                    }
                     None => {}
                 }
             }
@@ -282,10 +262,7 @@ async fn session(
     }
     // Waiters still pending are dropped here: their clients learn the
     // subscription was not confirmed by this hub.
-    Ended {
-        error,
-        was_attached: attached,
-    }
+    Ended { error, was_attached: attached }
 }
 
 /// Send `batch` in order, one stream message per run of same-kind commands.
@@ -314,17 +291,12 @@ async fn send_commands(
         let request_id = *next_id;
         *next_id += 1;
         let change = TopicsChange { request_id, topics };
-        let kind = if subscribe {
-            attach_request::Kind::Subscribe(change)
-        } else {
-            attach_request::Kind::Unsubscribe(change)
-        };
+        let kind =
+            if subscribe { attach_request::Kind::Subscribe(change) } else { attach_request::Kind::Unsubscribe(change) };
         if !waiters.is_empty() {
             pending.insert(request_id, waiters);
         }
-        out.send(AttachRequest { kind: Some(kind) })
-            .await
-            .map_err(|_| "attach stream closed".to_owned())?;
+        out.send(AttachRequest { kind: Some(kind) }).await.map_err(|_| "attach stream closed".to_owned())?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! knows who is connected and subscribed; `hubs` keeps one attach stream
 //! per hub; `fanout` turns a hub delivery into frames on sockets.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod fanout;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod hubs;
 pub mod metrics;
 pub mod protocol;
+pub mod queries;
 pub mod registry;
 pub mod server;
 

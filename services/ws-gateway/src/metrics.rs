@@ -18,49 +18,33 @@ pub struct GatewayMetrics {
     pub hubs_attached: IntGauge,
     pub topics: IntGauge,
     pub commands: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub queries: IntCounterVec,
 }
 
-pub const DROP_REASONS: &[&str] = &[
-    "slow_consumer",
-    "client_gone",
-    "shutdown",
-    "unknown_connection",
-    "protocol_error",
-    "invalid_payload",
-];
-pub const DISCONNECT_REASONS: &[&str] = &["client", "slow_consumer", "protocol_error", "shutdown"];
+pub const DROP_REASONS: &[&str] =
+    &["slow_consumer", "client_gone", "shutdown", "unknown_connection", "protocol_error", "invalid_payload"];
+pub const DISCONNECT_REASONS: &[&str] =
+    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server"];
 
 impl GatewayMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
-        let connections = IntGauge::new(
-            "pushmesh_gateway_connections",
-            "Client WebSocket connections open now.",
-        )
-        .expect("metric");
-        let accepted = IntCounter::new(
-            "pushmesh_gateway_connections_accepted_total",
-            "Client WebSocket connections accepted.",
-        )
-        .expect("metric");
+        let connections =
+            IntGauge::new("pushmesh_gateway_connections", "Client WebSocket connections open now.").expect("metric");
+        let accepted =
+            IntCounter::new("pushmesh_gateway_connections_accepted_total", "Client WebSocket connections accepted.")
+                .expect("metric");
         let disconnects = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_gateway_disconnects_total",
-                "Client connections ended, by reason.",
-            ),
+            Opts::new("pushmesh_gateway_disconnects_total", "Client connections ended, by reason."),
             &["reason"],
         )
         .expect("metric");
-        let deliveries = IntCounter::new(
-            "pushmesh_gateway_deliveries_total",
-            "Message frames written to client sockets.",
-        )
-        .expect("metric");
+        let deliveries =
+            IntCounter::new("pushmesh_gateway_deliveries_total", "Message frames written to client sockets.")
+                .expect("metric");
         let dropped = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_gateway_dropped_total",
-                "Message frames that did not reach a client, by reason.",
-            ),
+            Opts::new("pushmesh_gateway_dropped_total", "Message frames that did not reach a client, by reason."),
             &["reason"],
         )
         .expect("metric");
@@ -69,26 +53,29 @@ impl GatewayMetrics {
             "Deliveries received from hubs, before local fan-out.",
         )
         .expect("metric");
-        let hubs_attached = IntGauge::new(
-            "pushmesh_gateway_hubs_attached",
-            "Hubs this gateway is attached to now.",
-        )
-        .expect("metric");
-        let topics = IntGauge::new(
-            "pushmesh_gateway_topics",
-            "Hub topics this gateway has local interest in.",
-        )
-        .expect("metric");
+        let hubs_attached =
+            IntGauge::new("pushmesh_gateway_hubs_attached", "Hubs this gateway is attached to now.").expect("metric");
+        let topics =
+            IntGauge::new("pushmesh_gateway_topics", "Hub topics this gateway has local interest in.").expect("metric");
         let commands = IntCounterVec::new(
-            Opts::new(
-                "pushmesh_gateway_client_commands_total",
-                "Client commands handled, by op and result.",
-            ),
+            Opts::new("pushmesh_gateway_client_commands_total", "Client commands handled, by op and result."),
             &["op", "result"],
         )
         .expect("metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("pushmesh_gateway_auth_failures_total", "Connections refused at authentication, by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        let queries = IntCounterVec::new(
+            Opts::new("pushmesh_gateway_queries_total", "Hub queries answered (presence, stats, server-side commands), by op."),
+            &["op"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queries.clone()),
+            Box::new(connections.clone()),
             Box::new(accepted.clone()),
             Box::new(disconnects.clone()),
             Box::new(deliveries.clone()),
@@ -102,6 +89,9 @@ impl GatewayMetrics {
         }
         for r in DROP_REASONS {
             dropped.with_label_values(&[r]);
+        }
+        for r in ["expired", "invalid", "missing"] {
+            auth_failures.with_label_values(&[r]);
         }
         for r in DISCONNECT_REASONS {
             disconnects.with_label_values(&[r]);
@@ -117,6 +107,8 @@ impl GatewayMetrics {
             hubs_attached,
             topics,
             commands,
+            auth_failures,
+            queries,
         }
     }
 }

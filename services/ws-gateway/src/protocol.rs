@@ -21,6 +21,21 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Any other protocol violation by the client.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Closed through the server API (`POST /disconnect`), unless the call
+    /// chose another code in 4000–4999.
+    pub const DISCONNECTED: u16 = 4000;
+    /// Authentication required, or the token is invalid (bad signature,
+    /// malformed, algorithm not allowed, missing `exp`).
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The token's `exp` has passed: get a fresh token and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The user already has the maximum number of connections here.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4003;
+}
+
+/// A close reason must fit in a control frame (123 bytes of UTF-8).
+pub fn close_reason(reason: &str) -> String {
+    pushmesh_common::ids::truncate(reason, 120)
 }
 
 /// A command from the client.
@@ -34,27 +49,29 @@ pub struct Command {
     /// Recovery position (accepted, answered `recovered: false` until
     /// history exists).
     pub since: Option<serde_json::Value>,
+    /// `auth` only: the JWT.
+    pub token: Option<String>,
 }
 
 /// What the gateway answers a command with.
 #[derive(Debug)]
 pub enum Reply {
     Ok,
+    /// A subscribe that carried `since`: says whether recovery happened.
+    Subscribed { recovered: bool },
     Error { code: &'static str, message: String },
 }
 
 impl Reply {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Error {
-            code,
-            message: message.into(),
-        }
+        Self::Error { code, message: message.into() }
     }
 }
 
 pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
     let v = match reply {
         Reply::Ok => json!({ "type": "reply", "id": id, "ok": true }),
+        Reply::Subscribed { recovered } => json!({ "type": "reply", "id": id, "ok": true, "recovered": recovered }),
         Reply::Error { code, message } => {
             json!({ "type": "reply", "id": id, "error": { "code": code, "message": message } })
         }
@@ -62,17 +79,22 @@ pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
     v.to_string().into()
 }
 
-pub fn welcome_frame(connection: &str, gateway: &str) -> Utf8Bytes {
-    json!({ "type": "welcome", "connection": connection, "gateway": gateway })
-        .to_string()
-        .into()
+pub fn welcome_frame(connection: &str, gateway: &str, user: Option<&pushmesh_common::ids::UserId>) -> Utf8Bytes {
+    let mut v = json!({ "type": "welcome", "connection": connection, "gateway": gateway });
+    if let Some(u) = user {
+        v["user"] = json!(u.as_str());
+    }
+    v.to_string().into()
+}
+
+/// Pushed to a client when the server API subscribed or unsubscribed it.
+pub fn membership_frame(subscribed: bool, channel: &str) -> Utf8Bytes {
+    let kind = if subscribed { "subscribed" } else { "unsubscribed" };
+    json!({ "type": kind, "channel": channel }).to_string().into()
 }
 
 /// Best effort at the `id` of a command that did not parse, so the error
 /// reply can still be matched to it.
 pub fn salvage_id(text: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .ok()?
-        .get("id")?
-        .as_u64()
+    serde_json::from_str::<serde_json::Value>(text).ok()?.get("id")?.as_u64()
 }

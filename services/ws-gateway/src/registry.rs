@@ -1,10 +1,10 @@
 //! Who is connected to this gateway, and which hub topics they need.
 //!
-//! One `RwLock` over two maps: connections by sequence number, and channel
-//! topic → member connections. Fan-out holds the read lock while it
-//! `try_send`s one shared frame into each member's bounded queue (no await,
-//! no allocation per connection); joins, leaves, connects and disconnects
-//! take the write lock briefly.
+//! One `RwLock` over three maps: connections by sequence number, channel
+//! topic → member connections, and user → that user's connections. Fan-out
+//! holds the read lock while it `try_send`s one shared frame into each
+//! recipient's bounded queue (no await, no allocation per connection);
+//! joins, leaves, connects and disconnects take the write lock briefly.
 //!
 //! Interest changes are pushed to the hub links *while the write lock is
 //! held*, so every link sees subscribe/unsubscribe for a topic in the order
@@ -14,9 +14,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use pushmesh_common::ids::UserId;
 
 use crate::hubs::HubLinks;
 
@@ -40,11 +45,7 @@ pub struct CloseSignal {
 impl CloseSignal {
     /// `metric_reason` labels the disconnect and any frames left unsent.
     pub fn fire(&self, code: u16, reason: impl Into<String>, metric_reason: &'static str) {
-        if self
-            .reason
-            .set((code, reason.into(), metric_reason))
-            .is_ok()
-        {
+        if self.reason.set((code, reason.into(), metric_reason)).is_ok() {
             self.notify.notify_one();
         }
     }
@@ -68,17 +69,18 @@ pub struct ConnEntry {
     pub tx: mpsc::Sender<Frame>,
     pub raw: bool,
     pub close: Arc<CloseSignal>,
+    pub user: Option<UserId>,
     channels: Vec<String>,
 }
 
 impl ConnEntry {
-    pub fn new(tx: mpsc::Sender<Frame>, raw: bool, close: Arc<CloseSignal>) -> Self {
-        Self {
-            tx,
-            raw,
-            close,
-            channels: Vec::new(),
-        }
+    pub fn new(tx: mpsc::Sender<Frame>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
+        Self { tx, raw, close, user, channels: Vec::new() }
+    }
+
+    /// Channel names (without the topic prefix).
+    pub fn channel_names(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|t| t.strip_prefix(pushmesh_common::ids::topic::CHANNEL_PREFIX).unwrap_or(t))
     }
 }
 
@@ -87,15 +89,26 @@ pub struct Inner {
     pub conns: HashMap<u64, ConnEntry>,
     /// Channel topic ("c:<name>") → member connection sequence numbers.
     pub topics: HashMap<String, HashSet<u64>>,
+    /// User topic ("u:<user>") → that user's connections here.
+    pub users: HashMap<String, HashSet<u64>>,
 }
 
 /// Why a join was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("this connection is already subscribed to {0} channels, the limit")]
+    #[error("a connection may subscribe to at most {0} channels")]
     TooManyChannels(usize),
     #[error("connection is closing")]
     Gone,
+    #[error("no hub confirmed the subscription; try again")]
+    Unconfirmed,
+}
+
+/// Why a connection could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("user {user} already has {limit} connections on this gateway, the limit")]
+    TooManyForUser { user: String, limit: usize },
 }
 
 pub struct Registry {
@@ -106,26 +119,41 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(links: Arc<HubLinks>, topics_gauge: prometheus::IntGauge) -> Self {
-        Self {
-            inner: RwLock::default(),
-            links,
-            topics_gauge,
-        }
+        Self { inner: RwLock::default(), links, topics_gauge }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().expect("registry lock")
     }
 
-    pub fn insert(&self, seq: u64, entry: ConnEntry) {
-        self.inner
-            .write()
-            .expect("registry lock")
-            .conns
-            .insert(seq, entry);
+    /// Register a connection; for a user's first connection here, subscribe
+    /// the user's topic at the hubs (the returned waiters confirm it).
+    pub fn insert(
+        &self,
+        seq: u64,
+        entry: ConnEntry,
+        max_per_user: usize,
+    ) -> Result<Vec<oneshot::Receiver<()>>, InsertError> {
+        let mut inner = self.inner.write().expect("registry lock");
+        let mut waits = Vec::new();
+        if let Some(user) = &entry.user {
+            let topic = user.topic();
+            let conns = inner.users.entry(topic.clone()).or_default();
+            if max_per_user > 0 && conns.len() >= max_per_user {
+                if conns.is_empty() {
+                    inner.users.remove(&topic);
+                }
+                return Err(InsertError::TooManyForUser { user: user.to_string(), limit: max_per_user });
+            }
+            conns.insert(seq);
+            waits = self.links.subscribe(vec![topic]);
+        }
+        inner.conns.insert(seq, entry);
+        self.update_gauge(&inner);
+        Ok(waits)
     }
 
-    /// Remove a connection and leave all its channels.
+    /// Remove a connection and leave all its channels (and its user topic).
     pub fn remove(&self, seq: u64) {
         let mut inner = self.inner.write().expect("registry lock");
         let Some(entry) = inner.conns.remove(&seq) else {
@@ -133,87 +161,109 @@ impl Registry {
         };
         let mut gone = Vec::new();
         for topic in entry.channels {
-            if Self::drop_member(&mut inner, &topic, seq) {
+            if Self::drop_member(&mut inner.topics, &topic, seq) {
+                gone.push(topic);
+            }
+        }
+        if let Some(user) = entry.user {
+            let topic = user.topic();
+            if Self::drop_member(&mut inner.users, &topic, seq) {
                 gone.push(topic);
             }
         }
         if !gone.is_empty() {
             self.links.unsubscribe(gone);
         }
-        self.topics_gauge.set(inner.topics.len() as i64);
+        self.update_gauge(&inner);
     }
 
-    /// Add `seq` to `topic` and ask every hub link to subscribe. Returns
-    /// the receivers that complete when each hub confirmed.
-    pub fn join(
-        &self,
-        seq: u64,
-        topic: &str,
-        max_channels: usize,
-    ) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, JoinError> {
-        let mut inner = self.inner.write().expect("registry lock");
-        let entry = inner.conns.get_mut(&seq).ok_or(JoinError::Gone)?;
-        if !entry.channels.iter().any(|t| t == topic) {
-            if entry.channels.len() >= max_channels {
-                return Err(JoinError::TooManyChannels(max_channels));
+    /// Add `seq` to `topic`, and return once the hubs confirmed the
+    /// subscription is live (or say why not; the join is undone then).
+    pub async fn join(&self, seq: u64, topic: &str, max_channels: usize, timeout: Duration) -> Result<bool, JoinError> {
+        let (waits, added) = {
+            let mut inner = self.inner.write().expect("registry lock");
+            let entry = inner.conns.get_mut(&seq).ok_or(JoinError::Gone)?;
+            let added = !entry.channels.iter().any(|t| t == topic);
+            if added {
+                if entry.channels.len() >= max_channels {
+                    return Err(JoinError::TooManyChannels(max_channels));
+                }
+                entry.channels.push(topic.to_owned());
+                inner.topics.entry(topic.to_owned()).or_default().insert(seq);
             }
-            entry.channels.push(topic.to_owned());
-            inner
-                .topics
-                .entry(topic.to_owned())
-                .or_default()
-                .insert(seq);
+            // Always ask the hubs, even when the topic already had members:
+            // an earlier member's subscribe may still be in flight, and the
+            // answer must not say "live" before it is.
+            let waits = self.links.subscribe(vec![topic.to_owned()]);
+            self.update_gauge(&inner);
+            (waits, added)
+        };
+        if confirmed(waits, timeout).await {
+            Ok(added)
+        } else {
+            if added {
+                self.leave(seq, topic);
+            }
+            Err(JoinError::Unconfirmed)
         }
-        // Always ask the hubs, even when the topic already had members: an
-        // earlier member's subscribe may still be in flight, and the reply
-        // must not say "live" before it is.
-        let waits = self.links.subscribe(vec![topic.to_owned()]);
-        self.topics_gauge.set(inner.topics.len() as i64);
-        Ok(waits)
     }
 
-    /// Remove `seq` from `topic`; unsubscribe at the hubs if it was the last.
-    pub fn leave(&self, seq: u64, topic: &str) {
+    /// Remove `seq` from `topic`; unsubscribe at the hubs if it was the
+    /// last. Returns whether the connection exists.
+    pub fn leave(&self, seq: u64, topic: &str) -> bool {
         let mut inner = self.inner.write().expect("registry lock");
         let Some(entry) = inner.conns.get_mut(&seq) else {
-            return;
+            return false;
         };
         let before = entry.channels.len();
         entry.channels.retain(|t| t != topic);
-        if entry.channels.len() == before {
-            return;
-        }
-        if Self::drop_member(&mut inner, topic, seq) {
+        if entry.channels.len() != before && Self::drop_member(&mut inner.topics, topic, seq) {
             self.links.unsubscribe(vec![topic.to_owned()]);
         }
-        self.topics_gauge.set(inner.topics.len() as i64);
+        self.update_gauge(&inner);
+        true
     }
 
-    /// Every channel topic with local members (for a re-attach snapshot).
-    /// Called by a link while no command of its own is being applied.
-    pub fn channel_topics(&self) -> Vec<String> {
-        self.inner
-            .read()
-            .expect("registry lock")
-            .topics
-            .keys()
-            .cloned()
-            .collect()
+    /// Every channel and user topic with local members (for a re-attach
+    /// snapshot).
+    pub fn topics_snapshot(&self) -> Vec<String> {
+        let inner = self.inner.read().expect("registry lock");
+        inner.topics.keys().chain(inner.users.keys()).cloned().collect()
     }
 
     pub fn connection_count(&self) -> usize {
         self.inner.read().expect("registry lock").conns.len()
     }
 
+    fn update_gauge(&self, inner: &Inner) {
+        self.topics_gauge.set((inner.topics.len() + inner.users.len()) as i64);
+    }
+
     /// Returns true when `topic` lost its last member.
-    fn drop_member(inner: &mut Inner, topic: &str, seq: u64) -> bool {
-        if let Some(members) = inner.topics.get_mut(topic) {
+    fn drop_member(map: &mut HashMap<String, HashSet<u64>>, topic: &str, seq: u64) -> bool {
+        if let Some(members) = map.get_mut(topic) {
             members.remove(&seq);
             if members.is_empty() {
-                inner.topics.remove(topic);
+                map.remove(topic);
                 return true;
             }
         }
         false
     }
+}
+
+/// Wait for every hub link that took a subscribe to confirm it (a detached
+/// one drops its waiter at once and gets the topic in its re-attach
+/// snapshot). A hub that neither confirms nor drops within `timeout` is hung
+/// and delivers nothing anyway: what counts then is that some hub confirmed.
+pub async fn confirmed(waits: Vec<oneshot::Receiver<()>>, timeout: Duration) -> bool {
+    let mut waits: FuturesUnordered<_> = waits.into_iter().collect();
+    let mut ok = 0;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(r) = waits.next().await {
+            ok += usize::from(r.is_ok());
+        }
+    })
+    .await;
+    ok > 0
 }

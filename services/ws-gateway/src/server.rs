@@ -29,6 +29,8 @@ pub struct Shared {
     pub attached: AttachedCount,
     pub shutdown: CancellationToken,
     pub ws_config: WebSocketConfig,
+    /// `None`: anonymous clients (no JWT key configured).
+    pub auth: Option<crate::auth::Authenticator>,
     next_seq: AtomicU64,
 }
 
@@ -41,11 +43,7 @@ impl Shared {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
-    links: Vec<(
-        String,
-        tonic::transport::Endpoint,
-        tokio::sync::mpsc::Receiver<hubs::LinkCmd>,
-    )>,
+    links: Vec<(String, tonic::transport::Endpoint, tokio::sync::mpsc::Receiver<hubs::LinkCmd>)>,
 }
 
 impl Gateway {
@@ -59,11 +57,18 @@ impl Gateway {
             anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
         }
         let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
-        let endpoints = config
-            .hubs
-            .iter()
-            .map(|u| hubs::endpoint(u, keepalive))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let endpoints = config.hubs.iter().map(|u| hubs::endpoint(u, keepalive)).collect::<anyhow::Result<Vec<_>>>()?;
+        let auth = crate::auth::Authenticator::from_config(
+            config.jwt_secret.as_deref(),
+            config.jwt_secret_file.as_ref(),
+            config.jwt_public_key_file.as_ref(),
+            &config.jwt_algorithm,
+        )?;
+        if auth.is_none() {
+            tracing::warn!(
+                "no JWT key configured: clients are anonymous and may subscribe to ANY channel; set PUSHMESH_JWT_SECRET for production"
+            );
+        }
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
@@ -82,22 +87,12 @@ impl Gateway {
             attached: AttachedCount::default(),
             shutdown,
             ws_config,
+            auth,
             next_seq: AtomicU64::new(1),
             config: config.clone(),
         });
-        let links = config
-            .hubs
-            .iter()
-            .cloned()
-            .zip(endpoints)
-            .zip(rxs)
-            .map(|((u, e), r)| (u, e, r))
-            .collect();
-        Ok(Self {
-            listener,
-            shared,
-            links,
-        })
+        let links = config.hubs.iter().cloned().zip(endpoints).zip(rxs).map(|((u, e), r)| (u, e, r)).collect();
+        Ok(Self { listener, shared, links })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -115,11 +110,7 @@ impl Gateway {
     /// Serve until the shutdown token fires; then stop accepting, close
     /// every client with 1012 and return once they are closed (bounded).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Gateway {
-            listener,
-            shared,
-            links,
-        } = self;
+        let Gateway { listener, shared, links } = self;
         tracing::info!(gateway = %shared.gateway, addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "gateway serving");
         let mut tasks = Vec::new();
         for (url, endpoint, rx) in links {

@@ -1,0 +1,157 @@
+//! Client authentication: a JWT (HS256 by default; RS256 or ES256 with a
+//! public key) whose `sub` is the user id bound to the connection, whose
+//! `channels` claim lists the channel patterns the client may subscribe to
+//! (`*` matches any run of characters: `chat:*`, `user:42:*`, `*`), and
+//! whose `exp` is enforced.
+//!
+//! With no key configured, every client is anonymous and may subscribe to
+//! any channel: convenient for local development, wrong for production (the
+//! docs and the startup log say so).
+
+use std::path::PathBuf;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use pushmesh_common::ids::UserId;
+
+/// Why a token was refused; each maps to a documented close code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("authentication required: pass ?token=JWT or send {{\"op\":\"auth\",\"token\":\"JWT\"}} first")]
+    Missing,
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub user: Option<UserId>,
+    /// `None`: any channel (anonymous mode).
+    pub channels: Option<Vec<String>>,
+}
+
+impl Grant {
+    pub fn anonymous() -> Self {
+        Self { user: None, channels: None }
+    }
+
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        match &self.channels {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| glob_match(p, channel)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// `None` when no key is configured (anonymous mode).
+    pub fn from_config(
+        secret: Option<&str>,
+        secret_file: Option<&PathBuf>,
+        public_key_file: Option<&PathBuf>,
+        algorithm: &str,
+    ) -> anyhow::Result<Option<Self>> {
+        let alg: Algorithm = algorithm
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {algorithm:?}; expected HS256, RS256 or ES256"))?;
+        let key = match (secret, secret_file, public_key_file) {
+            (None, None, None) => return Ok(None),
+            (Some(s), None, None) => DecodingKey::from_secret(s.as_bytes()),
+            (None, Some(f), None) => {
+                let s = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading --jwt-secret-file {}: {e}", f.display()))?;
+                DecodingKey::from_secret(s.trim_end_matches(['\n', '\r']).as_bytes())
+            }
+            (None, None, Some(f)) => {
+                let pem = std::fs::read(f).map_err(|e| anyhow::anyhow!("reading --jwt-public-key-file {}: {e}", f.display()))?;
+                match alg {
+                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => DecodingKey::from_rsa_pem(&pem)?,
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem)?,
+                    other => anyhow::bail!("a public key file needs --jwt-algorithm RS256 or ES256, not {other:?}"),
+                }
+            }
+            _ => anyhow::bail!("give exactly one of --jwt-secret, --jwt-secret-file and --jwt-public-key-file"),
+        };
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) && public_key_file.is_some() {
+            anyhow::bail!("--jwt-public-key-file goes with --jwt-algorithm RS256 or ES256");
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = 5;
+        validation.validate_aud = false;
+        Ok(Some(Self { key, validation }))
+    }
+
+    pub fn check(&self, token: &str) -> Result<Grant, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".to_owned()),
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".to_owned()),
+            ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c:?}")),
+            _ => AuthError::Invalid("malformed token".to_owned()),
+        })?;
+        let user = match data.claims.sub {
+            Some(sub) => Some(UserId::new(sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?),
+            None => None,
+        };
+        Ok(Grant { user, channels: Some(data.claims.channels) })
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else
+/// matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("news", "news"));
+        assert!(!glob_match("news", "news2"));
+        assert!(glob_match("chat:*", "chat:room-1"));
+        assert!(!glob_match("chat:*", "chats"));
+        assert!(glob_match("user:*:inbox", "user:42:inbox"));
+        assert!(!glob_match("user:*:inbox", "user:42:outbox"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("", "x"));
+    }
+}
