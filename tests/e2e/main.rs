@@ -1,6 +1,7 @@
 //! End-to-end tests: the real hub, ws-gateway and http-ingress binaries on
 //! ports the kernel picked, driven by real WebSocket and HTTP clients.
 
+mod api;
 mod bad_input;
 mod faults;
 mod metrics;

@@ -402,3 +402,45 @@ impl System {
         self.hubs.iter().map(hub_url).collect()
     }
 }
+
+/// The HS256 secret the auth tests configure gateways with.
+pub const SECRET: &str = "test-secret-not-for-production";
+
+/// Mint an HS256 JWT: `sub`, the `channels` patterns, and `exp` this many
+/// seconds from now (negative: already expired).
+pub fn token(secret: &str, sub: &str, channels: &[&str], exp_in_secs: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let claims = json!({ "sub": sub, "channels": channels, "exp": now + exp_in_secs });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+impl Client {
+    /// Connect with a JWT in the query string.
+    pub async fn connect_as(addr: SocketAddr, token: &str) -> Result<Client> {
+        Self::connect(addr, &format!("?token={token}")).await
+    }
+
+    /// Connect without reading anything (for handshakes that must fail).
+    pub async fn connect_raw(addr: SocketAddr, query: &str) -> Result<Client> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}")))
+            .await
+            .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+        Ok(Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 })
+    }
+
+    /// Read the welcome frame (after `connect_raw` and an auth command).
+    pub async fn read_welcome(&mut self) -> Result<Value> {
+        let welcome = self.next_json().await?;
+        if welcome["type"] != "welcome" {
+            bail!("expected a welcome frame, got {welcome}");
+        }
+        self.connection = welcome["connection"].as_str().unwrap_or_default().to_owned();
+        self.gateway = welcome["gateway"].as_str().unwrap_or_default().to_owned();
+        Ok(welcome)
+    }
+}

@@ -23,6 +23,10 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: u64,
 
+    /// Most commands in one `POST /batch`.
+    #[arg(long, env = "PUSHMESH_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
     /// How often each hub's health is checked, in milliseconds.
     #[arg(long, env = "PUSHMESH_HUB_PROBE_MS", default_value_t = 1000)]
     pub hub_probe_ms: u64,

@@ -4,7 +4,7 @@
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON at all.
     #[error("malformed JSON: {0}")]
@@ -24,7 +24,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("unsupported content type {0:?}; send application/json")]
     UnsupportedMediaType(String),
-    #[error("no hub accepted the message: {0}")]
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -40,6 +42,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -55,6 +58,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -69,8 +73,13 @@ impl ApiError {
         }
     }
 
+    /// `{"error":{"code":…,"message":…}}`
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+
     pub fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = self.body();
         let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
         if matches!(self, Self::Unavailable(_)) {
             // Hubs come back within seconds (restart, failover).

@@ -20,7 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{PublishRequest, PublishResponse};
+use pushmesh_common::proto::{PublishRequest, PublishResponse, QueryRequest, QueryResponse};
 
 use crate::metrics::IngressMetrics;
 
@@ -83,11 +83,33 @@ impl HubPool {
     }
 
     pub async fn publish(&self, key: &str, req: PublishRequest) -> Result<PublishResponse, PublishError> {
+        self.call(key, "publish", |mut c| {
+            let req = req.clone();
+            async move { c.publish(req).await }
+        })
+        .await
+    }
+
+    pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
+        self.call(key, "query", |mut c| {
+            let req = req.clone();
+            async move { c.query(req).await }
+        })
+        .await
+    }
+
+    /// Call the hubs in `key`'s order until one answers. A hub that fails
+    /// before answering (cannot connect, unavailable, deadline) is marked
+    /// down and the next is tried; a refusal of the request itself is final.
+    async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<T, PublishError>
+    where
+        F: Fn(HubClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut not_found = None;
         let mut last_error = String::from("no hub configured");
         for hub in self.order(key) {
-            let mut client = HubClient::new(hub.channel.clone());
-            match client.publish(req.clone()).await {
+            match f(HubClient::new(hub.channel.clone())).await {
                 Ok(resp) => {
                     hub.up.store(true, Ordering::Relaxed);
                     return Ok(resp.into_inner());
@@ -99,7 +121,7 @@ impl HubPool {
                     Code::NotFound => not_found = Some(status.message().to_owned()),
                     _ => {
                         hub.up.store(false, Ordering::Relaxed);
-                        tracing::warn!(hub = %hub.url, code = ?status.code(), error = %status.message(), "publish failed; trying the next hub");
+                        tracing::warn!(hub = %hub.url, code = ?status.code(), error = %status.message(), "{what} failed; trying the next hub");
                         last_error = format!("hub {}: {}", hub.url, status.message());
                     }
                 },

@@ -4,6 +4,7 @@
 //! to a status and a JSON error once, `hubs` picks the hub for a publish and
 //! fails over.
 
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod hubs;

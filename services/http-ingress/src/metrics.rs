@@ -15,7 +15,7 @@ pub struct IngressMetrics {
     pub hubs_up: IntGauge,
 }
 
-pub const TARGETS: &[&str] = &["channel", "broadcast", "connection"];
+pub const TARGETS: &[&str] = &["channel", "broadcast", "connection", "user"];
 pub const RESULTS: &[&str] = &["ok", "rejected", "unavailable"];
 
 impl IngressMetrics {

@@ -1,64 +1,76 @@
-//! The HTTP API, as warp filters: one function per route, each parsing its
-//! body strictly (unknown fields are errors, so a typo is reported instead
-//! of silently ignored) and answering `{"ok":true,...}` or an `ApiError`.
+//! The HTTP API, as warp filters: thin adapters that read a request, call
+//! the matching `Commands` method, and write `{"ok":true,...}` or the
+//! error's JSON. docs/api.md and docs/openapi.json describe every route.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use pushmesh_common::health::Health;
-use pushmesh_common::ids::{Channel, ConnectionId, topic};
-use pushmesh_common::proto::{Broadcast, PublishRequest, publish_request::Target};
+use pushmesh_common::ids::ConnectionId;
 
+use crate::commands::{Commands, parse};
 use crate::error::ApiError;
-use crate::hubs::{HubPool, PublishError};
-use crate::metrics::IngressMetrics;
 
 pub struct State {
-    pub hubs: Arc<HubPool>,
-    pub metrics: IngressMetrics,
+    pub commands: Commands,
     pub max_body: u64,
+    pub max_batch: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    channel: String,
-    data: Box<RawValue>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BroadcastBody {
-    data: Box<RawValue>,
-    #[serde(default)]
-    exclude: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendBody {
-    connection: Option<String>,
-    user: Option<String>,
-    data: Box<RawValue>,
-}
+type Result<T> = std::result::Result<T, ApiError>;
 
 /// Every route, with errors turned into JSON responses.
 pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let admin = pushmesh_common::admin::routes(health, state.metrics.registry.clone());
-    let publish = post_json("publish", state.clone())
-        .then(|s: Arc<State>, body: Bytes| async move { respond(handle_publish(&s, &body).await) });
-    let broadcast = post_json("broadcast", state.clone())
-        .then(|s: Arc<State>, body: Bytes| async move { respond(handle_broadcast(&s, &body).await) });
-    let send = post_json("send", state.clone())
-        .then(|s: Arc<State>, body: Bytes| async move { respond(handle_send(&s, &body).await) });
+    let admin = pushmesh_common::admin::routes(health, state.commands.metrics.registry.clone());
+    let metrics = state.commands.metrics.clone();
+    let post = |name: &'static str| post_json(name, state.clone());
+
+    let publish = post("publish")
+        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.publish(parse(&b)?).await }.await) });
+    let broadcast = post("broadcast")
+        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.broadcast(parse(&b)?).await }.await) });
+    let send = post("send")
+        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.send(parse(&b)?).await }.await) });
+    let subscribe = post("subscribe").then(|s: Arc<State>, b: Bytes| async move {
+        respond(async { s.commands.subscribe(parse(&b)?, true).await }.await)
+    });
+    let unsubscribe = post("unsubscribe").then(|s: Arc<State>, b: Bytes| async move {
+        respond(async { s.commands.subscribe(parse(&b)?, false).await }.await)
+    });
+    let disconnect = post("disconnect").then(|s: Arc<State>, b: Bytes| async move {
+        respond(async { s.commands.disconnect(parse(&b)?).await }.await)
+    });
+    let batch = post("batch").then(|s: Arc<State>, b: Bytes| async move { respond(handle_batch(&s, &b).await) });
+    let presence = warp::path!("presence" / String)
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(|channel: String, s: Arc<State>, q: HashMap<String, String>| async move {
+            respond(
+                async {
+                    let channel = percent_decoded(&channel)?;
+                    s.commands.presence(channel, limit_param(&q)?).await
+                }
+                .await,
+            )
+        });
+    let stats = warp::path!("stats")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .then(|s: Arc<State>| async move { respond(s.commands.stats().await) });
+    let user = warp::path!("users" / String)
+        .and(warp::get())
+        .and(with(state.clone()))
+        .then(|id: String, s: Arc<State>| async move {
+            respond(async { s.commands.user(percent_decoded(&id)?).await }.await)
+        });
     let seed = warp::path::end()
         .and(warp::get())
         .and(with(state.clone()))
@@ -69,12 +81,35 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
                 Err(e) => e.into_response(),
             }
         });
-    let metrics = state.metrics.clone();
-    admin.or(publish).unify().or(broadcast).unify().or(send).unify().or(seed).unify().recover(recover).unify().with(
-        warp::log::custom(move |info| {
+
+    admin
+        .or(publish)
+        .unify()
+        .or(broadcast)
+        .unify()
+        .or(send)
+        .unify()
+        .or(subscribe)
+        .unify()
+        .or(unsubscribe)
+        .unify()
+        .or(disconnect)
+        .unify()
+        .or(batch)
+        .unify()
+        .or(presence)
+        .unify()
+        .or(stats)
+        .unify()
+        .or(user)
+        .unify()
+        .or(seed)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(move |info| {
             metrics.requests.with_label_values(&[route_label(info.path()), info.status().as_str()]).inc();
-        }),
-    )
+        }))
 }
 
 fn with(state: Arc<State>) -> impl Filter<Extract = (Arc<State>,), Error = Infallible> + Clone {
@@ -127,9 +162,9 @@ fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection
     )
 }
 
-async fn read_limited<S, B>(body: S, limit: u64) -> Result<Bytes, ApiError>
+async fn read_limited<S, B>(body: S, limit: u64) -> Result<Bytes>
 where
-    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    S: futures_util::Stream<Item = std::result::Result<B, warp::Error>>,
     B: bytes::Buf,
 {
     futures_util::pin_mut!(body);
@@ -149,63 +184,57 @@ where
     Ok(buf.freeze())
 }
 
-fn respond(r: Result<serde_json::Value, ApiError>) -> Response {
+fn respond(r: Result<Value>) -> Response {
     match r {
         Ok(v) => warp::reply::json(&v).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn data_bytes(data: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(data.get().as_bytes())
+fn percent_decoded(segment: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::InvalidRequest("path segment is not valid UTF-8".to_owned()))
 }
 
-async fn handle_publish(s: &State, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let b: PublishBody = serde_json::from_slice(body).map_err(ApiError::from_json)?;
-    let channel = Channel::new(b.channel).map_err(|e| ApiError::InvalidChannel(e.to_string()))?;
-    let req = PublishRequest {
-        target: Some(Target::Channel(channel.as_str().to_owned())),
-        data: data_bytes(&b.data),
-        exclude: Vec::new(),
-    };
-    publish(s, "channel", &channel.topic(), req).await
+fn limit_param(q: &HashMap<String, String>) -> Result<Option<u32>> {
+    q.get("limit")
+        .map(|l| {
+            l.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| ApiError::InvalidRequest(format!("limit {l:?} must be a whole number from 0 to 10000")))
+        })
+        .transpose()
 }
 
-async fn handle_broadcast(s: &State, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let b: BroadcastBody = serde_json::from_slice(body).map_err(ApiError::from_json)?;
-    let exclude = b
-        .exclude
-        .iter()
-        .map(|c| ConnectionId::parse(c).map(|c| c.to_string()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::InvalidRequest(format!("exclude: {e}")))?;
-    let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data: data_bytes(&b.data), exclude };
-    publish(s, "broadcast", topic::BROADCAST, req).await
-}
-
-async fn handle_send(s: &State, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let b: SendBody = serde_json::from_slice(body).map_err(ApiError::from_json)?;
-    match (b.connection, b.user) {
-        (Some(conn), None) => send_to_connection(s, &conn, data_bytes(&b.data)).await,
-        (None, Some(_)) => Err(ApiError::InvalidRequest(
-            "sending to a user is not available yet: users are bound by client authentication, which this build does not have; send to a \"connection\"".to_owned(),
-        )),
-        (Some(_), Some(_)) => Err(ApiError::InvalidRequest("give either \"connection\" or \"user\", not both".to_owned())),
-        (None, None) => Err(ApiError::InvalidRequest("missing field `connection`: the connection id from the client's welcome frame".to_owned())),
+/// `POST /batch [cmd, …]`: each command runs in order and gets its own
+/// result; a bad command fails alone.
+async fn handle_batch(s: &State, body: &[u8]) -> Result<Value> {
+    let commands: Vec<&RawValue> = parse(body)?;
+    if commands.len() > s.max_batch {
+        return Err(ApiError::InvalidRequest(format!(
+            "batch has {} commands; the limit is {}",
+            commands.len(),
+            s.max_batch
+        )));
     }
-}
-
-async fn send_to_connection(s: &State, conn: &str, data: Bytes) -> Result<serde_json::Value, ApiError> {
-    let id = ConnectionId::parse(conn).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let req = PublishRequest { target: Some(Target::Connection(id.to_string())), data, exclude: Vec::new() };
-    publish(s, "connection", &id.gateway().topic(), req).await
+    let mut results = Vec::with_capacity(commands.len());
+    for raw in commands {
+        results.push(match s.commands.batch_one(raw).await {
+            Ok(v) => v,
+            Err(e) => e.body(),
+        });
+    }
+    Ok(serde_json::json!({ "results": results }))
 }
 
 /// The seed's form: `GET /?content=X` broadcasts, and with
 /// `to_worker_id=W&to_connection_id=C` sends to one connection. W is the
 /// gateway id and C the connection id from the welcome frame (the full id,
 /// or just its number after the colon).
-async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiError> {
+async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<()> {
     let content = q.get("content").filter(|c| !c.is_empty()).ok_or_else(|| {
         ApiError::InvalidRequest(
             "missing query parameter `content`; use /?content=TEXT to broadcast, or add &to_worker_id=GATEWAY&to_connection_id=CONNECTION to send to one client".to_owned(),
@@ -213,10 +242,7 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiErr
     })?;
     let data = Bytes::from(serde_json::to_string(content).map_err(|e| ApiError::Internal(e.to_string()))?);
     match (q.get("to_worker_id"), q.get("to_connection_id")) {
-        (None, None) => {
-            let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data, exclude: Vec::new() };
-            publish(s, "broadcast", topic::BROADCAST, req).await.map(|_| ())
-        }
+        (None, None) => s.commands.broadcast_data(data).await.map(|_| ()),
         (Some(w), Some(c)) => {
             let conn = if c.contains(':') { c.clone() } else { format!("{w}:{c}") };
             let id = ConnectionId::parse(&conn).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
@@ -226,7 +252,7 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiErr
                     id.gateway().as_str()
                 )));
             }
-            send_to_connection(s, &conn, data).await.map(|_| ())
+            s.commands.send_to_connection(&conn, data).await.map(|_| ())
         }
         // The seed fell back to a broadcast here; a half-addressed send
         // reaching every client is a bug waiting to happen, so refuse it.
@@ -237,38 +263,17 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<(), ApiErr
     }
 }
 
-async fn publish(
-    s: &State,
-    target: &'static str,
-    key: &str,
-    req: PublishRequest,
-) -> Result<serde_json::Value, ApiError> {
-    let started = Instant::now();
-    let result = s.hubs.publish(key, req).await;
-    let (label, out) = match result {
-        Ok(resp) => {
-            s.metrics.publish_duration.with_label_values(&[target]).observe(started.elapsed().as_secs_f64());
-            ("ok", Ok(serde_json::json!({ "ok": true, "gateways": resp.gateways })))
-        }
-        Err(PublishError::Rejected(status)) => ("rejected", Err(ApiError::InvalidRequest(status.message().to_owned()))),
-        Err(PublishError::NotFound(msg)) => ("rejected", Err(ApiError::UnknownConnection(msg))),
-        Err(PublishError::Unavailable(msg)) => ("unavailable", Err(ApiError::Unavailable(msg))),
-    };
-    s.metrics.publishes.with_label_values(&[target, label]).inc();
-    out
-}
-
 /// warp's own rejections (no route, wrong method, our body errors) as JSON.
-async fn recover(r: Rejection) -> Result<Response, Infallible> {
+async fn recover(r: Rejection) -> std::result::Result<Response, Infallible> {
     let e = if let Some(e) = r.find::<ApiError>() {
-        clone_error(e)
+        e.clone()
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed("see docs/api.md for each route's method".to_owned())
     } else if r.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::InvalidRequest("the query string could not be parsed".to_owned())
     } else if r.is_not_found() {
         ApiError::NotFound(
-            "no such route; the ingress serves POST /publish, POST /broadcast, POST /send, GET /?content=…, /healthz, /readyz and /metrics"
+            "no such route; see docs/api.md (POST /publish, /broadcast, /send, /subscribe, /unsubscribe, /disconnect, /batch; GET /presence/{channel}, /stats, /users/{user}, /?content=…)"
                 .to_owned(),
         )
     } else {
@@ -278,24 +283,23 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(e.into_response())
 }
 
-fn clone_error(e: &ApiError) -> ApiError {
-    match e {
-        ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
-        ApiError::UnsupportedMediaType(s) => ApiError::UnsupportedMediaType(s.clone()),
-        other => ApiError::InvalidRequest(other.to_string()),
-    }
-}
-
 /// A bounded label for the requests metric.
 fn route_label(path: &str) -> &'static str {
     match path {
         "/publish" => "publish",
         "/broadcast" => "broadcast",
         "/send" => "send",
+        "/subscribe" => "subscribe",
+        "/unsubscribe" => "unsubscribe",
+        "/disconnect" => "disconnect",
+        "/batch" => "batch",
+        "/stats" => "stats",
         "/" => "seed",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        p if p.starts_with("/presence/") => "presence",
+        p if p.starts_with("/users/") => "users",
         _ => "other",
     }
 }

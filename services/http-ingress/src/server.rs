@@ -46,7 +46,8 @@ impl Ingress {
             metrics.clone(),
             probe_stop.clone(),
         ));
-        let state = Arc::new(State { hubs, metrics, max_body: config.max_body_bytes });
+        let commands = crate::commands::Commands { hubs, metrics };
+        let state = Arc::new(State { commands, max_body: config.max_body_bytes, max_batch: config.max_batch });
         let api = routes::api(state, health.clone());
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();

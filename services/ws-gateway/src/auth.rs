@@ -75,11 +75,13 @@ impl Authenticator {
             (None, None, None) => return Ok(None),
             (Some(s), None, None) => DecodingKey::from_secret(s.as_bytes()),
             (None, Some(f), None) => {
-                let s = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading --jwt-secret-file {}: {e}", f.display()))?;
+                let s = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading --jwt-secret-file {}: {e}", f.display()))?;
                 DecodingKey::from_secret(s.trim_end_matches(['\n', '\r']).as_bytes())
             }
             (None, None, Some(f)) => {
-                let pem = std::fs::read(f).map_err(|e| anyhow::anyhow!("reading --jwt-public-key-file {}: {e}", f.display()))?;
+                let pem = std::fs::read(f)
+                    .map_err(|e| anyhow::anyhow!("reading --jwt-public-key-file {}: {e}", f.display()))?;
                 match alg {
                     Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => DecodingKey::from_rsa_pem(&pem)?,
                     Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem)?,

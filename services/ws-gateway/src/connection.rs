@@ -264,7 +264,8 @@ impl Conn {
             Ok(c) => c,
             Err(e) => {
                 self.count("invalid", "error");
-                let msg = format!("invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}");
+                let msg =
+                    format!("invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}");
                 self.reply(protocol::salvage_id(text), Reply::error("bad_request", msg));
                 return;
             }
@@ -294,8 +295,10 @@ impl Conn {
     }
 
     fn channel(cmd: &Command) -> Result<Channel, Reply> {
-        let name =
-            cmd.channel.as_deref().ok_or_else(|| Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op)))?;
+        let name = cmd
+            .channel
+            .as_deref()
+            .ok_or_else(|| Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op)))?;
         Channel::new(name).map_err(|e| Reply::error("invalid_channel", e.to_string()))
     }
 

@@ -68,7 +68,10 @@ impl GatewayMetrics {
         )
         .expect("metric");
         let queries = IntCounterVec::new(
-            Opts::new("pushmesh_gateway_queries_total", "Hub queries answered (presence, stats, server-side commands), by op."),
+            Opts::new(
+                "pushmesh_gateway_queries_total",
+                "Hub queries answered (presence, stats, server-side commands), by op.",
+            ),
             &["op"],
         )
         .expect("metric");

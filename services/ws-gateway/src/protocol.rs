@@ -58,8 +58,13 @@ pub struct Command {
 pub enum Reply {
     Ok,
     /// A subscribe that carried `since`: says whether recovery happened.
-    Subscribed { recovered: bool },
-    Error { code: &'static str, message: String },
+    Subscribed {
+        recovered: bool,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl Reply {

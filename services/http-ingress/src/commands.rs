@@ -1,0 +1,357 @@
+//! The server API's commands, independent of the transport: each parses and
+//! validates its input, calls the hubs, and answers a JSON value or an
+//! `ApiError`. The HTTP routes (and `/batch`) are thin adapters over these.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use pushmesh_common::ids::{Channel, ConnectionId, UserId, topic};
+use pushmesh_common::proto::{
+    Broadcast, ConnectionChannel, Disconnect, PublishRequest, QueryOp, QueryRequest, QueryResponse, StatsQuery,
+    publish_request::Target, query_op,
+};
+
+use crate::error::ApiError;
+use crate::hubs::{HubPool, PublishError};
+use crate::metrics::IngressMetrics;
+
+/// Presence lists are cut to this many entries unless `limit` says fewer.
+pub const DEFAULT_PRESENCE_LIMIT: u32 = 100;
+/// Gateways report up to this many members each, so user counts are exact
+/// up to it.
+const PRESENCE_SCAN: u32 = 10_000;
+
+pub struct Commands {
+    pub hubs: Arc<HubPool>,
+    pub metrics: IngressMetrics,
+}
+
+// Bodies. `deny_unknown_fields` turns a typo into an error instead of a
+// silently ignored field. `op` is there for `/batch`, ignored elsewhere.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default, rename = "op")]
+    _op: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default, rename = "op")]
+    _op: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    connection: Option<String>,
+    user: Option<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default, rename = "op")]
+    _op: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipBody {
+    connection: String,
+    channel: String,
+    #[serde(default, rename = "op")]
+    _op: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectBody {
+    connection: Option<String>,
+    user: Option<String>,
+    code: Option<u32>,
+    reason: Option<String>,
+    #[serde(default, rename = "op")]
+    _op: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpOnly {
+    op: Option<String>,
+}
+
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(ApiError::from_json)
+}
+
+fn data_bytes(data: &RawValue) -> Bytes {
+    Bytes::copy_from_slice(data.get().as_bytes())
+}
+
+fn connection(id: &str) -> Result<ConnectionId, ApiError> {
+    ConnectionId::parse(id).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+fn channel(name: String) -> Result<Channel, ApiError> {
+    Channel::new(name).map_err(|e| ApiError::InvalidChannel(e.to_string()))
+}
+
+fn user(id: String) -> Result<UserId, ApiError> {
+    UserId::new(id).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+fn exclude_list(ids: &[String]) -> Result<Vec<String>, ApiError> {
+    ids.iter()
+        .map(|c| ConnectionId::parse(c).map(|c| c.to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::InvalidRequest(format!("exclude: {e}")))
+}
+
+fn one_of(connection: Option<String>, user: Option<String>, what: &str) -> Result<Target, ApiError> {
+    match (connection, user) {
+        (Some(c), None) => Ok(Target::Connection(c)),
+        (None, Some(u)) => Ok(Target::User(u)),
+        (Some(_), Some(_)) => {
+            Err(ApiError::InvalidRequest(format!("{what}: give either \"connection\" or \"user\", not both")))
+        }
+        (None, None) => Err(ApiError::InvalidRequest(format!(
+            "{what}: missing field `connection` (an id from a welcome frame) or `user`"
+        ))),
+    }
+}
+
+impl Commands {
+    pub async fn publish(&self, b: PublishBody) -> Result<Value, ApiError> {
+        let ch = channel(b.channel)?;
+        let req = PublishRequest {
+            target: Some(Target::Channel(ch.as_str().to_owned())),
+            data: data_bytes(&b.data),
+            exclude: Vec::new(),
+        };
+        self.route(&ch.topic(), "channel", req).await
+    }
+
+    pub async fn broadcast(&self, b: BroadcastBody) -> Result<Value, ApiError> {
+        let exclude = exclude_list(&b.exclude)?;
+        let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data: data_bytes(&b.data), exclude };
+        self.route(topic::BROADCAST, "broadcast", req).await
+    }
+
+    pub async fn send(&self, b: SendBody) -> Result<Value, ApiError> {
+        let exclude = exclude_list(&b.exclude)?;
+        match one_of(b.connection, b.user, "send")? {
+            Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)).await,
+            Target::User(u) => {
+                let u = user(u)?;
+                let req =
+                    PublishRequest { target: Some(Target::User(u.to_string())), data: data_bytes(&b.data), exclude };
+                self.route(&u.topic(), "user", req).await
+            }
+            _ => unreachable!("one_of returns connection or user"),
+        }
+    }
+
+    pub async fn send_to_connection(&self, conn: &str, data: Bytes) -> Result<Value, ApiError> {
+        let id = connection(conn)?;
+        let req = PublishRequest { target: Some(Target::Connection(id.to_string())), data, exclude: Vec::new() };
+        self.route(&id.gateway().topic(), "connection", req).await
+    }
+
+    pub async fn broadcast_data(&self, data: Bytes) -> Result<Value, ApiError> {
+        let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data, exclude: Vec::new() };
+        self.route(topic::BROADCAST, "broadcast", req).await
+    }
+
+    pub async fn subscribe(&self, b: MembershipBody, subscribe: bool) -> Result<Value, ApiError> {
+        let id = connection(&b.connection)?;
+        let ch = channel(b.channel)?;
+        let cc = ConnectionChannel { connection: id.to_string(), channel: ch.as_str().to_owned() };
+        let op = if subscribe { query_op::Op::Subscribe(cc) } else { query_op::Op::Unsubscribe(cc) };
+        let resp = self.ask(Some(&id), op, 0).await?;
+        let reply = single_answer(&resp, &id)?;
+        if reply.matched == 0 {
+            return Err(ApiError::UnknownConnection(format!("connection {id} is not connected")));
+        }
+        Ok(json!({ "ok": true }))
+    }
+
+    pub async fn disconnect(&self, b: DisconnectBody) -> Result<Value, ApiError> {
+        let code = b.code.unwrap_or(4000);
+        if !(4000..5000).contains(&code) {
+            return Err(ApiError::InvalidRequest(format!("code {code} is out of range; use 4000 to 4999")));
+        }
+        let reason = b.reason.unwrap_or_default();
+        if reason.len() > 120 {
+            return Err(ApiError::InvalidRequest("reason is longer than 120 bytes (a close frame's limit)".to_owned()));
+        }
+        match one_of(b.connection, b.user, "disconnect")? {
+            Target::Connection(c) => {
+                let id = connection(&c)?;
+                let d = Disconnect { connection: id.to_string(), user: String::new(), code, reason };
+                let resp = self.ask(Some(&id), query_op::Op::Disconnect(d), 0).await?;
+                let reply = single_answer(&resp, &id)?;
+                if reply.matched == 0 {
+                    return Err(ApiError::UnknownConnection(format!("connection {id} is not connected")));
+                }
+                Ok(json!({ "ok": true, "disconnected": reply.matched }))
+            }
+            Target::User(u) => {
+                let u = user(u)?;
+                let d = Disconnect { connection: String::new(), user: u.to_string(), code, reason };
+                let resp = self.ask(None, query_op::Op::Disconnect(d), 0).await?;
+                let n: u32 = resp.answers.iter().filter_map(|a| a.reply.as_ref()).map(|r| r.matched).sum();
+                Ok(json!({ "ok": true, "disconnected": n, "partial": partial(&resp) }))
+            }
+            _ => unreachable!("one_of returns connection or user"),
+        }
+    }
+
+    pub async fn presence(&self, name: String, limit: Option<u32>) -> Result<Value, ApiError> {
+        let ch = channel(name)?;
+        let limit = limit.unwrap_or(DEFAULT_PRESENCE_LIMIT);
+        let resp = self.ask(None, query_op::Op::Presence(ch.as_str().to_owned()), PRESENCE_SCAN).await?;
+        let mut connections = 0u64;
+        let mut users = HashSet::new();
+        let mut clients = Vec::new();
+        for reply in resp.answers.iter().filter_map(|a| a.reply.as_ref()) {
+            connections += u64::from(reply.matched);
+            for c in &reply.clients {
+                if !c.user.is_empty() {
+                    users.insert(c.user.clone());
+                }
+                if clients.len() < limit as usize {
+                    let mut entry = json!({ "connection": c.connection });
+                    if !c.user.is_empty() {
+                        entry["user"] = json!(c.user);
+                    }
+                    clients.push(entry);
+                }
+            }
+        }
+        Ok(json!({
+            "channel": ch.as_str(),
+            "connections": connections,
+            "users": users.len(),
+            "clients": clients,
+            "partial": partial(&resp),
+        }))
+    }
+
+    pub async fn stats(&self) -> Result<Value, ApiError> {
+        let resp = self.ask(None, query_op::Op::Stats(StatsQuery {}), 0).await?;
+        let mut total = 0u64;
+        let mut channels = HashSet::new();
+        let mut gateways = Vec::new();
+        for a in &resp.answers {
+            let Some(r) = &a.reply else { continue };
+            total += u64::from(r.connections);
+            channels.extend(r.channels.iter().cloned());
+            gateways.push(json!({ "gateway": a.gateway, "connections": r.connections, "channels": r.channels.len() }));
+        }
+        gateways.sort_by(|a, b| a["gateway"].as_str().cmp(&b["gateway"].as_str()));
+        Ok(json!({ "connections": total, "channels": channels.len(), "gateways": gateways, "partial": partial(&resp) }))
+    }
+
+    pub async fn user(&self, id: String) -> Result<Value, ApiError> {
+        let u = user(id)?;
+        let resp = self.ask(None, query_op::Op::UserConnections(u.to_string()), PRESENCE_SCAN).await?;
+        let mut conns: Vec<&str> = resp
+            .answers
+            .iter()
+            .filter_map(|a| a.reply.as_ref())
+            .flat_map(|r| r.clients.iter().map(|c| c.connection.as_str()))
+            .collect();
+        conns.sort_unstable();
+        Ok(json!({ "user": u.as_str(), "online": !conns.is_empty(), "connections": conns, "partial": partial(&resp) }))
+    }
+
+    /// One command of a `/batch`, dispatched on its `op`.
+    pub async fn batch_one(&self, raw: &RawValue) -> Result<Value, ApiError> {
+        let body = raw.get().as_bytes();
+        let OpOnly { op } = parse(body)?;
+        match op.as_deref() {
+            Some("publish") => self.publish(parse(body)?).await,
+            Some("broadcast") => self.broadcast(parse(body)?).await,
+            Some("send") => self.send(parse(body)?).await,
+            Some("subscribe") => self.subscribe(parse(body)?, true).await,
+            Some("unsubscribe") => self.subscribe(parse(body)?, false).await,
+            Some("disconnect") => self.disconnect(parse(body)?).await,
+            Some(other) => Err(ApiError::InvalidRequest(format!(
+                "unknown op {:?}; expected publish, broadcast, send, subscribe, unsubscribe or disconnect",
+                pushmesh_common::ids::truncate(other, 40)
+            ))),
+            None => Err(ApiError::InvalidRequest("missing field `op`".to_owned())),
+        }
+    }
+
+    /// Publish through the hubs, with the metrics every publish records.
+    async fn route(&self, key: &str, target: &'static str, req: PublishRequest) -> Result<Value, ApiError> {
+        let started = Instant::now();
+        let (label, out) = match self.hubs.publish(key, req).await {
+            Ok(resp) => {
+                self.metrics.publish_duration.with_label_values(&[target]).observe(started.elapsed().as_secs_f64());
+                ("ok", Ok(json!({ "ok": true, "gateways": resp.gateways })))
+            }
+            Err(e) => {
+                let label = if matches!(e, PublishError::Unavailable(_)) { "unavailable" } else { "rejected" };
+                (label, Err(e.into()))
+            }
+        };
+        self.metrics.publishes.with_label_values(&[target, label]).inc();
+        out
+    }
+
+    /// Ask one connection's gateway, or every gateway.
+    async fn ask(&self, owner: Option<&ConnectionId>, op: query_op::Op, limit: u32) -> Result<QueryResponse, ApiError> {
+        let (key, gateway) = match owner {
+            Some(id) => (id.gateway().topic(), id.gateway().to_string()),
+            None => (topic::BROADCAST.to_owned(), String::new()),
+        };
+        let req = QueryRequest { op: Some(QueryOp { op: Some(op) }), gateway, limit };
+        Ok(self.hubs.query(&key, req).await?)
+    }
+}
+
+fn partial(resp: &QueryResponse) -> bool {
+    (resp.answers.len() as u32) < resp.asked
+}
+
+/// The answer of the one gateway asked about `id`, with its refusal (if
+/// any) as an error.
+fn single_answer<'a>(
+    resp: &'a QueryResponse,
+    id: &ConnectionId,
+) -> Result<&'a pushmesh_common::proto::QueryReply, ApiError> {
+    let reply = resp
+        .answers
+        .first()
+        .and_then(|a| a.reply.as_ref())
+        .ok_or_else(|| ApiError::Unavailable(format!("gateway {} did not answer in time", id.gateway())))?;
+    match reply.error_code.as_str() {
+        "" => Ok(reply),
+        "limit_exceeded" => Err(ApiError::LimitExceeded(reply.error.clone())),
+        "unavailable" => Err(ApiError::Unavailable(reply.error.clone())),
+        _ => Err(ApiError::InvalidRequest(reply.error.clone())),
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Rejected(status) => ApiError::InvalidRequest(status.message().to_owned()),
+            PublishError::NotFound(msg) => ApiError::UnknownConnection(msg),
+            PublishError::Unavailable(msg) => ApiError::Unavailable(format!("no hub accepted the request: {msg}")),
+        }
+    }
+}
