@@ -41,7 +41,7 @@ wait_ready() { # name url
 start hub
 wait_ready hub http://127.0.0.1:9090/readyz
 start ws-gateway --gateway-id gw-local
-start http-ingress
+start http-ingress --cors-allow-origin http://127.0.0.1:8080,http://localhost:8080
 wait_ready ws-gateway http://127.0.0.1:8080/readyz
 wait_ready http-ingress http://127.0.0.1:8081/readyz
 

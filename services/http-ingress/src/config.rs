@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: u64,
 
+    /// Origins allowed to call the API from a browser (CORS), e.g. the demo
+    /// page's http://127.0.0.1:8080; "*" allows any. Default: none.
+    #[arg(long = "cors-allow-origin", env = "PUSHMESH_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
     /// Most commands in one `POST /batch`.
     #[arg(long, env = "PUSHMESH_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use warp::Filter;
 use tokio_util::sync::CancellationToken;
 
 use pushmesh_common::health::Health;
@@ -48,7 +49,7 @@ impl Ingress {
         ));
         let commands = crate::commands::Commands { hubs, metrics };
         let state = Arc::new(State { commands, max_body: config.max_body_bytes, max_batch: config.max_batch });
-        let api = routes::api(state, health.clone());
+        let api = routes::api(state, health.clone()).with(cors(&config.cors_allow_origins));
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();
         warp::serve(api)
@@ -63,5 +64,19 @@ impl Ingress {
         let _ = probe.await;
         tracing::info!("ingress stopped");
         Ok(())
+    }
+}
+
+/// CORS for browser callers (the demo page). With no origins configured the
+/// headers are never sent, so browsers refuse cross-origin calls.
+fn cors(origins: &[String]) -> warp::cors::Builder {
+    let builder = warp::cors()
+        .allow_methods(["GET", "POST", "OPTIONS"])
+        .allow_headers(["content-type", "authorization"])
+        .max_age(600);
+    if origins.iter().any(|o| o == "*") {
+        builder.allow_any_origin()
+    } else {
+        builder.allow_origins(origins.iter().map(String::as_str))
     }
 }

@@ -25,6 +25,9 @@ use crate::server::Shared;
 
 type Body = Full<Bytes>;
 
+/// The demo page (`GET /`): plain HTML and JS, no build step.
+const DEMO_PAGE: &str = include_str!("../static/index.html");
+
 /// Accept until shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -66,6 +69,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, shared),
+        (&Method::GET, "/") => {
+            let mut r = text(StatusCode::OK, DEMO_PAGE);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let (code, body) = admin::readyz(&shared.health);
@@ -76,14 +84,14 @@ fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(admin::METRICS_CONTENT_TYPE));
             r
         }
-        (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/" | "/ws" | "/healthz" | "/readyz" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is allowed here")
         }
         (_, path) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!(
-                "no route {}; the gateway serves /ws, /healthz, /readyz and /metrics",
+                "no route {}; the gateway serves / (demo page), /ws, /healthz, /readyz and /metrics",
                 pushmesh_common::ids::truncate(path, 100)
             ),
         ),
