@@ -1,0 +1,255 @@
+{{/*
+Names, labels and the pod pieces every component shares. Each component's
+own template (hub-*.yaml, ws-gateway-*.yaml, http-ingress-*.yaml) stays a
+readable manifest; only what would otherwise be copied three times lives here.
+*/}}
+
+{{- define "pushmesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every resource name. Kept to 40 characters: StatefulSet pod
+names add "-hub-N" and the controller-revision-hash label must stay under 63.
+*/}}
+{{- define "pushmesh.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pushmesh.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>", e.g. pushmesh-ws-gateway. Call with (dict "root" $ "component" "hub"). */}}
+{{- define "pushmesh.componentName" -}}
+{{- printf "%s-%s" (include "pushmesh.fullname" .root) .component -}}
+{{- end -}}
+
+{{- define "pushmesh.hub.headless" -}}
+{{- printf "%s-hub-headless" (include "pushmesh.fullname" .) -}}
+{{- end -}}
+
+{{/* Labels on every resource of a component. Call with (dict "root" $ "component" "hub"). */}}
+{{- define "pushmesh.labels" -}}
+helm.sh/chart: {{ include "pushmesh.chart" .root }}
+{{ include "pushmesh.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: pushmesh
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The labels a component's selectors match on (never change after install). */}}
+{{- define "pushmesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pushmesh.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{- define "pushmesh.image" -}}
+{{- $img := .Values.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pushmesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pushmesh.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding API keys and the JWT secret: the user's, or the chart's own when it has anything to hold; empty when there is none. */}}
+{{- define "pushmesh.secretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else if or .Values.auth.apiKeys .Values.auth.jwtSecret -}}
+{{- printf "%s-auth" (include "pushmesh.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Every hub replica's gRPC URL, comma-separated: gateways attach to each one,
+ingresses hash channels over them. StatefulSet pods have stable DNS names
+under the headless Service, so the list is known from the replica count.
+*/}}
+{{- define "pushmesh.hubUrls" -}}
+{{- $hub := include "pushmesh.componentName" (dict "root" . "component" "hub") -}}
+{{- $headless := include "pushmesh.hub.headless" . -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.hub.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc.%s:%d" $hub $i $headless $.Release.Namespace $.Values.clusterDomain (int $.Values.hub.ports.grpc)) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express (it sees one field at a time). Each message
+says what is wrong and what to do.
+*/}}
+{{- define "pushmesh.validate" -}}
+{{- if and .Values.auth.existingSecret (or .Values.auth.apiKeys .Values.auth.jwtSecret) -}}
+{{- fail "auth: set either auth.existingSecret or auth.apiKeys/auth.jwtSecret, not both (the chart would not know which one the pods should use)" -}}
+{{- end -}}
+{{- range $key := list "hub" "wsGateway" "httpIngress" -}}
+{{- $c := index $.Values $key -}}
+{{- if ge (int $c.preStopSleepSeconds) (int $c.terminationGracePeriodSeconds) -}}
+{{- fail (printf "%s: preStopSleepSeconds (%d) must be less than terminationGracePeriodSeconds (%d), or the pod is killed before it can drain" $key (int $c.preStopSleepSeconds) (int $c.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- if and $c.autoscaling $c.autoscaling.enabled -}}
+{{- if gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas) -}}
+{{- fail (printf "%s.autoscaling: minReplicas (%d) must not exceed maxReplicas (%d)" $key (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- if not (or $c.autoscaling.targetCPUUtilizationPercentage $c.autoscaling.targetMemoryUtilizationPercentage) -}}
+{{- fail (printf "%s.autoscaling: set targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage, or the HPA has nothing to scale on" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) -}}
+{{- fail (printf "hub.ports: grpc and admin must differ (both are %d)" (int .Values.hub.ports.grpc)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The pod-spec lines every component shares: service account, security,
+scheduling. Call with (dict "root" $ "component" "hub" "values" .Values.hub).
+*/}}
+{{- define "pushmesh.podSpecCommon" -}}
+serviceAccountName: {{ include "pushmesh.serviceAccountName" .root }}
+automountServiceAccountToken: {{ .root.Values.serviceAccount.automountServiceAccountToken }}
+# Service links would add a *_SERVICE_HOST variable per Service in the
+# namespace: noise for a binary configured only by PUSHMESH_* variables.
+enableServiceLinks: false
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $spread := .root.Values.topologySpread -}}
+{{- if or $spread.enabled .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{- if $spread.enabled }}
+{{- range $spread.topologyKeys }}
+  - maxSkew: {{ $spread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "pushmesh.selectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod annotations: checksums of the component's own config and of the chart's
+Secret, so a changed value rolls exactly the pods it affects (scaling hubs
+rolls gateways and ingresses, whose hub list changes, but not the hubs).
+*/}}
+{{- define "pushmesh.podAnnotations" -}}
+checksum/config: {{ include (printf "pushmesh.config.%s" .component) .root | sha256sum }}
+checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root | sha256sum }}
+{{- with .values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The preStop hook: a plain wait (the image has no shell), so endpoints drop the pod before SIGTERM. */}}
+{{- define "pushmesh.lifecycle" -}}
+{{- if gt (int .preStopSleepSeconds) 0 }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ .preStopSleepSeconds }}
+{{- end }}
+{{- end -}}
+
+{{/* Probe timings from values; the handler comes from the caller. */}}
+{{- define "pushmesh.probeTiming" -}}
+periodSeconds: {{ .periodSeconds }}
+failureThreshold: {{ .failureThreshold }}
+timeoutSeconds: {{ .timeoutSeconds }}
+{{- end -}}
+
+{{/*
+Each component's PUSHMESH_* settings: the data of its ConfigMap (and the
+input of its checksum/config annotation). Pods bind every interface: in
+Kubernetes each pod has its own IP and the same ports.
+*/}}
+{{- define "pushmesh.config.hub" -}}
+{{- $c := .Values.hub.config -}}
+PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.grpc) | quote }}
+PUSHMESH_ADMIN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.admin) | quote }}
+PUSHMESH_GATEWAY_QUEUE: {{ $c.gatewayQueue | quote }}
+PUSHMESH_BATCH_MAX: {{ $c.batchMax | quote }}
+PUSHMESH_QUERY_TIMEOUT_MS: {{ $c.queryTimeoutMs | quote }}
+PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
+PUSHMESH_LOG: {{ .Values.log.level | quote }}
+PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{- define "pushmesh.config.ws-gateway" -}}
+{{- $c := .Values.wsGateway.config -}}
+PUSHMESH_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.wsGateway.port) | quote }}
+PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
+PUSHMESH_OUTBOUND_QUEUE: {{ $c.outboundQueue | quote }}
+PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
+PUSHMESH_READ_BUFFER_BYTES: {{ $c.readBufferBytes | quote }}
+PUSHMESH_MAX_CHANNELS_PER_CONNECTION: {{ $c.maxChannelsPerConnection | quote }}
+PUSHMESH_SUBSCRIBE_TIMEOUT_MS: {{ $c.subscribeTimeoutMs | quote }}
+PUSHMESH_RECONNECT_MAX_MS: {{ $c.reconnectMaxMs | quote }}
+PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
+PUSHMESH_HANDSHAKE_TIMEOUT_SECS: {{ $c.handshakeTimeoutSecs | quote }}
+PUSHMESH_AUTH_TIMEOUT_SECS: {{ $c.authTimeoutSecs | quote }}
+PUSHMESH_MAX_CONNECTIONS_PER_USER: {{ $c.maxConnectionsPerUser | quote }}
+PUSHMESH_JWT_ALGORITHM: {{ .Values.auth.jwtAlgorithm | quote }}
+PUSHMESH_LOG: {{ .Values.log.level | quote }}
+PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{- define "pushmesh.config.http-ingress" -}}
+{{- $c := .Values.httpIngress.config -}}
+PUSHMESH_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.port) | quote }}
+PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
+PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
+PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
+PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}
+PUSHMESH_LOG: {{ .Values.log.level | quote }}
+PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
+{{- end -}}
