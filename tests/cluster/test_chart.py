@@ -1,0 +1,413 @@
+"""The chart on paper: lint, Kubernetes schema validation of what it renders,
+the values schema refusing wrong input, and the contracts between the chart,
+the image and the docs. (test_cluster.py then runs what it renders.)"""
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+import values_doc
+from conftest import CHART, KUBECTL, PRODUCTION_VALUES, ROOT, helm, render
+
+KUBERNETES_VERSION = "1.35"  # the validator's schemas; same minor as the pinned kubectl
+INVALID = sorted((Path(__file__).parent / "invalid-values").glob("*.yaml"))
+WORKLOADS = ("Deployment", "StatefulSet")
+BINARIES = ("hub", "ws-gateway", "http-ingress")
+
+
+def by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def containers(docs):
+    for d in docs:
+        if d["kind"] in WORKLOADS:
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                yield d, c
+
+
+# Subsets of the prometheus-operator CRD schemas (monitoring.coreos.com/v1):
+# the fields the chart uses, strict, so a typo or a wrong type fails here as
+# it would at `kubectl apply` with the CRDs installed.
+_STR = {"type": "string"}
+_LABELS = {"type": "object", "additionalProperties": _STR}
+_META = {"type": "object", "required": ["name", "namespace"], "properties": {"labels": _LABELS}}
+CRD_SCHEMAS = {
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                          "properties": {"any": {"type": "boolean"},
+                                                         "matchNames": {"type": "array", "items": _STR}}},
+                    "selector": {"type": "object", "additionalProperties": False,
+                                 "properties": {"matchLabels": _LABELS}},
+                    "endpoints": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"port": _STR, "path": _STR,
+                                       "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                                       "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}}}},
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "metadata": _META,
+            "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+                "groups": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                      "required": ["name", "rules"], "properties": {
+                    "name": _STR,
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "additionalProperties": False, "required": ["expr"],
+                        "properties": {"alert": _STR, "record": _STR, "expr": {"type": ["string", "integer"]},
+                                       "for": _STR, "labels": _LABELS, "annotations": _LABELS}}},
+                }}}}},
+        },
+    },
+}
+
+
+def validate(doc):
+    """Raise if `doc` is not a valid object of its kind (Kubernetes schemas, strict)."""
+    if doc["kind"] in CRD_SCHEMAS:
+        import jsonschema
+
+        jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
+        return
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+# ---- lint and schema validation of rendered output --------------------------------
+
+
+@pytest.mark.parametrize("values", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_helm_lint_strict(values):
+    args = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+    proc = helm(*args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("which", ["default", "production"])
+def test_rendered_manifests_are_valid_kubernetes_objects(which, default_manifests, production_manifests):
+    docs = default_manifests if which == "default" else production_manifests
+    kinds = {d["kind"] for d in docs}
+    assert {"StatefulSet", "Deployment", "Service", "ConfigMap", "Pod"} <= kinds
+    if which == "production":
+        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+                "NetworkPolicy", "Ingress"} <= kinds
+    errors = []
+    for d in docs:
+        try:
+            validate(d)
+        except Exception as e:  # noqa: BLE001 - every kind of failure is reported
+            errors.append(f"{d['kind']}/{d['metadata']['name']}: {e}")
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("kind,mutate", [
+    ("StatefulSet", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinesProbe={})),
+    ("Deployment", lambda d: d["spec"].update(replicas="three")),
+    ("Service", lambda d: d["spec"]["ports"][0].update(port="grpc")),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(interval="30 seconds")),
+    ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].update(expresion="up")),
+])
+def test_the_validator_rejects_broken_objects(kind, mutate, production_manifests):
+    """The validation above can fail: one wrong field in a rendered object is caught."""
+    doc = copy.deepcopy(next(d for d in production_manifests if d["kind"] == kind))
+    mutate(doc)
+    with pytest.raises(Exception) as err:
+        validate(doc)
+    # A real validation error, not "no schema for this kind".
+    assert "Couldn't find schema" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_wrong_values_are_refused_with_a_clear_message(path):
+    expected = re.findall(r"^# expect: (.+)$", path.read_text(), re.M)
+    assert expected, f"{path.name} needs '# expect: <text of the error>' lines"
+    docs, proc = render(path, check=False)
+    assert proc.returncode != 0, f"{path.name} was accepted; rendered {len(docs)} objects"
+    for text in expected:
+        assert text in proc.stderr, f"{path.name}: error does not say {text!r}:\n{proc.stderr}"
+
+
+def test_values_yaml_and_production_values_pass_the_schema():
+    # helm validates values against the schema before rendering; the defaults
+    # and the production file both rendering at all proves they pass it.
+    for f in (None, PRODUCTION_VALUES):
+        _, proc = render(*([f] if f else []), check=False)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_every_schema_field_is_described():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = []
+
+    def walk(node, path):
+        node = values_doc._resolve(schema, node)
+        if path and not node.get("description"):
+            missing.append(path)
+        for k, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{k}" if path else k)
+
+    walk(schema, "")
+    assert not missing, f"schema fields without a description: {missing}"
+
+
+# ---- what the pods get -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["default", "production"])
+def test_every_container_is_probed_hardened_and_sized(which, default_manifests, production_manifests):
+    docs = default_manifests if which == "default" else production_manifests
+    seen = set()
+    for w, c in containers(docs):
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        pod = w["spec"]["template"]["spec"]
+        seen.add(c["name"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert probe in c, f"{name}: no {probe}"
+        ready = c["readinessProbe"]
+        if c["name"] == "hub":
+            assert ready["grpc"] == {"port": 50051, "service": "pushmesh.v1.Hub"}
+            assert c["startupProbe"]["grpc"]["service"] == ""
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        else:
+            assert ready["httpGet"] == {"path": "/readyz", "port": "http"}
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+        assert c["command"] == [f"/usr/local/bin/{c['name']}"]
+        pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        assert pod["terminationGracePeriodSeconds"] > pre
+        labels = w["metadata"]["labels"]
+        for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+                  "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert k in labels, f"{name}: label {k} missing"
+        assert pod["topologySpreadConstraints"], f"{name}: no topologySpreadConstraints"
+    assert seen == set(BINARIES)
+
+
+def test_gateway_termination_leaves_room_to_drain(default_manifests):
+    gw = by_kind(default_manifests, "Deployment")["pm-pushmesh-ws-gateway"]
+    pod = gw["spec"]["template"]["spec"]
+    pre = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre >= 5, "endpoints need a few seconds to drop the pod before SIGTERM"
+    assert pod["terminationGracePeriodSeconds"] - pre >= 30, "drain time after SIGTERM"
+    assert gw["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_hub_list_names_every_hub_replica(production_manifests):
+    sts = by_kind(production_manifests, "StatefulSet")["prod-pushmesh-hub"]
+    headless = by_kind(production_manifests, "Service")[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    want = ",".join(
+        f"http://prod-pushmesh-hub-{i}.{headless['metadata']['name']}.push.svc.cluster.local:50051" for i in range(3)
+    )
+    cms = by_kind(production_manifests, "ConfigMap")
+    assert sts["spec"]["replicas"] == 3
+    for name in ("prod-pushmesh-ws-gateway", "prod-pushmesh-http-ingress"):
+        assert cms[name]["data"]["PUSHMESH_HUBS"] == want
+    for _, c in containers(production_manifests):
+        assert {"configMapRef": {"name": f"prod-pushmesh-{c['name']}"}} in c["envFrom"]
+
+
+def test_services_select_their_pods_on_ports_that_exist(production_manifests):
+    workloads = [d for d in production_manifests if d["kind"] in WORKLOADS]
+    for svc in by_kind(production_manifests, "Service").values():
+        sel = svc["spec"]["selector"]
+        matched = [w for w in workloads if sel.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matched) == 1, f"Service {svc['metadata']['name']} selects {len(matched)} workloads"
+        ports = {p["name"] for p in matched[0]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports
+
+
+def test_scaling_hubs_rolls_gateways_and_ingresses_but_not_hubs():
+    base, _ = render()
+    scaled, _ = render(set_values=("hub.replicas=2",))
+
+    def checksums(docs):
+        return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                for w in docs if w["kind"] in WORKLOADS}
+
+    a, b = checksums(base), checksums(scaled)
+    assert a["pm-pushmesh-hub"] == b["pm-pushmesh-hub"]
+    assert a["pm-pushmesh-ws-gateway"] != b["pm-pushmesh-ws-gateway"]
+    assert a["pm-pushmesh-http-ingress"] != b["pm-pushmesh-http-ingress"]
+
+
+def test_production_has_budgets_autoscaling_and_the_existing_secret(production_manifests):
+    pdbs = by_kind(production_manifests, "PodDisruptionBudget")
+    assert set(pdbs) == {"prod-pushmesh-hub", "prod-pushmesh-ws-gateway", "prod-pushmesh-http-ingress"}
+    hpa = by_kind(production_manifests, "HorizontalPodAutoscaler")["prod-pushmesh-ws-gateway"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    gw = by_kind(production_manifests, "Deployment")["prod-pushmesh-ws-gateway"]
+    assert "replicas" not in gw["spec"], "with an HPA the Deployment must not fight it over replicas"
+    assert not by_kind(production_manifests, "Secret"), "existingSecret: the chart renders no Secret"
+    env = {e["name"]: e for _, c in containers(production_manifests) for e in c.get("env", [])}
+    assert env["PUSHMESH_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "pushmesh-auth"
+    assert env["PUSHMESH_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "pushmesh-auth"
+    ing = by_kind(production_manifests, "Ingress")["prod-pushmesh-ws-gateway"]
+    assert int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+
+
+def test_default_install_renders_no_disruption_budget_for_a_single_hub(default_manifests):
+    # A budget for one replica would block every node drain.
+    assert set(by_kind(default_manifests, "PodDisruptionBudget")) == {
+        "pm-pushmesh-ws-gateway", "pm-pushmesh-http-ingress"}
+
+
+def test_chart_secret_holds_the_given_credentials():
+    docs, _ = render(set_values=("auth.apiKeys={0123456789abcdef01,fedcba9876543210fe}",
+                                 "auth.jwtSecret=0123456789abcdef0123456789abcdef"))
+    [secret] = by_kind(docs, "Secret").values()
+    import base64
+
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == "0123456789abcdef01,fedcba9876543210fe"
+    assert base64.b64decode(secret["data"]["jwt-secret"]).decode() == "0123456789abcdef0123456789abcdef"
+
+
+# ---- network policy, evaluated ------------------------------------------------------
+
+
+def _admits(policy, pod_labels, ns_labels, port_name):
+    for rule in policy["spec"].get("ingress", []):
+        if rule.get("ports") and not any(p["port"] == port_name for p in rule["ports"]):
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            pod_ok = "podSelector" not in peer or peer["podSelector"].get("matchLabels", {}).items() <= pod_labels.items()
+            ns_sel = peer.get("namespaceSelector")
+            ns_ok = (ns_sel is None and ns_labels.get("same")) or (
+                ns_sel is not None and ns_sel.get("matchLabels", {}).items() <= ns_labels.items())
+            if pod_ok and ns_ok:
+                return True
+    return False
+
+
+def test_network_policy_lets_only_gateways_and_ingresses_reach_hub_grpc(production_manifests):
+    policies = by_kind(production_manifests, "NetworkPolicy")
+    hub_policy = policies["prod-pushmesh-hub"]
+    pod_labels = {w["metadata"]["name"].removeprefix("prod-pushmesh-"): w["spec"]["template"]["metadata"]["labels"]
+                  for w in production_manifests if w["kind"] in WORKLOADS}
+    same = {"same": True}
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert hub_policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels["hub"].items()
+    assert _admits(hub_policy, pod_labels["ws-gateway"], same, "grpc")
+    assert _admits(hub_policy, pod_labels["http-ingress"], same, "grpc")
+    assert not _admits(hub_policy, {"app": "something-else"}, same, "grpc")
+    assert not _admits(hub_policy, pod_labels["hub"], same, "grpc"), "hubs never talk to each other"
+    assert _admits(hub_policy, {"app": "prometheus"}, monitoring, "admin")
+    assert not _admits(hub_policy, {"app": "prometheus"}, {"kubernetes.io/metadata.name": "other"}, "admin")
+    assert _admits(policies["prod-pushmesh-ws-gateway"], {"any": "client"}, {"any": "ns"}, "http")
+    # Every port the policies name exists on the pods they select.
+    for name, pol in policies.items():
+        component = pol["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        w = next(w for w in production_manifests if w["kind"] in WORKLOADS
+                 and w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+        ports = {p["name"] for p in w["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        for rule in pol["spec"]["ingress"]:
+            for p in rule["ports"]:
+                assert p["port"] in ports, f"{name}: port {p['port']} not on {component}"
+
+
+# ---- the image, the Makefile and the docs ------------------------------------------
+
+
+def test_dockerfile_agrees_with_the_chart(default_manifests):
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    final = text.split("\nFROM ")[-1]
+    assert final.startswith("gcr.io/distroless/"), "final stage: a distroless runtime"
+    user = re.search(r"^USER (\d+):(\d+)$", final, re.M)
+    assert user, "the final stage runs as a numeric non-root user"
+    psc = next(iter(by_kind(default_manifests, "StatefulSet").values()))["spec"]["template"]["spec"]["securityContext"]
+    assert (int(user[1]), int(user[2])) == (psc["runAsUser"], psc["runAsGroup"])
+    exposed = {int(p) for p in re.findall(r"(\d+)/tcp", re.search(r"^EXPOSE (.+)$", final, re.M)[1])}
+    chart_ports = {p["containerPort"] for _, c in containers(default_manifests) for p in c["ports"]}
+    assert chart_ports <= exposed, f"EXPOSE {exposed} lacks {chart_ports - exposed}"
+    for b in BINARIES:
+        assert f"target/release/{b}" in text
+        assert (ROOT / "services" / b).is_dir()
+    assert "/usr/local/bin/" in final
+    for label in ("title", "description", "version", "revision", "created", "licenses", "source"):
+        assert f"org.opencontainers.image.{label}=" in final
+    ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    assert "target/" in ignore and ".tools/" in ignore
+
+
+def test_make_image_tags_the_chart_default_image(tmp_path):
+    # ENGINE=echo prints the build command make image would run.
+    proc = subprocess.run(["bash", str(ROOT / "deploy" / "build-image.sh")], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "ENGINE": "echo"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert f"--tag {values['image']['repository']}:{chart['appVersion']}" in proc.stdout
+    assert "--file deploy/Dockerfile" in proc.stdout
+
+
+def test_chart_version_matches_the_workspace():
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^\[workspace\.package\][^\[]*?^version = "([^"]+)"', cargo, re.M | re.S)[1]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version, "appVersion is the image tag `make image` builds"
+
+
+def test_docs_values_reference_is_in_step():
+    want, have = values_doc.generate(), values_doc.current()
+    assert have == want, (
+        "docs/kubernetes.md's values reference is out of date: run "
+        "`.tools/venv/bin/python tests/cluster/values_doc.py --write`")
+
+
+def test_notes_print_the_commands_for_this_release():
+    proc = helm("install", "shop", str(CHART), "--namespace", "apps", "--dry-run=client",
+                "--values", str(PRODUCTION_VALUES))
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    docs = [d for d in yaml.safe_load_all(proc.stdout.split("NOTES:", 1)[0].split("HOOKS:", 1)[1]) if d]
+    services = set(by_kind(docs, "Service"))
+    forwards = re.findall(r"kubectl --namespace (\S+) port-forward svc/(\S+) (\d+):(\d+)", notes)
+    assert len(forwards) == 2
+    for ns, svc, local, remote in forwards:
+        assert ns == "apps" and svc in services
+    assert "helm test shop --namespace apps" in notes
+    assert re.search(r"curl .*-d '\{\"channel\":\"news\".*http://127\.0\.0\.1:8081/publish", notes)
+    assert "ws://127.0.0.1:8080/ws" in notes
+    assert 'Authorization: Bearer $API_KEY' in notes  # credentials are on in production values
+    # The Secret lookup line runs as written: check it with kubectl's own jsonpath.
+    line = re.search(r"API_KEY=\$\((kubectl .*?) \| base64 -d \| cut -d, -f1\)", notes)[1]
+    jsonpath = re.search(r"-o jsonpath='([^']+)'", line)[1]
+    out = subprocess.run(
+        [str(KUBECTL), "create", "secret", "generic", "pushmesh-auth", "--dry-run=client",
+         "--from-literal=api-keys=key-one,key-two", "-o", f"jsonpath={jsonpath}"],
+        capture_output=True, text=True, check=True).stdout
+    import base64
+
+    assert base64.b64decode(out).decode().split(",")[0] == "key-one"
