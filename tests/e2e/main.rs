@@ -6,3 +6,4 @@ mod bad_input;
 mod faults;
 mod metrics;
 mod pipeline;
+mod reliability;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use warp::Filter;
 use tokio_util::sync::CancellationToken;
+use warp::Filter;
 
 use pushmesh_common::health::Health;
 

@@ -172,7 +172,7 @@ where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             biased;
             (code, reason, metric) = close.fired() => {
                 let _ = close_with(&mut sink, *code, reason).await;
@@ -182,28 +182,60 @@ where
                 let _ = close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect").await;
                 return "shutdown";
             }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return "client" };
-                let mut delivered = u64::from(frame.is_delivery);
-                if sink.feed(Message::Text(frame.text)).await.is_err() {
-                    return "client";
-                }
-                let mut n = 1;
-                while n < MAX_FRAMES_PER_WRITE {
-                    let Ok(frame) = rx.try_recv() else { break };
-                    delivered += u64::from(frame.is_delivery);
-                    if sink.feed(Message::Text(frame.text)).await.is_err() {
-                        return "client";
-                    }
-                    n += 1;
-                }
-                if sink.flush().await.is_err() {
-                    return "client";
-                }
-                shared.metrics.deliveries.inc_by(delivered);
+            frame = rx.recv() => match frame {
+                Some(f) => f,
+                None => return "client",
+            },
+        };
+        // Write everything waiting as one batch. A client that stopped
+        // reading leaves this stuck on a full socket: a close request (the
+        // slow-consumer policy) or shutdown then abandons the socket, since
+        // not even a close frame could get through.
+        let mut taken = 0u64;
+        let outcome = {
+            let batch = write_batch(&mut sink, first, rx, &mut taken);
+            tokio::pin!(batch);
+            tokio::select! {
+                biased;
+                r = &mut batch => Ok(r),
+                (_, _, metric) = close.fired() => Err(*metric),
+                _ = shared.shutdown.cancelled() => Err("shutdown"),
+            }
+        };
+        match outcome {
+            Ok(true) => shared.metrics.deliveries.inc_by(taken),
+            Ok(false) => {
+                shared.metrics.dropped.with_label_values(&["client_gone"]).inc_by(taken);
+                return "client";
+            }
+            Err(metric) => {
+                let reason = if metric == "client" { "client_gone" } else { metric };
+                shared.metrics.dropped.with_label_values(&[reason]).inc_by(taken);
+                return metric;
             }
         }
     }
+}
+
+/// Feed `first` and whatever else is queued (up to a bound) into the
+/// socket's write buffer, then flush once. `taken` counts the deliveries
+/// among them. False when the socket failed.
+async fn write_batch<K>(sink: &mut K, first: Frame, rx: &mut mpsc::Receiver<Frame>, taken: &mut u64) -> bool
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    *taken += u64::from(first.is_delivery);
+    if sink.feed(Message::Text(first.text)).await.is_err() {
+        return false;
+    }
+    for _ in 1..MAX_FRAMES_PER_WRITE {
+        let Ok(frame) = rx.try_recv() else { break };
+        *taken += u64::from(frame.is_delivery);
+        if sink.feed(Message::Text(frame.text)).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
 }
 
 struct Conn {
