@@ -3,19 +3,33 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench clean
+.PHONY: run test build lint fmt bench clean tools image helm-test
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
 run:
 	scripts/run.sh
 
-## test: every test (unit, end-to-end against the real binaries)
+## test: every test (unit, end-to-end against the real binaries, then the Helm chart on a simulated cluster)
 test: build
 	$(CARGO) nextest run --workspace --profile ci
+	$(MAKE) helm-test
 
 ## build: the three service binaries (the end-to-end tests start them)
 build:
 	$(CARGO) build --workspace --bins --tests
+
+## tools: helm, kubectl (pinned by version and checksum) and the chart tests' Python venv, under .tools/
+tools:
+	deploy/install-tools.sh
+
+## image: the container image with the three binaries, tagged as the chart's default (needs docker or podman)
+image:
+	deploy/build-image.sh
+
+## helm-test: lint, render and validate the chart, then run it against the binaries on a simulated cluster (root)
+helm-test: tools
+	$(CARGO) build --bins
+	.tools/venv/bin/python -m pytest tests/cluster
 
 ## lint: formatting and clippy, warnings are errors
 lint:

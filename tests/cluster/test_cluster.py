@@ -1,0 +1,353 @@
+"""The chart against the binaries: render the production values, run every
+replica the way a kubelet would (kube_sim.py), then do what a user does.
+
+Needs root (network namespaces) and the debug binaries (`cargo build --bins`).
+Pods' logs are kept in target/cluster-test/logs for a failed run.
+"""
+
+import asyncio
+import base64
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from conftest import CHART, PRODUCTION_VALUES, ROOT, render
+from kube_sim import Cluster
+
+NAMESPACE = "pushmesh-ct"
+RELEASE = "pm"
+API_KEY = "ct-api-key-0123456789abcdef"
+JWT_SECRET = "ct-jwt-secret-0123456789abcdef0123456789"
+CHANNELS = [f"ct.news-{i}" for i in range(24)]  # enough that every hub owns some
+CLIENTS_PER_GATEWAY = 2
+WORK = ROOT / "target" / "cluster-test"
+HOOK_PYTHON = "/usr/bin/python3"  # world-executable, like the test image's python3
+
+_spec = importlib.util.spec_from_file_location("smoke", CHART / "files" / "smoke-test.py")
+smoke = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(smoke)
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def the_existing_secret():
+    """What the user creates before installing with production values."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "pushmesh-auth", "namespace": NAMESPACE},
+        "data": {"api-keys": base64.b64encode(f"{API_KEY},another-key-0123456789".encode()).decode(),
+                 "jwt-secret": base64.b64encode(JWT_SECRET.encode()).decode()},
+    }
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    docs, _ = render(PRODUCTION_VALUES, release=RELEASE, namespace=NAMESPACE)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def cluster(manifests):
+    if os.geteuid() != 0:
+        pytest.fail("the cluster test needs root: it makes network namespaces, veths and a bridge")
+    binaries = {f"/usr/local/bin/{b}": str(ROOT / "target" / "debug" / b) for b in ("hub", "ws-gateway", "http-ingress")}
+    missing = [p for p in binaries.values() if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(f"binaries missing: {missing}; run `cargo build --bins` (make helm-test does)")
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    os.chmod(WORK, 0o755)
+    c = Cluster(manifests, NAMESPACE, binaries, WORK, extra_objects=[the_existing_secret()])
+    try:
+        c.setup()
+        c.start_all()
+        c.wait_until(lambda: len(c.pods) == 8 and all(p.ready for p in c.pods.values()), 90,
+                     "all 8 pods (3 hubs, 3 gateways, 2 ingresses) to pass their readiness probes")
+        yield c
+    finally:
+        c.teardown()
+        leftovers = [n for n in os.listdir("/run/netns") if n.startswith("pmk-")] if os.path.isdir("/run/netns") else []
+        assert not leftovers, f"namespaces left behind: {leftovers}"
+
+
+# ---- helpers: what a user has at hand ---------------------------------------------
+
+
+def scrape(url):
+    with _opener.open(url, timeout=5) as r:
+        assert r.status == 200, url
+        return r.read().decode()
+
+
+def metric(text, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m or m[1] != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m[2] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m[3])
+            found = True
+    assert found, f"no sample of {name}{labels or ''}"
+    return total
+
+
+def metrics_url(pod):
+    port = next(p["containerPort"] for p in pod.container["ports"] if p["name"] in ("http", "admin"))
+    return f"http://{pod.ip}:{port}/metrics"
+
+
+async def curl(*args):
+    """curl as a user runs it; returns (HTTP status, body)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--noproxy", "*", "--max-time", "10", "-w", "\n%{http_code}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, f"curl {args}: {err.decode()}"
+    body, _, code = out.decode().rpartition("\n")
+    return int(code), body
+
+
+async def publish(ingress, channel, data):
+    return await curl("-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json",
+                      "-d", json.dumps({"channel": channel, "data": data}), f"http://{ingress.ip}:8081/publish")
+
+
+class Client:
+    """One WebSocket client, recording every frame it receives."""
+
+    def __init__(self, ws, welcome, gateway):
+        self.ws, self.welcome, self.gateway = ws, welcome, gateway
+        self.frames, self.closed = [], None
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, gateway, user):
+        token = smoke.hs256_token(JWT_SECRET, user)
+        ws = await connect(f"ws://{gateway.ip}:8080/ws?token={token}", proxy=None, open_timeout=5)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome" and welcome["gateway"] == gateway.name, welcome
+        return cls(ws, welcome, gateway)
+
+    async def _read(self):
+        try:
+            async for raw in self.ws:
+                self.frames.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        self.closed = (self.ws.close_code, self.ws.close_reason)
+
+    async def subscribe(self, channels):
+        for i, ch in enumerate(channels, start=1):
+            await self.ws.send(json.dumps({"id": i, "op": "subscribe", "channel": ch}))
+        await self.wait(lambda: len([f for f in self.frames if f.get("type") == "reply"]) >= len(channels), "replies")
+        bad = [f for f in self.frames if f.get("type") == "reply" and f.get("ok") is not True]
+        assert not bad, f"subscribe refused: {bad}"
+
+    def messages(self, tag):
+        return [(f["channel"], f["data"]["n"]) for f in self.frames
+                if f.get("type") == "message" and isinstance(f.get("data"), dict) and f["data"].get("tag") == tag]
+
+    async def wait(self, cond, what, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"client on {self.gateway.name}: timed out waiting for {what}; "
+                                     f"last frames {self.frames[-5:]}, closed {self.closed}")
+            await asyncio.sleep(0.02)
+
+
+async def open_clients(cluster, subscribe=CHANNELS):
+    clients = []
+    for gw in cluster.pods_of("ws-gateway"):
+        for i in range(CLIENTS_PER_GATEWAY):
+            c = await Client.open(gw, f"user-{gw.name[-5:]}-{i}")
+            await c.subscribe(subscribe)
+            clients.append(c)
+    return clients
+
+
+async def close_all(clients):
+    for c in clients:
+        await c.ws.close()
+        await c.reader
+
+
+async def publish_round(cluster, clients, tag, channels=CHANNELS):
+    """Publish one message per channel through alternating ingresses; every client must get all, per channel in order."""
+    ingresses = cluster.pods_of("http-ingress")
+    sent = []
+    for n, ch in enumerate(channels):
+        code, body = await publish(ingresses[n % len(ingresses)], ch, {"tag": tag, "n": n})
+        assert code == 200, f"publish {ch} via {ingresses[n % len(ingresses)].name}: {code} {body}"
+        sent.append((ch, n))
+    for c in clients:
+        await c.wait(lambda: len(c.messages(tag)) >= len(sent), f"{len(sent)} messages tagged {tag}")
+        assert sorted(c.messages(tag)) == sorted(sent), f"{c.gateway.name} got {c.messages(tag)}"
+    return sent
+
+
+# ---- the tests ---------------------------------------------------------------------
+
+
+def test_every_pod_is_ready_through_its_declared_probes(cluster, manifests):
+    assert [p.name for p in cluster.pods_of("hub")] == [f"{RELEASE}-pushmesh-hub-{i}" for i in range(3)]
+    assert len(cluster.pods_of("ws-gateway")) == 3 and len(cluster.pods_of("http-ingress")) == 2
+    for pod in cluster.pods.values():
+        assert pod.started and pod.ready
+        assert any("READY" in e for _, e in pod.events)
+        # The env took effect: each binary announced 0.0.0.0 listeners.
+        announced = json.loads((WORK / "logs" / f"{pod.name}.stdout").read_text().splitlines()[0])
+        assert all(addr.startswith("0.0.0.0:") for addr in announced["listening"].values()), announced
+        # Running as the securityContext's user, as in the image.
+        uid_line = next(l for l in open(f"/proc/{pod.proc.pid}/status") if l.startswith("Uid:"))
+        assert uid_line.split()[1:3] == ["65532", "65532"], uid_line
+        # json logs, as the ConfigMap asked.
+        first_log = (WORK / "logs" / f"{pod.name}.stderr").read_text().splitlines()[0]
+        assert json.loads(first_log)
+    hub = cluster.pods_of("hub")[0]
+    assert any("grpc" in e and "'pushmesh.v1.Hub' -> SERVING" in e for _, e in hub.events), hub.events
+    # Only ready pods are in cluster DNS: the headless Service names every hub.
+    records = cluster.dns_records()
+    headless = f"{RELEASE}-pushmesh-hub-headless.{NAMESPACE}.svc.cluster.local"
+    assert sorted(records[headless]) == sorted(p.ip for p in cluster.pods_of("hub"))
+    for p in cluster.pods_of("hub"):
+        assert records[f"{p.name}.{headless}"] == [p.ip]
+    assert not cluster.probe_failures()
+
+
+def test_user_path_websocket_publish_delivery_and_metrics(cluster, manifests):
+    async def scenario():
+        clients = await open_clients(cluster)
+        try:
+            await publish_round(cluster, clients, "first")
+            # Broadcast, both forms: every client gets each once.
+            ingress = cluster.pods_of("http-ingress")[0]
+            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", "-d", json.dumps({"data": {"tag": "bc", "n": 0}}),
+                                    f"http://{ingress.ip}:8081/broadcast")
+            assert code == 200, body
+            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", f"http://{ingress.ip}:8081/?content=seed-hello")
+            assert (code, body.strip()) == (200, "ok")
+            for c in clients:
+                await c.wait(lambda: any("seed-hello" in json.dumps(f) for f in c.frames), "the seed-form broadcast")
+                assert len([f for f in c.frames if f.get("type") == "message" and f.get("data") == {"tag": "bc", "n": 0}]) == 1
+        finally:
+            await close_all(clients)
+
+    asyncio.run(scenario())
+
+    scrapes = {p.name: scrape(metrics_url(p)) for p in cluster.pods.values()}
+    hubs, gws, ings = (cluster.pods_of(x) for x in ("hub", "ws-gateway", "http-ingress"))
+    for gw in gws:
+        assert metric(scrapes[gw.name], "pushmesh_gateway_hubs_attached") == 3
+    for ing in ings:
+        assert metric(scrapes[ing.name], "pushmesh_ingress_hubs_up") == 3
+    for hub in hubs:
+        assert metric(scrapes[hub.name], "pushmesh_hub_gateways_attached") == 3
+    # Rendezvous hashing spread the channels: every hub took some publishes.
+    per_hub = {h.name: metric(scrapes[h.name], "pushmesh_hub_publishes_total") for h in hubs}
+    assert all(v > 0 for v in per_hub.values()), per_hub
+    assert sum(metric(scrapes[i.name], "pushmesh_ingress_publishes_total", result="ok") for i in ings) >= len(CHANNELS)
+    # Every metric the PrometheusRule alerts on exists.
+    rule = next(d for d in manifests if d["kind"] == "PrometheusRule")
+    names = {n for r in rule["spec"]["groups"][0]["rules"] for n in re.findall(r"pushmesh_[a-z_]+", r["expr"])}
+    everything = "\n".join(scrapes.values())
+    for n in names:
+        assert re.search(rf"^{n}(\{{| )", everything, re.M), f"PrometheusRule uses {n}, which no pod exports"
+
+
+def test_deleting_a_hub_pod_keeps_publishing_and_delivery_going(cluster):
+    victim = cluster.pods_of("hub")[1]
+    sts = next(w for w, _ in cluster.workloads() if w["kind"] == "StatefulSet")
+
+    async def scenario():
+        clients = await open_clients(cluster)
+        try:
+            await publish_round(cluster, clients, "before")
+            # Publish continuously while the hub pod is deleted.
+            result = {}
+            deleter = threading.Thread(target=lambda: result.update(cluster.delete_pod(victim.name)))
+            deleter.start()
+            ingresses = cluster.pods_of("http-ingress")
+            sent, n = [], 0
+            while deleter.is_alive() or n < len(CHANNELS):
+                ch = CHANNELS[n % len(CHANNELS)]
+                code, body = await publish(ingresses[n % 2], ch, {"tag": "during", "n": n})
+                assert code == 200, f"publish {n} to {ch} while {victim.name} terminates: {code} {body}"
+                sent.append((ch, n))
+                n += 1
+            deleter.join()
+            assert result["exit_code"] == 0 and not result["killed"], result
+            assert result["total_seconds"] < result["grace"], result
+            for c in clients:
+                await c.wait(lambda: len(c.messages("during")) >= len(sent), f"{len(sent)} messages during the deletion")
+                assert sorted(c.messages("during")) == sorted(sent)
+                for ch in CHANNELS:  # per channel, in publish order
+                    got = [m for cc, m in c.messages("during") if cc == ch]
+                    assert got == sorted(got), f"{ch} out of order on {c.gateway.name}: {got}"
+            # With the hub gone, all channels still publish and deliver.
+            await publish_round(cluster, clients, "after")
+            for ing in cluster.pods_of("http-ingress"):
+                text = scrape(metrics_url(ing))
+                assert metric(text, "pushmesh_ingress_hubs_up") == 2
+            # The StatefulSet controller recreates the pod under the same name.
+            cluster.start_pod(sts, ordinal=1)
+            cluster.wait_until(lambda: all(p.ready for p in cluster.pods.values()) and len(cluster.pods_of("hub")) == 3,
+                               60, f"{victim.name} to come back ready")
+            cluster.wait_until(lambda: all(metric(scrape(metrics_url(g)), "pushmesh_gateway_hubs_attached") == 3
+                                           for g in cluster.pods_of("ws-gateway")), 30,
+                               "every gateway to attach to the recreated hub")
+            cluster.wait_until(lambda: all(metric(scrape(metrics_url(i)), "pushmesh_ingress_hubs_up") == 3
+                                           for i in cluster.pods_of("http-ingress")), 30,
+                               "every ingress to see the recreated hub")
+            await publish_round(cluster, clients, "recreated")
+            text = scrape(metrics_url(cluster.pods[victim.name]))
+            assert metric(text, "pushmesh_hub_publishes_total") > 0, "the recreated hub takes its channels back"
+        finally:
+            await close_all(clients)
+
+    asyncio.run(scenario())
+    assert not cluster.probe_failures()
+
+
+def test_helm_test_hook_pod_passes(cluster, manifests):
+    hook = next(d for d in manifests if d["kind"] == "Pod")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    code, out, err = cluster.run_pod(hook, HOOK_PYTHON, timeout=60)
+    assert code == 0, f"helm test pod failed ({code}):\n{out}\n{err}"
+    assert "smoke test passed" in out
+
+
+def test_deleting_a_gateway_pod_drains_its_clients_with_1012(cluster):
+    victim = cluster.pods_of("ws-gateway")[0]
+
+    async def scenario():
+        clients = await open_clients(cluster, subscribe=CHANNELS[:2])
+        try:
+            result = await asyncio.to_thread(cluster.delete_pod, victim.name)
+            assert result["exit_code"] == 0 and not result["killed"], result
+            pre = victim.container["lifecycle"]["preStop"]["sleep"]["seconds"]
+            assert result["total_seconds"] >= pre
+            mine = [c for c in clients if c.gateway is victim]
+            others = [c for c in clients if c.gateway is not victim]
+            for c in mine:
+                await c.wait(lambda: c.closed is not None, "the drain to close the connection")
+                assert c.closed[0] == 1012, f"expected close 1012 (service restart), got {c.closed}"
+            assert all(c.closed is None for c in others)
+            await publish_round(cluster, others, "after-gateway", channels=CHANNELS[:2])
+        finally:
+            await close_all([c for c in clients if c.closed is None])
+
+    asyncio.run(scenario())
+    assert not cluster.probe_failures()
