@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench clean tools image helm-test
+.PHONY: run test build lint fmt bench bench-smoke clean tools image helm-test
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
 run:
@@ -12,11 +12,21 @@ run:
 ## test: every test (unit, end-to-end against the real binaries, then the Helm chart on a simulated cluster)
 test: build
 	$(CARGO) nextest run --workspace --profile ci
+	$(MAKE) bench-smoke
 	$(MAKE) helm-test
 
 ## build: the three service binaries (the end-to-end tests start them)
 build:
 	$(CARGO) build --workspace --bins --tests
+
+## bench: the full benchmark on release binaries (minutes); figures in target/bench/, see docs/performance.md
+bench:
+	$(CARGO) build --release --bins
+	target/release/pushmesh-bench --out target/bench suite
+
+## bench-smoke: a seconds-long run of the benchmark tool; fails if a delivery is lost
+bench-smoke: build
+	target/debug/pushmesh-bench --out target/bench-smoke smoke
 
 ## tools: helm, kubectl (pinned by version and checksum) and the chart tests' Python venv, under .tools/
 tools:

@@ -1,0 +1,206 @@
+//! The parent's side of the client workers: spawn them (this same binary,
+//! `worker` subcommand), split the clients between them, send each the same
+//! command and gather the answers, merge their measurements.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::worker::{Cmd, Event, Report, Spec};
+
+/// Most connections one worker holds: the per-process open-file limit is
+/// 20,000 and a worker needs a few descriptors of its own.
+pub const MAX_PER_WORKER: usize = 19_000;
+/// Connections bound to one source address (the ephemeral range is about
+/// 28,000 ports per address).
+const PER_SOURCE: usize = 10_000;
+
+pub struct WorkerProc {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+pub struct Fleet {
+    pub workers: Vec<WorkerProc>,
+}
+
+/// The workers' merged phase measurements.
+pub struct Merged {
+    pub hist: Histogram<u64>,
+    /// Per sequence number offset: receivers over all workers.
+    pub counts: Vec<u64>,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub stray: u64,
+    pub closed: u64,
+    pub open: usize,
+    pub last_recv_ns: u64,
+}
+
+/// Connect-phase totals.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectStats {
+    pub open: usize,
+    pub secs: f64,
+}
+
+impl Fleet {
+    /// Start enough workers for `total` clients (at least `min_workers`),
+    /// each assigned its own source addresses, spreading clients over
+    /// `targets` round-robin. `tag` keeps source ranges of fleets that run
+    /// at the same time apart.
+    pub async fn spawn(
+        total: usize,
+        min_workers: usize,
+        targets: &[SocketAddr],
+        channel: Option<&str>,
+        tag: u8,
+    ) -> Result<Fleet> {
+        let n = min_workers.max(total.div_ceil(MAX_PER_WORKER)).max(1);
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut workers = Vec::with_capacity(n);
+        for index in 0..n {
+            let count = total / n + usize::from(index < total % n);
+            let sources: Vec<Ipv4Addr> = (0..count.div_ceil(PER_SOURCE).max(1))
+                .map(|j| Ipv4Addr::new(127, tag, index as u8 + 1, j as u8 + 1))
+                .collect();
+            // Rotate targets per worker so each gateway gets an even share.
+            let mut t = targets.to_vec();
+            t.rotate_left(index % targets.len());
+            let spec = Spec {
+                index,
+                targets: t,
+                count,
+                sources,
+                per_source: PER_SOURCE,
+                channel: channel.map(str::to_owned),
+                concurrency: 128,
+            };
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .arg("--spec")
+                .arg(serde_json::to_string(&spec)?)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn a client worker")?;
+            let stdin = child.stdin.take().expect("piped");
+            let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+            workers.push(WorkerProc { child, stdin, stdout });
+        }
+        Ok(Fleet { workers })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.workers.iter().filter_map(|w| w.child.id()).collect()
+    }
+
+    /// Send `cmd` to every worker, then read each one's answer.
+    async fn all(&mut self, cmd: &Cmd, limit: Duration) -> Result<Vec<Event>> {
+        let line = format!("{}\n", serde_json::to_string(cmd)?);
+        for w in &mut self.workers {
+            w.stdin.write_all(line.as_bytes()).await.context("worker stdin")?;
+            w.stdin.flush().await?;
+        }
+        let mut out = Vec::with_capacity(self.workers.len());
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let l = tokio::time::timeout(limit, w.stdout.next_line())
+                .await
+                .map_err(|_| anyhow!("worker {i} did not answer {cmd:?} within {limit:?}"))??
+                .ok_or_else(|| anyhow!("worker {i} exited"))?;
+            match serde_json::from_str::<Event>(&l).with_context(|| format!("worker {i} said {l:?}"))? {
+                Event::Error { message } => bail!("worker {i}: {message}"),
+                ev => out.push(ev),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open every client that is not open; fails unless all are.
+    pub async fn connect(&mut self) -> Result<ConnectStats> {
+        let evs = self.all(&Cmd::Connect, Duration::from_secs(300)).await?;
+        let (mut ok, mut failed, mut open, mut start, mut end) = (0, 0, 0, u64::MAX, 0);
+        let mut first_error = None;
+        for ev in evs {
+            if let Event::Connected { ok: o, failed: f, open: n, start_ns, end_ns, first_error: e } = ev {
+                ok += o;
+                failed += f;
+                open += n;
+                if o > 0 {
+                    start = start.min(start_ns);
+                    end = end.max(end_ns);
+                }
+                if first_error.is_none() {
+                    first_error = e;
+                }
+            }
+        }
+        if failed > 0 {
+            bail!(
+                "{failed} of {} clients failed to connect; first error: {}",
+                ok + failed,
+                first_error.unwrap_or_default()
+            );
+        }
+        let secs = if end > start { (end - start) as f64 / 1e9 } else { 0.0 };
+        Ok(ConnectStats { open, secs })
+    }
+
+    pub async fn phase(&mut self, first: u64, count: u64) -> Result<()> {
+        self.all(&Cmd::Phase { first, count }, Duration::from_secs(30)).await.map(drop)
+    }
+
+    /// Unique deliveries so far, and open connections.
+    pub async fn progress(&mut self) -> Result<(u64, usize)> {
+        let mut unique = 0;
+        let mut open = 0;
+        for ev in self.all(&Cmd::Stats, Duration::from_secs(30)).await? {
+            if let Event::Stats { unique: u, open: o } = ev {
+                unique += u;
+                open += o;
+            }
+        }
+        Ok((unique, open))
+    }
+
+    pub async fn report(&mut self) -> Result<Merged> {
+        let mut m = Merged {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
+            counts: Vec::new(),
+            unique: 0,
+            duplicates: 0,
+            stray: 0,
+            closed: 0,
+            open: 0,
+            last_recv_ns: 0,
+        };
+        for ev in self.all(&Cmd::Report, Duration::from_secs(60)).await? {
+            let Event::Report(r) = ev else { continue };
+            let Report { hist_us, counts, unique, duplicates, stray, closed, open, last_recv_ns, .. } = *r;
+            for (v, c) in hist_us {
+                m.hist.saturating_record_n(v, c);
+            }
+            if m.counts.len() < counts.len() {
+                m.counts.resize(counts.len(), 0);
+            }
+            for (i, c) in counts.into_iter().enumerate() {
+                m.counts[i] += u64::from(c);
+            }
+            m.unique += unique;
+            m.duplicates += duplicates;
+            m.stray += stray;
+            m.closed += closed;
+            m.open += open;
+            m.last_recv_ns = m.last_recv_ns.max(last_recv_ns);
+        }
+        Ok(m)
+    }
+}

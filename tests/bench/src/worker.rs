@@ -1,0 +1,434 @@
+//! A client worker process: holds its share of the WebSocket clients and
+//! accounts for every delivery they read.
+//!
+//! One thread, one current-thread runtime, one task per connection: no
+//! locks, and the accounting state is a `RefCell` the tasks borrow briefly.
+//! Sockets are read with `readable()` + `try_read` into one scratch buffer
+//! shared by all connections, so an idle connection holds no read buffer.
+//!
+//! The parent drives the worker with JSON lines on stdin (`Cmd`) and reads
+//! JSON lines on stdout (`Event`). The worker exits when stdin closes, so a
+//! parent that dies takes its workers with it.
+
+use std::cell::RefCell;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::wire;
+
+/// What a worker is for (passed as `--spec JSON`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    pub index: usize,
+    /// Servers (gateways or ceiling processes); connection i goes to i % len.
+    pub targets: Vec<SocketAddr>,
+    pub count: usize,
+    /// Source addresses to bind, one per `per_source` connections.
+    pub sources: Vec<Ipv4Addr>,
+    pub per_source: usize,
+    /// Subscribe each connection to this channel (else: broadcasts only).
+    pub channel: Option<String>,
+    /// Connection attempts in flight at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Cmd {
+    /// Open every connection that is not open (all of them, the first time).
+    Connect,
+    /// Count deliveries of sequence numbers `first..first+count` from now on.
+    Phase { first: u64, count: u64 },
+    /// Cheap progress counters.
+    Stats,
+    /// Everything measured in this phase.
+    Report,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    Connected {
+        ok: usize,
+        failed: usize,
+        open: usize,
+        start_ns: u64,
+        end_ns: u64,
+        first_error: Option<String>,
+    },
+    #[default]
+    Ok,
+    Stats {
+        unique: u64,
+        open: usize,
+    },
+    Report(Box<Report>),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Latency histogram in microseconds, as (value, count) pairs.
+    pub hist_us: Vec<(u64, u64)>,
+    /// Per sequence number (offset from the phase's first): how many of this
+    /// worker's connections received it.
+    pub counts: Vec<u32>,
+    pub unique: u64,
+    pub duplicates: u64,
+    /// Deliveries outside the phase's range (late ones from an earlier phase).
+    pub stray: u64,
+    pub closed: u64,
+    pub open: usize,
+    pub last_recv_ns: u64,
+    pub bytes: u64,
+}
+
+struct Phase {
+    id: u64,
+    first: u64,
+    count: u64,
+}
+
+/// The accounting every connection task updates.
+struct State {
+    phase: Phase,
+    counts: Vec<u32>,
+    hist: Histogram<u64>,
+    unique: u64,
+    duplicates: u64,
+    stray: u64,
+    closed: u64,
+    last_recv_ns: u64,
+    bytes: u64,
+    /// Per connection slot: open or not.
+    open: Vec<bool>,
+}
+
+impl State {
+    fn open_count(&self) -> usize {
+        self.open.iter().filter(|o| **o).count()
+    }
+}
+
+type Shared = Rc<RefCell<State>>;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 256 * 1024]);
+}
+
+pub fn main(spec: &str) -> std::process::ExitCode {
+    let spec: Spec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("worker: bad --spec: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(spec));
+    // Tens of thousands of tasks and sockets: the kernel frees them faster.
+    std::process::exit(0)
+}
+
+async fn run(spec: Spec) {
+    let state = Rc::new(RefCell::new(State {
+        phase: Phase { id: 0, first: 0, count: 0 },
+        counts: Vec::new(),
+        hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+        unique: 0,
+        duplicates: 0,
+        stray: 0,
+        closed: 0,
+        last_recv_ns: 0,
+        bytes: 0,
+        open: vec![false; spec.count],
+    }));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let ev = match serde_json::from_str::<Cmd>(&line) {
+            Ok(cmd) => handle(&spec, &state, cmd).await,
+            Err(e) => Event::Error { message: format!("bad command {line:?}: {e}") },
+        };
+        let mut text = serde_json::to_string(&ev).expect("event json");
+        text.push('\n');
+        if out.write_all(text.as_bytes()).await.is_err() || out.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
+    match cmd {
+        Cmd::Connect => connect_all(spec, state).await,
+        Cmd::Phase { first, count } => {
+            let mut st = state.borrow_mut();
+            st.phase = Phase { id: st.phase.id + 1, first, count };
+            st.counts = vec![0; count as usize];
+            st.hist.reset();
+            st.unique = 0;
+            st.duplicates = 0;
+            st.stray = 0;
+            st.closed = 0;
+            st.last_recv_ns = 0;
+            st.bytes = 0;
+            Event::Ok
+        }
+        Cmd::Stats => {
+            let st = state.borrow();
+            Event::Stats { unique: st.unique, open: st.open_count() }
+        }
+        Cmd::Report => {
+            let st = state.borrow();
+            Event::Report(Box::new(Report {
+                hist_us: st.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
+                counts: st.counts.clone(),
+                unique: st.unique,
+                duplicates: st.duplicates,
+                stray: st.stray,
+                closed: st.closed,
+                open: st.open_count(),
+                last_recv_ns: st.last_recv_ns,
+                bytes: st.bytes,
+            }))
+        }
+    }
+}
+
+/// A connected client's socket and the bytes read past its handshake.
+type Opened = (TcpStream, Vec<u8>);
+
+async fn connect_all(spec: &Spec, state: &Shared) -> Event {
+    let todo: Vec<usize> = {
+        let st = state.borrow();
+        (0..spec.count).filter(|i| !st.open[*i]).collect()
+    };
+    let start_ns = wire::now_ns();
+    let results: Vec<(usize, Result<Opened>)> = futures_util::stream::iter(todo)
+        .map(|i| async move {
+            let target = spec.targets[i % spec.targets.len()];
+            let source = spec.sources[(i / spec.per_source.max(1)).min(spec.sources.len() - 1)];
+            (i, connect_one(target, source, spec.channel.as_deref()).await)
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .collect()
+        .await;
+    let end_ns = wire::now_ns();
+    let (mut ok, mut failed, mut first_error) = (0, 0, None);
+    for (i, r) in results {
+        match r {
+            Ok((stream, leftover)) => {
+                ok += 1;
+                state.borrow_mut().open[i] = true;
+                tokio::task::spawn_local(read_loop(i, stream, leftover, state.clone()));
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let open = state.borrow().open_count();
+    Event::Connected { ok, failed, open, start_ns, end_ns, first_error }
+}
+
+/// TCP connect from `source`, WebSocket upgrade, welcome frame, and the
+/// subscribe reply when subscribing. Returns bytes read past that.
+async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>) -> Result<Opened> {
+    let work = async {
+        let sock = TcpSocket::new_v4()?;
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(source.into(), 0)).with_context(|| format!("bind {source}:0"))?;
+        let mut s = sock.connect(target).await.with_context(|| format!("connect {target}"))?;
+        s.set_nodelay(true)?;
+        s.write_all(&wire::upgrade_request(&target, "/ws")).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let head_end = loop {
+            if s.read_buf(&mut buf).await? == 0 {
+                bail!("{target} closed during the upgrade");
+            }
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                bail!("upgrade response too long");
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            let line = String::from_utf8_lossy(&buf[..buf.iter().position(|b| *b == b'\r').unwrap_or(0)]).into_owned();
+            bail!("upgrade refused by {target}: {line}");
+        }
+        buf.drain(..head_end);
+        let welcome = next_text(&mut s, &mut buf).await?;
+        if !contains(&welcome, br#""type":"welcome""#) {
+            bail!("expected the welcome frame, got {}", String::from_utf8_lossy(&welcome));
+        }
+        if let Some(ch) = channel {
+            let mut f = Vec::new();
+            let cmd = format!(r#"{{"id":1,"op":"subscribe","channel":"{ch}"}}"#);
+            wire::put_client_frame(&mut f, 1, cmd.as_bytes());
+            s.write_all(&f).await?;
+            let reply = next_text(&mut s, &mut buf).await?;
+            if !contains(&reply, br#""type":"reply""#) || !contains(&reply, br#""ok":true"#) {
+                bail!("subscribe to {ch} failed: {}", String::from_utf8_lossy(&reply));
+            }
+        }
+        Ok((s, buf))
+    };
+    tokio::time::timeout(Duration::from_secs(20), work).await.map_err(|_| anyhow!("connect to {target} timed out"))?
+}
+
+async fn next_text(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
+    loop {
+        if let Some((op, r, n)) = wire::parse_frame(buf).map_err(|e| anyhow!(e))? {
+            let payload = buf[r].to_vec();
+            buf.drain(..n);
+            match op {
+                1 => return Ok(payload),
+                8 => bail!("closed by the server: {}", String::from_utf8_lossy(&payload)),
+                _ => continue,
+            }
+        }
+        if s.read_buf(buf).await? == 0 {
+            bail!("connection ended");
+        }
+    }
+}
+
+/// Per connection: which sequence numbers of the current phase it has seen.
+struct Seen {
+    phase: u64,
+    bits: Vec<u64>,
+}
+
+async fn read_loop(slot: usize, stream: TcpStream, mut pending: Vec<u8>, state: Shared) {
+    let mut seen = Seen { phase: 0, bits: Vec::new() };
+    let mut replies = Vec::new();
+    if !pending.is_empty() {
+        let now = wire::now_ns();
+        let mut st = state.borrow_mut();
+        let used = consume(&pending, now, &mut st, &mut seen, &mut replies);
+        pending.drain(..used.unwrap_or(pending.len()));
+    }
+    'conn: loop {
+        if stream.readable().await.is_err() {
+            break;
+        }
+        let r = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match stream.try_read(&mut scratch) {
+                Ok(0) => return Err(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(()),
+            };
+            let now = wire::now_ns();
+            let mut st = state.borrow_mut();
+            st.bytes += n as u64;
+            if pending.is_empty() {
+                match consume(&scratch[..n], now, &mut st, &mut seen, &mut replies) {
+                    Some(used) => pending.extend_from_slice(&scratch[used..n]),
+                    None => return Err(()),
+                }
+            } else {
+                pending.extend_from_slice(&scratch[..n]);
+                match consume(&pending, now, &mut st, &mut seen, &mut replies) {
+                    Some(used) => {
+                        pending.drain(..used);
+                    }
+                    None => return Err(()),
+                }
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            break 'conn;
+        }
+        if pending.capacity() > 64 * 1024 && pending.len() < 1024 {
+            pending.shrink_to(1024);
+        }
+        if !replies.is_empty() {
+            // Pongs (and the close echo): rare, written directly.
+            let mut off = 0;
+            while off < replies.len() {
+                match stream.try_write(&replies[off..]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stream.writable().await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    Err(_) => break 'conn,
+                }
+            }
+            replies.clear();
+        }
+    }
+    let mut st = state.borrow_mut();
+    st.open[slot] = false;
+    st.closed += 1;
+}
+
+/// Account for every complete frame at the start of `buf`; how many bytes
+/// were used, or `None` when the connection must end (close frame, bad frame).
+fn consume(buf: &[u8], now: u64, st: &mut State, seen: &mut Seen, replies: &mut Vec<u8>) -> Option<usize> {
+    let mut off = 0;
+    while let Some((op, r, n)) = wire::parse_frame(&buf[off..]).ok()? {
+        let payload = &buf[off + r.start..off + r.end];
+        match op {
+            1 => on_text(payload, now, st, seen),
+            8 => {
+                wire::put_client_frame(replies, 8, &payload[..payload.len().min(2)]);
+                return None;
+            }
+            9 => wire::put_client_frame(replies, 10, payload),
+            _ => {}
+        }
+        off += n;
+    }
+    Some(off)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A delivery is any text frame carrying the benchmark's `"s"` and `"t"`
+/// (welcome and reply frames have neither), whatever the key order.
+fn on_text(p: &[u8], now: u64, st: &mut State, seen: &mut Seen) {
+    let (Some(seq), Some(t)) = (wire::number_after(p, br#""s":"#), wire::number_after(p, br#""t":"#)) else {
+        return;
+    };
+    st.last_recv_ns = now;
+    let Phase { id, first, count } = st.phase;
+    if seq < first || seq >= first + count {
+        st.stray += 1;
+        return;
+    }
+    if seen.phase != id {
+        seen.phase = id;
+        seen.bits.clear();
+        seen.bits.resize(count.div_ceil(64) as usize, 0);
+    }
+    let i = (seq - first) as usize;
+    let (w, b) = (i / 64, 1u64 << (i % 64));
+    if seen.bits[w] & b != 0 {
+        st.duplicates += 1;
+        return;
+    }
+    seen.bits[w] |= b;
+    st.counts[i] += 1;
+    st.unique += 1;
+    st.hist.saturating_record(now.saturating_sub(t) / 1000);
+}
