@@ -7,6 +7,7 @@ Pods' logs are kept in target/cluster-test/logs for a failed run.
 
 import asyncio
 import base64
+import fcntl
 import importlib.util
 import json
 import os
@@ -63,6 +64,10 @@ def cluster(manifests):
     missing = [p for p in binaries.values() if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(f"binaries missing: {missing}; run `cargo build --bins` (make helm-test does)")
+    # One simulated cluster per machine at a time: a second run (another
+    # checkout's `make test`) waits here instead of tearing this one down.
+    lock = open("/run/pushmesh-cluster-test.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     os.chmod(WORK, 0o755)
@@ -76,6 +81,8 @@ def cluster(manifests):
     finally:
         c.teardown()
         leftovers = [n for n in os.listdir("/run/netns") if n.startswith("pmk-")] if os.path.isdir("/run/netns") else []
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
         assert not leftovers, f"namespaces left behind: {leftovers}"
 
 

@@ -250,6 +250,10 @@ PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
 PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
 PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}
+PUSHMESH_MAX_BATCH: {{ $c.maxBatch | quote }}
+{{- with $c.corsAllowOrigins }}
+PUSHMESH_CORS_ALLOW_ORIGINS: {{ join "," . | quote }}
+{{- end }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 {{- end -}}
