@@ -194,7 +194,7 @@ async fn batch_runs_in_order_and_a_bad_command_fails_alone() -> anyhow::Result<(
     let r = body["results"].as_array().unwrap();
     assert_eq!(r.len(), 6);
     assert_eq!(r[0], json!({ "ok": true }));
-    assert_eq!(r[1], json!({ "ok": true, "gateways": 1 }));
+    assert_eq!((&r[1]["ok"], &r[1]["gateways"]), (&json!(true), &json!(1)), "{}", r[1]);
     assert_eq!(r[2]["error"]["code"], "invalid_channel");
     assert_eq!(r[3], json!({ "ok": true, "gateways": 1 }));
     assert_eq!(r[4]["error"]["code"], "invalid_request");

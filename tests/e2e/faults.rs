@@ -63,7 +63,7 @@ async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_surviv
     assert_eq!(sample(&text, "pushmesh_hub_topics", &[]), 3.0, "{text}");
     wait_ready(ing.addr("http")).await?;
     let (code, body) = post(ing.addr("http"), "/publish", &json!({"channel":"news","data":"after restart"})).await?;
-    assert_eq!((code, &body), (200, &json!({"ok": true, "gateways": 1})));
+    assert_eq!((code, &body["gateways"]), (200, &json!(1)), "{body}");
     client.expect_data(&json!("after restart")).await?;
     assert_eq!(seed_get(ing.addr("http"), "broadcast after restart", None).await?, (200, "ok".to_owned()));
     client.expect_data(&json!("broadcast after restart")).await?;

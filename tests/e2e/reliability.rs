@@ -97,3 +97,155 @@ async fn a_client_that_stops_reading_is_closed_and_slows_no_one() -> anyhow::Res
     assert!(got as f64 <= to_slow, "the slow client read {got} frames, more than the {to_slow} written to it");
     Ok(())
 }
+
+/// Subscribe with a `since` position; the reply.
+async fn subscribe_since(c: &mut Client, channel: &str, epoch: &str, offset: u64) -> anyhow::Result<Value> {
+    let r = c
+        .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
+        .await?;
+    anyhow::ensure!(r["ok"] == true, "subscribe with since failed: {r}");
+    Ok(r)
+}
+
+#[tokio::test]
+async fn a_client_that_resubscribes_with_since_gets_exactly_what_it_missed() -> anyhow::Result<()> {
+    let sys = System::start_with(1, 2, &[], &[]).await?;
+    let mut a = Client::connect(sys.gw(0), "").await?;
+    a.subscribe("log").await?;
+    for i in 0..3 {
+        post(sys.api(), "/publish", &json!({ "channel": "log", "data": i })).await?;
+    }
+    let mut last = json!(null);
+    for i in 0..3 {
+        last = a.expect_data(&json!(i)).await?;
+        assert_eq!(last["offset"], json!(i + 1), "{last}");
+    }
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    drop(a);
+
+    // Missed while away: 3..8.
+    for i in 3..8 {
+        post(sys.api(), "/publish", &json!({ "channel": "log", "data": i })).await?;
+    }
+    // Back, on the other gateway, with the last position seen.
+    let mut b = Client::connect(sys.gw(1), "").await?;
+    let r = subscribe_since(&mut b, "log", &epoch, 3).await?;
+    assert_eq!((&r["recovered"], &r["epoch"], &r["offset"]), (&json!(true), &json!(epoch), &json!(8)), "{r}");
+    for i in 3..8 {
+        let m = b.expect_data(&json!(i)).await?;
+        assert_eq!(m["offset"], json!(i + 1));
+    }
+    // Then live ones, no gap, no duplicate.
+    post(sys.api(), "/publish", &json!({ "channel": "log", "data": 8 })).await?;
+    assert_eq!(b.expect_data(&json!(8)).await?["offset"], 9);
+
+    // A position from another epoch cannot be recovered, and says so.
+    let mut c = Client::connect(sys.gw(1), "").await?;
+    let r = subscribe_since(&mut c, "log", "0123456789abcdef", 2).await?;
+    assert_eq!((&r["recovered"], &r["epoch"]), (&json!(false), &json!(epoch)), "{r}");
+    post(sys.api(), "/publish", &json!({ "channel": "log", "data": 9 })).await?;
+    c.expect_data(&json!(9)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn recovery_past_the_history_bound_is_refused_and_idempotent_publishes_deliver_once() -> anyhow::Result<()> {
+    let sys = System::start(1, 1).await?;
+    // Restart the hub with a small history.
+    let grpc = sys.hubs[0].addr("grpc");
+    let mut sys = sys;
+    sys.hubs[0].kill().await;
+    let small =
+        Proc::start("hub", &["--grpc-addr", &grpc.to_string(), "--admin-addr", "127.0.0.1:0", "--history-size", "5"])
+            .await?;
+    wait_ready(sys.gw(0)).await?;
+    wait_ready(sys.api()).await?;
+
+    let (_, first) = post(sys.api(), "/publish", &json!({ "channel": "t", "data": 0 })).await?;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    for i in 1..10 {
+        post(sys.api(), "/publish", &json!({ "channel": "t", "data": i })).await?;
+    }
+    let mut c = Client::connect(sys.gw(0), "").await?;
+    let r = subscribe_since(&mut c, "t", &epoch, 1).await?;
+    assert_eq!((&r["recovered"], &r["offset"]), (&json!(false), &json!(10)), "8 missed, 5 kept: {r}");
+    // Within the bound it works.
+    let mut d = Client::connect(sys.gw(0), "").await?;
+    let r = subscribe_since(&mut d, "t", &epoch, 6).await?;
+    assert_eq!(r["recovered"], true, "{r}");
+    for i in 6..10 {
+        d.expect_data(&json!(i)).await?;
+    }
+
+    // The same idempotency key twice: one delivery, the same position.
+    let body = json!({ "channel": "t", "data": "once", "idempotency_key": "order-17" });
+    let (_, p1) = post(sys.api(), "/publish", &body).await?;
+    let (_, p2) = post(sys.api(), "/publish", &body).await?;
+    assert_eq!(
+        (p1["offset"].clone(), p2["offset"].clone(), p2["duplicate"].clone()),
+        (json!(11), json!(11), json!(true)),
+        "{p1} {p2}"
+    );
+    d.expect_data(&json!("once")).await?;
+    post(sys.api(), "/publish", &json!({ "channel": "t", "data": "next" })).await?;
+    d.expect_data(&json!("next")).await?;
+
+    let m = metrics(small.addr("admin")).await?;
+    assert!(sample(&m, "pushmesh_hub_history_bytes", &[]) > 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_on_a_gateway_moves_clients_to_another_without_loss() -> anyhow::Result<()> {
+    let mut sys = System::start(1, 2).await?;
+    let mut a = Client::connect(sys.gw(0), "").await?;
+    a.subscribe("ticks").await?;
+    let api = sys.api();
+    // A steady publisher: 300 messages, one every 5 ms.
+    let publisher = tokio::spawn(async move {
+        for i in 0..300 {
+            let (code, body) = post(api, "/publish", &json!({ "channel": "ticks", "data": i })).await?;
+            anyhow::ensure!(code == 200, "publish {i}: {body}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    });
+    // Read a while, then the gateway is told to stop.
+    let mut seen = Vec::new();
+    let mut pos = (String::new(), 0u64);
+    while seen.len() < 50 {
+        let m = a.next_json().await?;
+        seen.push(m["data"].as_u64().unwrap());
+        pos = (m["epoch"].as_str().unwrap().to_owned(), m["offset"].as_u64().unwrap());
+    }
+    sys.gateways[0].signal("TERM");
+    loop {
+        match a.next_message().await? {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                let m: Value = serde_json::from_str(t.as_str())?;
+                seen.push(m["data"].as_u64().unwrap());
+                pos = (m["epoch"].as_str().unwrap().to_owned(), m["offset"].as_u64().unwrap());
+            }
+            tokio_tungstenite::tungstenite::Message::Close(f) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1012));
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Reconnect elsewhere and recover from the last position.
+    let mut b = Client::connect(sys.gw(1), "").await?;
+    let r = subscribe_since(&mut b, "ticks", &pos.0, pos.1).await?;
+    assert_eq!(r["recovered"], true, "{r}");
+    publisher.await??;
+    while seen.len() < 300 {
+        let m = b.next_json().await?;
+        seen.push(m["data"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (0..300).collect::<Vec<u64>>(),
+        "every message once, in order, across the move (since {pos:?}, reply {r})"
+    );
+    Ok(())
+}

@@ -40,6 +40,9 @@ pub struct Commands {
 pub struct PublishBody {
     channel: String,
     data: Box<RawValue>,
+    /// A retried publish with the same key is not delivered twice (while
+    /// the first is in the channel's history).
+    idempotency_key: Option<String>,
     #[serde(default, rename = "op")]
     _op: Option<String>,
 }
@@ -134,17 +137,27 @@ fn one_of(connection: Option<String>, user: Option<String>, what: &str) -> Resul
 impl Commands {
     pub async fn publish(&self, b: PublishBody) -> Result<Value, ApiError> {
         let ch = channel(b.channel)?;
+        let idempotency_key = b.idempotency_key.unwrap_or_default();
+        if idempotency_key.len() > 128 {
+            return Err(ApiError::InvalidRequest("idempotency_key is longer than 128 bytes".to_owned()));
+        }
         let req = PublishRequest {
             target: Some(Target::Channel(ch.as_str().to_owned())),
             data: data_bytes(&b.data),
             exclude: Vec::new(),
+            idempotency_key,
         };
         self.route(&ch.topic(), "channel", req).await
     }
 
     pub async fn broadcast(&self, b: BroadcastBody) -> Result<Value, ApiError> {
         let exclude = exclude_list(&b.exclude)?;
-        let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data: data_bytes(&b.data), exclude };
+        let req = PublishRequest {
+            target: Some(Target::Broadcast(Broadcast {})),
+            data: data_bytes(&b.data),
+            exclude,
+            ..Default::default()
+        };
         self.route(topic::BROADCAST, "broadcast", req).await
     }
 
@@ -154,8 +167,12 @@ impl Commands {
             Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)).await,
             Target::User(u) => {
                 let u = user(u)?;
-                let req =
-                    PublishRequest { target: Some(Target::User(u.to_string())), data: data_bytes(&b.data), exclude };
+                let req = PublishRequest {
+                    target: Some(Target::User(u.to_string())),
+                    data: data_bytes(&b.data),
+                    exclude,
+                    ..Default::default()
+                };
                 self.route(&u.topic(), "user", req).await
             }
             _ => unreachable!("one_of returns connection or user"),
@@ -164,12 +181,22 @@ impl Commands {
 
     pub async fn send_to_connection(&self, conn: &str, data: Bytes) -> Result<Value, ApiError> {
         let id = connection(conn)?;
-        let req = PublishRequest { target: Some(Target::Connection(id.to_string())), data, exclude: Vec::new() };
+        let req = PublishRequest {
+            target: Some(Target::Connection(id.to_string())),
+            data,
+            exclude: Vec::new(),
+            ..Default::default()
+        };
         self.route(&id.gateway().topic(), "connection", req).await
     }
 
     pub async fn broadcast_data(&self, data: Bytes) -> Result<Value, ApiError> {
-        let req = PublishRequest { target: Some(Target::Broadcast(Broadcast {})), data, exclude: Vec::new() };
+        let req = PublishRequest {
+            target: Some(Target::Broadcast(Broadcast {})),
+            data,
+            exclude: Vec::new(),
+            ..Default::default()
+        };
         self.route(topic::BROADCAST, "broadcast", req).await
     }
 
@@ -301,7 +328,15 @@ impl Commands {
         let (label, out) = match self.hubs.publish(key, req).await {
             Ok(resp) => {
                 self.metrics.publish_duration.with_label_values(&[target]).observe(started.elapsed().as_secs_f64());
-                ("ok", Ok(json!({ "ok": true, "gateways": resp.gateways })))
+                let mut v = json!({ "ok": true, "gateways": resp.gateways });
+                if !resp.epoch.is_empty() {
+                    v["epoch"] = json!(resp.epoch);
+                    v["offset"] = json!(resp.offset);
+                }
+                if resp.duplicate {
+                    v["duplicate"] = json!(true);
+                }
+                ("ok", Ok(v))
             }
             Err(e) => {
                 let label = if matches!(e, PublishError::Unavailable(_)) { "unavailable" } else { "rejected" };

@@ -37,6 +37,20 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_QUERY_TIMEOUT_MS", default_value_t = 2000)]
     pub query_timeout_ms: u64,
 
+    /// Messages kept per channel for recovery (0: positions only).
+    #[arg(long, env = "PUSHMESH_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Seconds a message stays in history (and a channel stream without
+    /// publishes lives: after that its epoch changes).
+    #[arg(long, env = "PUSHMESH_HISTORY_TTL_SECS", default_value_t = 300)]
+    pub history_ttl_secs: u64,
+
+    /// Byte budget for all channels' history together; the oldest entries
+    /// go first when it is exceeded.
+    #[arg(long, env = "PUSHMESH_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
     /// HTTP/2 keepalive ping interval on gateway streams, in seconds.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,

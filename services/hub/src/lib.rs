@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub mod query;
 pub mod server;

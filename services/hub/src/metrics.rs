@@ -21,6 +21,8 @@ pub struct HubMetrics {
     pub topics: IntGauge,
     /// Queries forwarded to gateways (presence, stats, server-side commands).
     pub queries: IntCounter,
+    pub history_bytes: IntGauge,
+    pub history_streams: IntGauge,
 }
 
 impl HubMetrics {
@@ -61,6 +63,10 @@ impl HubMetrics {
         .expect("metric");
         let gateways =
             IntGauge::new("pushmesh_hub_gateways_attached", "Gateway streams attached now.").expect("metric");
+        let history_bytes =
+            IntGauge::new("pushmesh_hub_history_bytes", "Payload bytes held in channel history.").expect("metric");
+        let history_streams =
+            IntGauge::new("pushmesh_hub_history_streams", "Channel streams (epoch + offset) held.").expect("metric");
         let queries = IntCounter::new("pushmesh_hub_queries_total", "Queries forwarded to gateways.").expect("metric");
         let topics =
             IntGauge::new("pushmesh_hub_topics", "Topics with at least one attached gateway.").expect("metric");
@@ -74,6 +80,8 @@ impl HubMetrics {
             Box::new(gateways.clone()),
             Box::new(topics.clone()),
             Box::new(queries.clone()),
+            Box::new(history_bytes.clone()),
+            Box::new(history_streams.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -97,6 +105,8 @@ impl HubMetrics {
             gateways,
             topics,
             queries,
+            history_bytes,
+            history_streams,
         }
     }
 }

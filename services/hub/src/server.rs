@@ -14,6 +14,7 @@ use pushmesh_common::proto::hub_server::HubServer;
 
 use crate::attach::AttachSettings;
 use crate::config::Config;
+use crate::history::{HistoryConfig, Streams};
 use crate::metrics::HubMetrics;
 use crate::service::HubService;
 use crate::topics::TopicTable;
@@ -60,7 +61,16 @@ impl Hub {
             queue: config.gateway_queue.max(1),
             batch_max: config.batch_max.max(1),
         };
-        let service = HubService::new(table, metrics.clone(), settings, shutdown.clone());
+        let streams = Arc::new(Streams::new(
+            HistoryConfig {
+                size: config.history_size,
+                ttl: Duration::from_secs(config.history_ttl_secs.max(1)),
+                max_bytes: config.history_max_bytes,
+            },
+            metrics.clone(),
+        ));
+        tokio::spawn(streams.clone().sweeper(shutdown.clone()));
+        let service = HubService::new(table, streams, metrics.clone(), settings, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_serving::<HubServer<HubService>>().await;

@@ -10,17 +10,19 @@ use tonic::{Request, Response, Status, Streaming};
 use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, topic};
 use pushmesh_common::proto::hub_server::Hub;
 use pushmesh_common::proto::{
-    AttachRequest, Delivery, PublishRequest, PublishResponse, QueryRequest, QueryResponse, attach_request,
-    publish_request,
+    AttachRequest, Delivery, HistoryRequest, HistoryResponse, PublishRequest, PublishResponse, QueryRequest,
+    QueryResponse, attach_request, publish_request,
 };
 
 use crate::attach::{self, AttachSettings, AttachStream};
+use crate::history::{Append, Streams};
 use crate::metrics::HubMetrics;
 use crate::query::{Queries, QueryError};
 use crate::topics::TopicTable;
 
 pub struct HubService {
     table: Arc<TopicTable>,
+    streams: Arc<Streams>,
     queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: AttachSettings,
@@ -30,11 +32,12 @@ pub struct HubService {
 impl HubService {
     pub fn new(
         table: Arc<TopicTable>,
+        streams: Arc<Streams>,
         metrics: HubMetrics,
         settings: AttachSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { table, queries: Arc::default(), metrics, settings, shutdown }
+        Self { table, streams, queries: Arc::default(), metrics, settings, shutdown }
     }
 
     fn reject(&self, reason: &str, status: Status) -> Status {
@@ -77,14 +80,33 @@ impl Hub for HubService {
         let (kind, delivery) = match req.target {
             Some(publish_request::Target::Channel(name)) => {
                 let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
-                let delivery = Delivery {
-                    topic: ch.topic(),
-                    channel: ch.as_str().to_owned(),
-                    data: req.data,
-                    exclude: req.exclude,
-                    ..Default::default()
+                // Position and route under the stream's lock: one channel's
+                // messages reach every gateway queue in offset order.
+                let stream = self.streams.stream(ch.as_str());
+                let mut st = stream.lock().expect("stream lock");
+                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+                let resp = match self.streams.append(&mut st, &req.data, key) {
+                    Append::Duplicate { epoch, offset } => {
+                        PublishResponse { gateways: 0, epoch, offset, duplicate: true }
+                    }
+                    Append::New { epoch, offset } => {
+                        let delivery = Delivery {
+                            topic: ch.topic(),
+                            channel: ch.as_str().to_owned(),
+                            data: req.data,
+                            exclude: req.exclude,
+                            epoch: epoch.clone(),
+                            offset,
+                            ..Default::default()
+                        };
+                        let routed = self.table.route(delivery);
+                        PublishResponse { gateways: routed.queued, epoch, offset, duplicate: false }
+                    }
                 };
-                ("channel", delivery)
+                drop(st);
+                self.metrics.publishes.with_label_values(&["channel"]).inc();
+                self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+                return Ok(Response::new(resp));
             }
             Some(publish_request::Target::Broadcast(_)) => {
                 let delivery = Delivery {
@@ -131,7 +153,13 @@ impl Hub for HubService {
         let routed = self.table.route(delivery);
         self.metrics.publishes.with_label_values(&[kind]).inc();
         self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-        Ok(Response::new(PublishResponse { gateways: routed.queued }))
+        Ok(Response::new(PublishResponse { gateways: routed.queued, ..Default::default() }))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let ch = Channel::new(req.channel).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(self.streams.since(ch.as_str(), &req.epoch, req.offset)))
     }
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {

@@ -83,7 +83,7 @@ where
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let conn = Conn { seq, shared: shared.clone(), tx, close: close.clone(), grant };
+    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant };
     let reason = {
         let reader = conn.read(stream);
         let writer = write(sink, &mut rx, &close, &shared);
@@ -238,7 +238,16 @@ where
     sink.flush().await.is_ok()
 }
 
+fn join_error(e: JoinError) -> Reply {
+    match e {
+        JoinError::TooManyChannels(_) => Reply::error("limit_exceeded", e.to_string()),
+        JoinError::Gone => Reply::error("closing", e.to_string()),
+        JoinError::Unconfirmed => Reply::error("unavailable", e.to_string()),
+    }
+}
+
 struct Conn {
+    raw: bool,
     seq: u64,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
@@ -318,10 +327,10 @@ impl Conn {
                 ),
             ),
         };
-        let ok = matches!(reply, Reply::Ok | Reply::Subscribed { .. });
+        let ok = matches!(reply, Reply::Ok | Reply::Subscribed { .. } | Reply::AlreadySent);
         self.count(op, if ok { "ok" } else { "error" });
         // Success replies only for commands that asked (with an id).
-        if !ok || cmd.id.is_some() {
+        if !matches!(reply, Reply::AlreadySent) && (!ok || cmd.id.is_some()) {
             self.reply(cmd.id, reply);
         }
     }
@@ -347,15 +356,34 @@ impl Conn {
         }
         let timeout = Duration::from_millis(self.shared.config.subscribe_timeout_ms);
         let max = self.shared.config.max_channels_per_connection;
-        match self.shared.registry.join(self.seq, &channel.topic(), max, timeout).await {
-            // No history yet: a `since` cannot be honoured, and the client
-            // must be told so it knows it may have missed messages.
-            Ok(_) if cmd.since.is_some() => Reply::Subscribed { recovered: false },
-            Ok(_) => Reply::Ok,
-            Err(e @ JoinError::TooManyChannels(_)) => Reply::error("limit_exceeded", e.to_string()),
-            Err(e @ JoinError::Gone) => Reply::error("closing", e.to_string()),
-            Err(e @ JoinError::Unconfirmed) => Reply::error("unavailable", e.to_string()),
+        let topic = channel.topic();
+        let Some(since) = &cmd.since else {
+            return match self.shared.registry.join(self.seq, &topic, max, timeout).await {
+                Ok(_) => Reply::Ok,
+                Err(e) => join_error(e),
+            };
+        };
+        // Recovery: subscribe with live deliveries held back, fetch what
+        // was missed, then queue reply + missed + held-back in that order.
+        if let Err(e) = self.shared.registry.join_recovering(self.seq, &topic, max, timeout).await {
+            return join_error(e);
         }
+        let hist = self.shared.links.history(channel.as_str(), &since.epoch, since.offset).await;
+        let recovered = hist.as_ref().is_some_and(|h| h.recovered && h.epoch == since.epoch);
+        let (epoch, top) = hist.as_ref().map_or((None, 0), |h| (Some(h.epoch.clone()), h.top));
+        let mut frames = Vec::new();
+        if recovered {
+            for d in hist.into_iter().flat_map(|h| h.messages) {
+                let Ok(data) = std::str::from_utf8(&d.data) else { continue };
+                let text =
+                    if self.raw { crate::fanout::raw_frame(&d, data) } else { crate::fanout::json_frame(&d, data) };
+                frames.push((d.offset, text));
+            }
+        }
+        let reply = protocol::reply_frame(cmd.id, &Reply::Subscribed { recovered, epoch, offset: top });
+        let since = recovered.then_some((since.epoch.as_str(), since.offset));
+        self.shared.registry.finish_recovery(self.seq, &topic, reply, frames, since);
+        Reply::AlreadySent
     }
 
     fn unsubscribe(&self, cmd: &Command) -> Reply {

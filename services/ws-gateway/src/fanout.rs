@@ -17,7 +17,7 @@ use pushmesh_common::ids::{ConnectionId, topic};
 use pushmesh_common::proto::Delivery;
 
 use crate::protocol::close;
-use crate::registry::{ConnEntry, Frame};
+use crate::registry::{Buffered, ConnEntry, Frame};
 use crate::server::Shared;
 
 /// The frames for one delivery, built on first use.
@@ -38,10 +38,10 @@ impl<'a> Frames<'a> {
     }
 }
 
-/// `{"type":"message","channel":"…","data":…}`; the data is already JSON
-/// text (validated by the ingress), copied in once.
-fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
-    let mut s = String::with_capacity(data.len() + d.channel.len() + 40);
+/// `{"type":"message","channel":"…","data":…,"epoch":"…","offset":N}`; the
+/// data is already JSON text (validated by the ingress), copied in once.
+pub fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    let mut s = String::with_capacity(data.len() + d.channel.len() + d.epoch.len() + 64);
     s.push_str(r#"{"type":"message""#);
     if !d.channel.is_empty() {
         // Channel names are restricted to characters that need no escaping.
@@ -51,13 +51,20 @@ fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
     }
     s.push_str(r#","data":"#);
     s.push_str(data);
+    if !d.epoch.is_empty() {
+        // Epochs are hex digits: no escaping needed either.
+        s.push_str(r#","epoch":""#);
+        s.push_str(&d.epoch);
+        s.push_str(r#"","offset":"#);
+        s.push_str(itoa::Buffer::new().format(d.offset));
+    }
     s.push('}');
     s.into()
 }
 
 /// The published content alone, as the seed sent it: a JSON string is
 /// unquoted; any other JSON value goes as its text (sharing the buffer).
-fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+pub fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
     if data.starts_with('"')
         && let Ok(s) = serde_json::from_str::<String>(data)
     {
@@ -93,9 +100,18 @@ pub fn deliver(shared: &Shared, d: Delivery) {
                 if excluded.contains(seq) {
                     continue;
                 }
-                if let Some(conn) = inner.conns.get(seq) {
-                    send(shared, conn, &mut frames);
+                let Some(conn) = inner.conns.get(seq) else { continue };
+                if let Some(held) = inner.recovering_buffer(*seq, &d.topic) {
+                    let mut held = held.lock().expect("buffer lock");
+                    if held.len() >= shared.config.outbound_queue {
+                        shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
+                        conn.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
+                    } else {
+                        held.push(Buffered { epoch: d.epoch.clone(), offset: d.offset, text: frames.get(conn.raw) });
+                    }
+                    continue;
                 }
+                send(shared, conn, &mut frames);
             }
         }
     } else if d.topic.starts_with(topic::USER_PREFIX) {

@@ -21,7 +21,9 @@ use tonic::transport::Endpoint;
 
 use pushmesh_common::ids::topic;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{AttachRequest, Hello, TopicsChange, attach_request, attach_response};
+use pushmesh_common::proto::{
+    AttachRequest, Hello, HistoryRequest, HistoryResponse, TopicsChange, attach_request, attach_response,
+};
 
 use crate::fanout;
 use crate::server::Shared;
@@ -45,6 +47,9 @@ impl LinkCmd {
 /// The command side of every hub link.
 pub struct HubLinks {
     links: Vec<(String, mpsc::Sender<LinkCmd>)>,
+    /// Each link's gRPC channel while it is attached (for unary calls such
+    /// as `History`), by link index.
+    channels: Vec<std::sync::Mutex<Option<tonic::transport::Channel>>>,
 }
 
 impl HubLinks {
@@ -56,7 +61,36 @@ impl HubLinks {
             links.push((e.clone(), tx));
             rxs.push(rx);
         }
-        (Self { links }, rxs)
+        let channels = endpoints.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        (Self { links, channels }, rxs)
+    }
+
+    fn set_channel(&self, index: usize, channel: Option<tonic::transport::Channel>) {
+        *self.channels[index].lock().expect("channel lock") = channel;
+    }
+
+    /// Ask every attached hub for `channel`'s messages after `since`; the
+    /// answer that recovers from the client's epoch wins, else any answer
+    /// that knows the channel (for its current position).
+    pub async fn history(&self, channel: &str, epoch: &str, offset: u64) -> Option<HistoryResponse> {
+        let attached: Vec<_> = self.channels.iter().filter_map(|c| c.lock().expect("channel lock").clone()).collect();
+        let calls = attached.into_iter().map(|ch| {
+            let req = HistoryRequest { channel: channel.to_owned(), epoch: epoch.to_owned(), offset };
+            async move {
+                let mut client = HubClient::new(ch).max_decoding_message_size(64 << 20);
+                tokio::time::timeout(Duration::from_secs(2), client.history(req))
+                    .await
+                    .ok()?
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+        });
+        let answers: Vec<HistoryResponse> = futures_util::future::join_all(calls).await.into_iter().flatten().collect();
+        let recovered = answers.iter().position(|a| a.recovered && a.epoch == epoch);
+        match recovered {
+            Some(i) => answers.into_iter().nth(i),
+            None => answers.into_iter().find(|a| !a.epoch.is_empty()),
+        }
     }
 
     /// Ask every link to subscribe; one receiver per link that took the
@@ -121,12 +155,18 @@ pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
 }
 
 /// Keep one hub attached until shutdown.
-pub async fn run(url: String, endpoint: Endpoint, mut cmds: mpsc::Receiver<LinkCmd>, shared: Arc<Shared>) {
+pub async fn run(
+    index: usize,
+    url: String,
+    endpoint: Endpoint,
+    mut cmds: mpsc::Receiver<LinkCmd>,
+    shared: Arc<Shared>,
+) {
     let min = Duration::from_millis(100);
     let max = Duration::from_millis(shared.config.reconnect_max_ms.max(100));
     let mut backoff = min;
     loop {
-        let ended = session(&endpoint, &mut cmds, &shared).await;
+        let ended = session(index, &endpoint, &mut cmds, &shared).await;
         if shared.shutdown.is_cancelled() {
             return;
         }
@@ -157,7 +197,7 @@ struct Ended {
     was_attached: bool,
 }
 
-async fn session(endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared: &Arc<Shared>) -> Ended {
+async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared: &Arc<Shared>) -> Ended {
     let fail = |e: String| Ended { error: Some(e), was_attached: false };
     // Connect, discarding interest changes meanwhile: the snapshot taken
     // right after covers them (waiting clients see their waiter dropped).
@@ -173,7 +213,7 @@ async fn session(endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared
             _ = shared.shutdown.cancelled() => return Ended { error: None, was_attached: false },
         }
     };
-    let mut client = HubClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = HubClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<AttachRequest>(256);
     let mut snapshot = shared.registry.topics_snapshot();
     snapshot.push(topic::BROADCAST.to_owned());
@@ -219,6 +259,7 @@ async fn session(endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared
                     Some(attach_response::Kind::TopicsAck(ack)) => {
                         if ack.request_id == snapshot_id && !attached {
                             attached = true;
+                            shared.links.set_channel(index, Some(channel.clone()));
                             shared.attached.up(shared);
                             tracing::info!(hub = ?endpoint.uri(), after_ms = started.elapsed().as_millis() as u64, "attached to hub");
                         } else if let Some(waiters) = pending.remove(&ack.request_id) {
@@ -258,6 +299,7 @@ async fn session(endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared
         }
     };
     if attached {
+        shared.links.set_channel(index, None);
         shared.attached.down(shared);
     }
     // Waiters still pending are dropped here: their clients learn the

@@ -46,21 +46,33 @@ pub struct Command {
     pub id: Option<u64>,
     pub op: String,
     pub channel: Option<String>,
-    /// Recovery position (accepted, answered `recovered: false` until
-    /// history exists).
-    pub since: Option<serde_json::Value>,
+    /// `subscribe` only: the last stream position the client saw; the
+    /// messages after it are recovered from the hub's history.
+    pub since: Option<Since>,
     /// `auth` only: the JWT.
     pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 /// What the gateway answers a command with.
 #[derive(Debug)]
 pub enum Reply {
     Ok,
-    /// A subscribe that carried `since`: says whether recovery happened.
+    /// A subscribe that carried `since`: whether recovery happened, and the
+    /// channel's current stream position when known.
     Subscribed {
         recovered: bool,
+        epoch: Option<String>,
+        offset: u64,
     },
+    /// The reply was queued already (with recovered messages behind it).
+    AlreadySent,
     Error {
         code: &'static str,
         message: String,
@@ -76,7 +88,15 @@ impl Reply {
 pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
     let v = match reply {
         Reply::Ok => json!({ "type": "reply", "id": id, "ok": true }),
-        Reply::Subscribed { recovered } => json!({ "type": "reply", "id": id, "ok": true, "recovered": recovered }),
+        Reply::Subscribed { recovered, epoch, offset } => {
+            let mut v = json!({ "type": "reply", "id": id, "ok": true, "recovered": recovered });
+            if let Some(e) = epoch {
+                v["epoch"] = json!(e);
+                v["offset"] = json!(offset);
+            }
+            v
+        }
+        Reply::AlreadySent => unreachable!("an already-sent reply is never encoded again"),
         Reply::Error { code, message } => {
             json!({ "type": "reply", "id": id, "error": { "code": code, "message": message } })
         }

@@ -91,6 +91,27 @@ pub struct Inner {
     pub topics: HashMap<String, HashSet<u64>>,
     /// User topic ("u:<user>") → that user's connections here.
     pub users: HashMap<String, HashSet<u64>>,
+    /// Connections recovering a channel (subscribe with `since`): live
+    /// deliveries for that (connection, topic) wait here until the missed
+    /// messages have been queued, so the client sees them in order.
+    pub recovering: HashMap<u64, Vec<(String, std::sync::Mutex<Vec<Buffered>>)>>,
+}
+
+/// A live delivery held back while its connection recovers the channel.
+pub struct Buffered {
+    pub epoch: String,
+    pub offset: u64,
+    pub text: Utf8Bytes,
+}
+
+impl Inner {
+    /// The hold-back buffer of (seq, topic), if that pair is recovering.
+    pub fn recovering_buffer(&self, seq: u64, topic: &str) -> Option<&std::sync::Mutex<Vec<Buffered>>> {
+        if self.recovering.is_empty() {
+            return None;
+        }
+        self.recovering.get(&seq)?.iter().find(|(t, _)| t == topic).map(|(_, b)| b)
+    }
 }
 
 /// Why a join was refused.
@@ -156,6 +177,7 @@ impl Registry {
     /// Remove a connection and leave all its channels (and its user topic).
     pub fn remove(&self, seq: u64) {
         let mut inner = self.inner.write().expect("registry lock");
+        inner.recovering.remove(&seq);
         let Some(entry) = inner.conns.remove(&seq) else {
             return;
         };
@@ -206,6 +228,77 @@ impl Registry {
             }
             Err(JoinError::Unconfirmed)
         }
+    }
+
+    /// Like `join`, but live deliveries of `topic` to `seq` are held back
+    /// until `finish_recovery` (or a failed join) releases them.
+    pub async fn join_recovering(
+        &self,
+        seq: u64,
+        topic: &str,
+        max_channels: usize,
+        timeout: Duration,
+    ) -> Result<bool, JoinError> {
+        {
+            let mut inner = self.inner.write().expect("registry lock");
+            inner.recovering.entry(seq).or_default().push((topic.to_owned(), std::sync::Mutex::new(Vec::new())));
+        }
+        let r = self.join(seq, topic, max_channels, timeout).await;
+        if r.is_err() {
+            self.take_buffer(&mut self.inner.write().expect("registry lock"), seq, topic);
+        }
+        r
+    }
+
+    /// Queue, in this order and atomically with respect to fan-out: the
+    /// subscribe reply, the recovered messages, then the held-back live
+    /// ones that the recovered messages did not already cover.
+    pub fn finish_recovery(
+        &self,
+        seq: u64,
+        topic: &str,
+        reply: Utf8Bytes,
+        recovered: Vec<(u64, Utf8Bytes)>,
+        since: Option<(&str, u64)>,
+    ) {
+        let mut inner = self.inner.write().expect("registry lock");
+        let held = self.take_buffer(&mut inner, seq, topic);
+        let Some(conn) = inner.conns.get(&seq) else { return };
+        let mut frames = vec![Frame { text: reply, is_delivery: false }];
+        let mut last = since.map(|(_, o)| o).unwrap_or(0);
+        for (offset, text) in recovered {
+            last = last.max(offset);
+            frames.push(Frame { text, is_delivery: true });
+        }
+        for b in held {
+            let covered = since.is_some_and(|(epoch, _)| b.epoch == epoch && b.offset <= last);
+            if !covered {
+                frames.push(Frame { text: b.text, is_delivery: true });
+            }
+        }
+        for f in frames {
+            if conn.tx.try_send(f).is_err() {
+                conn.close.fire(
+                    crate::protocol::close::TRY_AGAIN_LATER,
+                    "slow consumer: outbound queue full",
+                    "slow_consumer",
+                );
+                break;
+            }
+        }
+    }
+
+    fn take_buffer(&self, inner: &mut Inner, seq: u64, topic: &str) -> Vec<Buffered> {
+        let Some(list) = inner.recovering.get_mut(&seq) else { return Vec::new() };
+        let mut out = Vec::new();
+        if let Some(i) = list.iter().position(|(t, _)| t == topic) {
+            let (_, buf) = list.swap_remove(i);
+            out = buf.into_inner().expect("buffer lock");
+        }
+        if list.is_empty() {
+            inner.recovering.remove(&seq);
+        }
+        out
     }
 
     /// Remove `seq` from `topic`; unsubscribe at the hubs if it was the

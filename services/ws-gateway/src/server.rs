@@ -24,6 +24,7 @@ pub struct Shared {
     pub gateway: GatewayId,
     pub config: Config,
     pub registry: Registry,
+    pub links: Arc<HubLinks>,
     pub metrics: GatewayMetrics,
     pub health: Health,
     pub attached: AttachedCount,
@@ -74,7 +75,8 @@ impl Gateway {
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let metrics = GatewayMetrics::new();
         let (links, rxs) = HubLinks::new(&config.hubs);
-        let registry = Registry::new(Arc::new(links), metrics.topics.clone());
+        let links = Arc::new(links);
+        let registry = Registry::new(links.clone(), metrics.topics.clone());
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_bytes.max(256))
             .max_message_size(Some(config.max_message_bytes))
@@ -82,6 +84,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             gateway,
             registry,
+            links,
             metrics,
             health: Health::new("not attached to any hub"),
             attached: AttachedCount::default(),
@@ -113,8 +116,8 @@ impl Gateway {
         let Gateway { listener, shared, links } = self;
         tracing::info!(gateway = %shared.gateway, addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "gateway serving");
         let mut tasks = Vec::new();
-        for (url, endpoint, rx) in links {
-            tasks.push(tokio::spawn(hubs::run(url, endpoint, rx, shared.clone())));
+        for (index, (url, endpoint, rx)) in links.into_iter().enumerate() {
+            tasks.push(tokio::spawn(hubs::run(index, url, endpoint, rx, shared.clone())));
         }
         crate::http::serve(listener, shared.clone()).await;
         shared.health.start_draining();

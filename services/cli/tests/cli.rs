@@ -1,0 +1,280 @@
+//! The `pushmesh` binary against the real services: what a user types,
+//! what they see, and the exit codes scripts depend on.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use pushmesh_tests::{SECRET, System, WAIT};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn pushmesh() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pushmesh"));
+    c.env_remove("PUSHMESH_INGRESS_URL").env_remove("PUSHMESH_GATEWAY_URL").env_remove("PUSHMESH_JWT_SECRET");
+    c.kill_on_drop(true);
+    c
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(args: &[&str], stdin: Option<&str>) -> Result<Out> {
+    let mut c = pushmesh();
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = c.spawn()?;
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut s = child.stdin.take().expect("piped");
+        s.write_all(input.as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output()).await.context("pushmesh did not exit")??;
+    Ok(Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A `pushmesh listen` running in the background, its stderr read line by
+/// line so the test can wait for "subscribed to …".
+struct Listener {
+    child: Child,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    seen: Vec<String>,
+}
+
+impl Listener {
+    async fn start(args: &[&str]) -> Result<Self> {
+        let mut child = pushmesh()
+            .arg("listen")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+        Ok(Self { child, stderr, seen: Vec::new() })
+    }
+
+    async fn wait_for(&mut self, needle: &str) -> Result<String> {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.stderr.next_line().await? {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Ok(line);
+                }
+            }
+            bail!("listen ended before printing {needle:?}; stderr so far: {:?}", self.seen)
+        })
+        .await;
+        found.map_err(|_| anyhow::anyhow!("no {needle:?} on listen's stderr within {WAIT:?}: {:?}", self.seen))?
+    }
+
+    async fn finish(mut self) -> Result<Out> {
+        let mut stdout = String::new();
+        let mut pipe = self.child.stdout.take().expect("piped");
+        let status = tokio::time::timeout(WAIT, async {
+            pipe.read_to_string(&mut stdout).await?;
+            self.child.wait().await
+        })
+        .await
+        .context("listen did not exit")??;
+        while let Ok(Some(line)) = self.stderr.next_line().await {
+            self.seen.push(line);
+        }
+        Ok(Out { code: status.code().unwrap_or(-1), stdout, stderr: self.seen.join("\n") })
+    }
+}
+
+#[tokio::test]
+async fn publish_and_listen_round_trip_with_exit_codes() -> Result<()> {
+    let sys = System::start(1, 1).await?;
+    let gw = format!("ws://{}/ws", sys.gw(0));
+    let api = format!("http://{}", sys.api());
+
+    // A smoke client: exits 0 once 2 messages arrived.
+    let mut l = Listener::start(&["--gateway", &gw, "--channel", "news", "--count", "2", "--timeout", "10s"]).await?;
+    let welcome = l.wait_for("connected: connection ").await?;
+    let conn = welcome.split_whitespace().nth(2).expect("connection id").to_owned();
+    l.wait_for("subscribed to news").await?;
+
+    let p = run(&["publish", "--ingress", &api, "--channel", "news", r#"{"text":"hi"}"#], None).await?;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.stdout.trim(), "published to channel news (1 gateway has recipients)");
+    // Data from stdin, not JSON: sent as a string, the trailing newline dropped.
+    let p = run(&["publish", "--ingress", &api, "--channel", "news"], Some("plain text\n")).await?;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+
+    // Meanwhile: presence and stats see the listener, as tables.
+    let pr = run(&["presence", "--ingress", &api, "news"], None).await;
+    let st = run(&["stats", "--ingress", &api], None).await;
+
+    let out = l.finish().await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "news: {\"text\":\"hi\"}\nnews: \"plain text\"\n");
+    assert!(out.stderr.contains("received 2 message(s)"), "{}", out.stderr);
+    assert!(out.stderr.contains("resume news from here: pushmesh listen --channel news --since "), "{}", out.stderr);
+
+    let pr = pr?;
+    assert_eq!(pr.code, 0, "{}", pr.stderr);
+    assert!(pr.stdout.starts_with("channel news: 1 connection, 0 users\n"), "{}", pr.stdout);
+    assert!(pr.stdout.contains(&format!("\n{conn}")), "presence lists {conn}: {}", pr.stdout);
+    let st = st?;
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    assert!(st.stdout.starts_with("connections  1\nchannels     1\n"), "{}", st.stdout);
+    assert!(st.stdout.contains("GATEWAY"), "{}", st.stdout);
+
+    // Nothing published: --timeout fails with exit 4 and says so.
+    let t = run(&["listen", "--gateway", &gw, "--channel", "quiet", "--count", "1", "--timeout", "500ms"], None).await?;
+    assert_eq!(t.code, 4, "{}", t.stderr);
+    assert!(t.stderr.contains("timed out after 500ms: 0 of 1 message(s) arrived"), "{}", t.stderr);
+
+    // --since is sent, and the reply's `recovered` flag is printed.
+    let r = run(&["listen", "--gateway", &gw, "--channel", "news", "--since", "0:0", "--timeout", "300ms"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("subscribed to news; recovered: "), "{}", r.stderr);
+    assert!(r.stderr.contains(r#""recovered":"#), "{}", r.stderr);
+
+    // A refused request: exit 1, the server's reason, and what to do.
+    let bad = run(&["publish", "--ingress", &api, "--channel", "bad name", "x"], None).await?;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("error: 400 invalid_channel: "), "{}", bad.stderr);
+    assert!(bad.stderr.contains("hint: channel names are"), "{}", bad.stderr);
+    let gone = run(&["publish", "--ingress", &api, "--connection", "nobody:1", "x"], None).await?;
+    assert_eq!(gone.code, 1, "{}", gone.stderr);
+    assert!(gone.stderr.contains("hint:"), "{}", gone.stderr);
+
+    // Usage errors: exit 2.
+    let u = run(&["publish", "--ingress", &api, "x"], None).await?;
+    assert_eq!(u.code, 2, "{}", u.stderr);
+    let u = run(&["publish", "--ingress", &api, "--channel", "news", "--json", "{oops"], None).await?;
+    assert_eq!(u.code, 2, "{}", u.stderr);
+    assert!(u.stderr.contains("not valid JSON"), "{}", u.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_running_means_exit_3_and_a_hint_to_start_it() -> Result<()> {
+    // A port nothing listens on: bind one and drop it at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let p = run(&["publish", "--ingress", &format!("http://127.0.0.1:{port}"), "--broadcast", "x"], None).await?;
+    assert_eq!(p.code, 3, "{}", p.stderr);
+    assert!(p.stderr.contains("pushmesh dev"), "{}", p.stderr);
+    let l = run(&["listen", "--gateway", &format!("127.0.0.1:{port}"), "--connect-timeout", "1500ms"], None).await?;
+    assert_eq!(l.code, 3, "{}", l.stderr);
+    assert!(l.stderr.contains("waiting for the gateway at ws://127.0.0.1:"), "progress line: {}", l.stderr);
+    assert!(l.stderr.contains("hint: is pushmesh running?"), "{}", l.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_cli_are_accepted_and_enforced() -> Result<()> {
+    let sys = System::start_with(1, 1, &["--jwt-secret", SECRET], &[]).await?;
+    let gw = format!("ws://{}/ws", sys.gw(0));
+    let api = format!("http://{}", sys.api());
+
+    let t = run(&["token", "--secret", SECRET, "--user", "alice", "--channel", "chat:*", "--ttl", "5m"], None).await?;
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    let token = t.stdout.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT on stdout: {token}");
+
+    let mut l = Listener::start(&["--gateway", &gw, "--token", &token, "--channel", "chat:1", "--count", "1", "--timeout", "10s"]).await?;
+    let welcome = l.wait_for("connected: ").await?;
+    assert!(welcome.ends_with(", user alice"), "{welcome}");
+    l.wait_for("subscribed to chat:1").await?;
+    let p = run(&["publish", "--ingress", &api, "--user", "alice", "for alice"], None).await?;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let out = l.finish().await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "(direct): \"for alice\"\n");
+
+    // A channel the token does not allow: refused, exit 1, with the fix.
+    let r = run(&["listen", "--gateway", &gw, "--token", &token, "--channel", "news", "--timeout", "5s"], None).await?;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("permission_denied"), "{}", r.stderr);
+    assert!(r.stderr.contains("pushmesh token --user ID --channel 'news'"), "{}", r.stderr);
+
+    // No token: the gateway closes with 4001, exit 5, and the hint says how.
+    let n = run(&["listen", "--gateway", &gw, "--timeout", "15s"], None).await?;
+    assert_eq!(n.code, 5, "{}", n.stderr);
+    assert!(n.stderr.contains("code 4001"), "{}", n.stderr);
+    assert!(n.stderr.contains("pass --token"), "{}", n.stderr);
+
+    // A token signed with another secret is refused the same way.
+    let other = run(&["token", "--secret", "not-the-secret", "--user", "mallory", "--channel", "*"], None).await?;
+    let m = run(&["listen", "--gateway", &gw, "--token", other.stdout.trim(), "--timeout", "5s"], None).await?;
+    assert_eq!(m.code, 5, "{}", m.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_runs_the_whole_system_in_one_process_and_stops_on_sigterm() -> Result<()> {
+    let mut dev = pushmesh()
+        .args(["dev", "--hub-grpc-addr", "127.0.0.1:0", "--hub-admin-addr", "127.0.0.1:0"])
+        .args(["--gateway-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0", "--announce"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(dev.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(WAIT, stdout.next_line()).await??.context("dev printed nothing")?;
+    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
+    let addr = |k: &str| v["listening"][k].as_str().unwrap_or_default().to_owned();
+    let (gw, api, admin) = (addr("gateway"), addr("ingress"), addr("admin"));
+    assert!(!gw.is_empty() && !api.is_empty() && !admin.is_empty(), "{line}");
+
+    // The banner comes once the gateway and ingress are ready.
+    let mut banner = String::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(l) = stdout.next_line().await? {
+            banner.push_str(&l);
+            banner.push('\n');
+            if l.starts_with("Ctrl-C stops") {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("no banner")??;
+    assert!(banner.contains(&format!("demo page   http://{gw}/?ingress=http://{api}")), "{banner}");
+
+    // It really works end to end, including the demo page and CORS for it.
+    let mut l = Listener::start(&["--gateway", &gw, "--channel", "news", "--count", "1", "--timeout", "10s"]).await?;
+    l.wait_for("subscribed to news").await?;
+    let p = run(&["publish", "--ingress", &api, "--channel", "news", "from dev"], None).await?;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let out = l.finish().await?;
+    assert_eq!(out.stdout, "news: \"from dev\"\n", "{}", out.stderr);
+    let page = reqwest::get(format!("http://{gw}/")).await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("pushmesh"));
+    let preflight = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("http://{api}/publish"))
+        .header("origin", format!("http://{gw}"))
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await?;
+    assert_eq!(
+        preflight.headers().get("access-control-allow-origin").and_then(|h| h.to_str().ok()),
+        Some(format!("http://{gw}").as_str()),
+        "the ingress allows the demo page's origin"
+    );
+    let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
+    assert!(metrics.contains("pushmesh_hub_publishes_total"), "hub admin serves metrics");
+
+    let pid = dev.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), dev.wait()).await.context("dev did not stop")??;
+    let mut err = String::new();
+    dev.stderr.take().expect("piped").read_to_string(&mut err).await?;
+    assert!(status.success(), "dev exits 0 on SIGTERM: {status:?}\n{err}");
+    assert!(err.contains("stopped."), "{err}");
+    Ok(())
+}
