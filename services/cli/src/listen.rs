@@ -125,17 +125,15 @@ pub async fn run(args: ListenArgs) -> Result<()> {
         welcomed: false,
     };
 
-    let mut next_id = 1u64;
-    for ch in &args.channel {
-        let mut cmd = json!({ "id": next_id, "op": "subscribe", "channel": ch });
+    for (id, ch) in (1u64..).zip(&args.channel) {
+        let mut cmd = json!({ "id": id, "op": "subscribe", "channel": ch });
         if let Some(p) = &since {
             cmd["since"] = json!({ "epoch": p.epoch, "offset": p.offset });
         }
         ws.send(Message::Text(cmd.to_string().into())).await.map_err(|e| {
             Failure::new(Exit::Closed, format!("the connection to {shown} broke while subscribing: {e}"))
         })?;
-        session.pending.insert(next_id, ch.clone());
-        next_id += 1;
+        session.pending.insert(id, ch.clone());
     }
 
     let interactive = std::io::stderr().is_terminal() && !args.quiet;

@@ -106,13 +106,13 @@ async fn publish_and_listen_round_trip_with_exit_codes() -> Result<()> {
     let p = run(&["publish", "--ingress", &api, "--channel", "news", r#"{"text":"hi"}"#], None).await?;
     assert_eq!(p.code, 0, "{}", p.stderr);
     assert_eq!(p.stdout.trim(), "published to channel news (1 gateway has recipients)");
+    // Meanwhile (the listener waits for a second message): presence and
+    // stats see it, as tables.
+    let pr = run(&["presence", "--ingress", &api, "news"], None).await;
+    let st = run(&["stats", "--ingress", &api], None).await;
     // Data from stdin, not JSON: sent as a string, the trailing newline dropped.
     let p = run(&["publish", "--ingress", &api, "--channel", "news"], Some("plain text\n")).await?;
     assert_eq!(p.code, 0, "{}", p.stderr);
-
-    // Meanwhile: presence and stats see the listener, as tables.
-    let pr = run(&["presence", "--ingress", &api, "news"], None).await;
-    let st = run(&["stats", "--ingress", &api], None).await;
 
     let out = l.finish().await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -130,12 +130,14 @@ async fn publish_and_listen_round_trip_with_exit_codes() -> Result<()> {
     assert!(st.stdout.contains("GATEWAY"), "{}", st.stdout);
 
     // Nothing published: --timeout fails with exit 4 and says so.
-    let t = run(&["listen", "--gateway", &gw, "--channel", "quiet", "--count", "1", "--timeout", "500ms"], None).await?;
+    let t =
+        run(&["listen", "--gateway", &gw, "--channel", "quiet", "--count", "1", "--timeout", "500ms"], None).await?;
     assert_eq!(t.code, 4, "{}", t.stderr);
     assert!(t.stderr.contains("timed out after 500ms: 0 of 1 message(s) arrived"), "{}", t.stderr);
 
     // --since is sent, and the reply's `recovered` flag is printed.
-    let r = run(&["listen", "--gateway", &gw, "--channel", "news", "--since", "0:0", "--timeout", "300ms"], None).await?;
+    let r =
+        run(&["listen", "--gateway", &gw, "--channel", "news", "--since", "0:0", "--timeout", "300ms"], None).await?;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("subscribed to news; recovered: "), "{}", r.stderr);
     assert!(r.stderr.contains(r#""recovered":"#), "{}", r.stderr);
@@ -174,7 +176,7 @@ async fn nothing_running_means_exit_3_and_a_hint_to_start_it() -> Result<()> {
 
 #[tokio::test]
 async fn tokens_minted_by_the_cli_are_accepted_and_enforced() -> Result<()> {
-    let sys = System::start_with(1, 1, &["--jwt-secret", SECRET], &[]).await?;
+    let sys = System::start_with(1, 1, &["--jwt-secret", SECRET, "--auth-timeout-secs", "1"], &[]).await?;
     let gw = format!("ws://{}/ws", sys.gw(0));
     let api = format!("http://{}", sys.api());
 
@@ -183,7 +185,19 @@ async fn tokens_minted_by_the_cli_are_accepted_and_enforced() -> Result<()> {
     let token = t.stdout.trim().to_owned();
     assert_eq!(token.split('.').count(), 3, "a JWT on stdout: {token}");
 
-    let mut l = Listener::start(&["--gateway", &gw, "--token", &token, "--channel", "chat:1", "--count", "1", "--timeout", "10s"]).await?;
+    let mut l = Listener::start(&[
+        "--gateway",
+        &gw,
+        "--token",
+        &token,
+        "--channel",
+        "chat:1",
+        "--count",
+        "1",
+        "--timeout",
+        "10s",
+    ])
+    .await?;
     let welcome = l.wait_for("connected: ").await?;
     assert!(welcome.ends_with(", user alice"), "{welcome}");
     l.wait_for("subscribed to chat:1").await?;

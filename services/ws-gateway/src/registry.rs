@@ -94,8 +94,11 @@ pub struct Inner {
     /// Connections recovering a channel (subscribe with `since`): live
     /// deliveries for that (connection, topic) wait here until the missed
     /// messages have been queued, so the client sees them in order.
-    pub recovering: HashMap<u64, Vec<(String, std::sync::Mutex<Vec<Buffered>>)>>,
+    pub recovering: HashMap<u64, Vec<(String, HeldBack)>>,
 }
+
+/// One (connection, topic)'s held-back live deliveries.
+pub type HeldBack = std::sync::Mutex<Vec<Buffered>>;
 
 /// A live delivery held back while its connection recovers the channel.
 pub struct Buffered {
