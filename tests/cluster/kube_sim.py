@@ -585,6 +585,23 @@ class Cluster:
         shutil.rmtree(Path("/etc/netns") / pod.netns, ignore_errors=True)
         return pod.proc.returncode, out, err
 
+    def workstation(self, name: str = "workstation") -> tuple[str, str]:
+        """A network namespace on the bridge for a user's shell: (netns, ip).
+        It has the cluster's DNS too (as if kubectl port-forward and a VPN
+        were all the user had, the tests use only 127.0.0.1 in it)."""
+        host = self._next_host
+        self._next_host += 1
+        pod = Pod(name=name, namespace=self.namespace, workload="none", labels={}, spec={"containers": [{}]},
+                  ip=str(SUBNET[host]), netns=f"{PREFIX}-{name}", log_dir=self.logs)
+        self._make_netns(pod, host)
+        return pod.netns, pod.ip
+
+    def remove_netns(self, netns: str) -> None:
+        for pid in sh(IP, "netns", "pids", netns, check=False).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        sh(IP, "netns", "del", netns, check=False)
+        shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)
+
     # ---- deleting pods ------------------------------------------------------------
 
     def delete_pod(self, name: str) -> dict:
