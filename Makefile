@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench bench-smoke clean tools image helm-test
+.PHONY: run test build lint fmt bench bench-smoke clean tools image helm-test browser-test
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
 run:
@@ -14,6 +14,7 @@ test: build
 	$(CARGO) nextest run --workspace --profile ci
 	$(MAKE) bench-smoke
 	$(MAKE) helm-test
+	$(MAKE) browser-test
 
 ## build: the three service binaries (the end-to-end tests start them)
 build:
@@ -40,6 +41,12 @@ image:
 helm-test: tools
 	$(CARGO) build --bins
 	.tools/venv/bin/python -m pytest tests/cluster
+
+## browser-test: the demo page in headless Chromium against the real binaries (installs chromium and npm deps if missing)
+browser-test:
+	$(CARGO) build -p pushmesh-hub -p pushmesh-ws-gateway -p pushmesh-http-ingress --bins
+	tests/browser/setup.sh
+	cd tests/browser && node --test
 
 ## lint: formatting and clippy, warnings are errors
 lint:
