@@ -399,6 +399,9 @@ class Cluster:
         if argv[0] not in self.binaries:
             raise KeyError(f"pod {pod.name}: {argv[0]} is not a binary of the image: {sorted(self.binaries)}")
         argv[0] = self.binaries[argv[0]]
+        return self._with_mounts(pod, container, argv)
+
+    def _with_mounts(self, pod: Pod, container: dict, argv: list[str]) -> list[str]:
         mounts = self.mount_configmaps(pod, container)
         for i, a in enumerate(argv):
             for mount_path, host_dir in mounts.items():
@@ -565,11 +568,7 @@ class Cluster:
             argv[0] = python
         else:
             raise ValueError(f"pod {pod.name}: expected a python3 command, got {argv[0]}")
-        mounts = self.mount_configmaps(pod, c)
-        for i, a in enumerate(argv):
-            for mount_path, host_dir in mounts.items():
-                if a.startswith(mount_path.rstrip("/") + "/"):
-                    argv[i] = host_dir + a[len(mount_path.rstrip("/")):]
+        argv = self._with_mounts(pod, c, argv)
         env = self.container_env(pod)
         pod.proc = self.exec_in(pod, c, argv, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

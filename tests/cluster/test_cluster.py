@@ -48,7 +48,7 @@ def the_existing_secret():
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "pushmesh-auth", "namespace": NAMESPACE},
-        "data": {"api-keys": base64.b64encode(f"{API_KEY},another-key-0123456789".encode()).decode(),
+        "data": {"api-keys": base64.b64encode(f"{API_KEY}:admin,another-key-0123456789:publish".encode()).decode(),
                  "jwt-secret": base64.b64encode(JWT_SECRET.encode()).decode()},
     }
 

@@ -12,7 +12,7 @@ text frames out, text/ping/close frames in).
 Configured by environment variables (set by the chart's test pod):
   PUSHMESH_GATEWAY_URL   ws://host:port/ws
   PUSHMESH_INGRESS_URL   http://host:port
-  PUSHMESH_API_KEYS      optional; the first key is sent as a Bearer token
+  PUSHMESH_API_KEYS      optional; the first key (KEY[:scope],...) is sent as a Bearer token
   PUSHMESH_JWT_SECRET    optional; an HS256 token is minted for the client
   PUSHMESH_TIMEOUT_SECONDS  overall deadline (default 30)
 """
@@ -164,7 +164,8 @@ def wait_for(ws, want, what):
 def main():
     gateway = os.environ["PUSHMESH_GATEWAY_URL"]
     ingress = os.environ["PUSHMESH_INGRESS_URL"].rstrip("/")
-    api_key = (os.environ.get("PUSHMESH_API_KEYS") or "").split(",")[0].strip()
+    # The first key, without its ":admin"/":publish" scope suffix.
+    api_key = (os.environ.get("PUSHMESH_API_KEYS") or "").split(",")[0].strip().split(":")[0]
     jwt_secret = os.environ.get("PUSHMESH_JWT_SECRET") or ""
     deadline = time.monotonic() + float(os.environ.get("PUSHMESH_TIMEOUT_SECONDS", "30"))
     nonce = b64url(os.urandom(9))
