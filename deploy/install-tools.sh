@@ -28,6 +28,23 @@ PYTHON=${PYTHON:-python3}
 
 mkdir -p "$BIN"
 
+# System commands the cluster test uses (network namespaces, the pods'
+# uid switch, a user's curl). Debian packages, installed when missing.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-tools: installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "install-tools: missing ${missing[*]}; install them (the cluster test also needs root)" >&2
+    exit 1
+  fi
+fi
+
 have_pinned_binaries() {
   [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] &&
     "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" &&
