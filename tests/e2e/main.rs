@@ -7,3 +7,4 @@ mod faults;
 mod metrics;
 mod pipeline;
 mod reliability;
+mod security;

@@ -94,7 +94,10 @@ async fn a_client_that_stops_reading_is_closed_and_slows_no_one() -> anyhow::Res
             Err(_) => break,
         }
     }
-    assert!(got as f64 <= to_slow, "the slow client read {got} frames, more than the {to_slow} written to it");
+    // Frames of the batch that was abandoned when the policy fired count as
+    // dropped, though the kernel may have taken some of them: up to one
+    // batch (256 frames) may reach the client on top of `to_slow`.
+    assert!(got as f64 <= to_slow + 256.0, "the slow client read {got} frames, more than the {to_slow} written to it");
     Ok(())
 }
 

@@ -98,8 +98,14 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(ApiError::from_json)
 }
 
-fn data_bytes(data: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(data.get().as_bytes())
+fn data_bytes(data: &RawValue) -> Result<Bytes, ApiError> {
+    let depth = json_depth(data.get());
+    if depth > MAX_DATA_DEPTH {
+        return Err(ApiError::InvalidRequest(format!(
+            "data is nested {depth} levels deep; the limit is {MAX_DATA_DEPTH}"
+        )));
+    }
+    Ok(Bytes::copy_from_slice(data.get().as_bytes()))
 }
 
 fn connection(id: &str) -> Result<ConnectionId, ApiError> {
@@ -143,7 +149,7 @@ impl Commands {
         }
         let req = PublishRequest {
             target: Some(Target::Channel(ch.as_str().to_owned())),
-            data: data_bytes(&b.data),
+            data: data_bytes(&b.data)?,
             exclude: Vec::new(),
             idempotency_key,
         };
@@ -154,7 +160,7 @@ impl Commands {
         let exclude = exclude_list(&b.exclude)?;
         let req = PublishRequest {
             target: Some(Target::Broadcast(Broadcast {})),
-            data: data_bytes(&b.data),
+            data: data_bytes(&b.data)?,
             exclude,
             ..Default::default()
         };
@@ -164,12 +170,12 @@ impl Commands {
     pub async fn send(&self, b: SendBody) -> Result<Value, ApiError> {
         let exclude = exclude_list(&b.exclude)?;
         match one_of(b.connection, b.user, "send")? {
-            Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)).await,
+            Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)?).await,
             Target::User(u) => {
                 let u = user(u)?;
                 let req = PublishRequest {
                     target: Some(Target::User(u.to_string())),
-                    data: data_bytes(&b.data),
+                    data: data_bytes(&b.data)?,
                     exclude,
                     ..Default::default()
                 };
@@ -304,9 +310,12 @@ impl Commands {
     }
 
     /// One command of a `/batch`, dispatched on its `op`.
-    pub async fn batch_one(&self, raw: &RawValue) -> Result<Value, ApiError> {
+    pub async fn batch_one(&self, raw: &RawValue, admin: bool) -> Result<Value, ApiError> {
         let body = raw.get().as_bytes();
         let OpOnly { op } = parse(body)?;
+        if !admin && matches!(op.as_deref(), Some("subscribe" | "unsubscribe" | "disconnect")) {
+            return Err(ApiError::Forbidden(format!("op {:?} needs an admin key", op.unwrap_or_default())));
+        }
         match op.as_deref() {
             Some("publish") => self.publish(parse(body)?).await,
             Some("broadcast") => self.broadcast(parse(body)?).await,
@@ -388,5 +397,47 @@ impl From<PublishError> for ApiError {
             PublishError::NotFound(msg) => ApiError::UnknownConnection(msg),
             PublishError::Unavailable(msg) => ApiError::Unavailable(format!("no hub accepted the request: {msg}")),
         }
+    }
+}
+
+/// Deepest nesting of arrays and objects a published `data` may have.
+/// Valid JSON, but deeper structures crash or stall many client parsers.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// The nesting depth of a JSON text (already known to be valid JSON).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#"["[[[\"]]]"]"#), 1);
     }
 }

@@ -28,6 +28,25 @@ pub struct Config {
     #[arg(long = "cors-allow-origin", env = "PUSHMESH_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
     pub cors_allow_origins: Vec<String>,
 
+    /// API keys (comma-separated), each `KEY` or `KEY:admin` (every route)
+    /// or `KEY:publish` (publish, broadcast, send). Several at once allow
+    /// rotation. With none (and no file), the API is open: local use only.
+    #[arg(long = "api-key", env = "PUSHMESH_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// File with API keys, one per line (same forms; `#` comments).
+    #[arg(long, env = "PUSHMESH_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Requests per second allowed per client IP (0: unlimited); beyond it
+    /// the answer is 429 with Retry-After.
+    #[arg(long, env = "PUSHMESH_RATE_LIMIT_PER_SEC", default_value_t = 10_000)]
+    pub rate_limit_per_sec: u32,
+
+    /// Burst allowed above the per-second rate.
+    #[arg(long, env = "PUSHMESH_RATE_LIMIT_BURST", default_value_t = 20_000)]
+    pub rate_limit_burst: u32,
+
     /// Most commands in one `POST /batch`.
     #[arg(long, env = "PUSHMESH_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,

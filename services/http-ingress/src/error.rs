@@ -27,6 +27,12 @@ pub enum ApiError {
     #[error("{0}")]
     LimitExceeded(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limit exceeded; retry after {0} s")]
+    RateLimited(u64),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,7 +48,9 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimitExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -59,6 +67,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited(_) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -81,9 +92,18 @@ impl ApiError {
     pub fn into_response(self) -> Response {
         let body = self.body();
         let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
-        if matches!(self, Self::Unavailable(_)) {
+        match &self {
             // Hubs come back within seconds (restart, failover).
-            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            Self::Unavailable(_) => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            Self::RateLimited(secs) => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from(*secs));
+            }
+            Self::Unauthorized(_) => {
+                resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }

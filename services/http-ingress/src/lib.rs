@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod hubs;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
 pub mod server;

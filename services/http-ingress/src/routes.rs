@@ -17,11 +17,16 @@ use pushmesh_common::ids::ConnectionId;
 
 use crate::commands::{Commands, parse};
 use crate::error::ApiError;
+use crate::keys::{ApiKeys, KeyError, Scope};
 
 pub struct State {
     pub commands: Commands,
     pub max_body: u64,
     pub max_batch: usize,
+    /// `None`: no API keys configured (every caller is admin).
+    pub keys: Option<ApiKeys>,
+    /// Requests per second per client IP (`None`: unlimited).
+    pub limiter: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -30,29 +35,34 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let admin = pushmesh_common::admin::routes(health, state.commands.metrics.registry.clone());
     let metrics = state.commands.metrics.clone();
-    let post = |name: &'static str| post_json(name, state.clone());
+    let post = |name: &'static str, needs: Scope| post_json(name, state.clone(), needs);
 
-    let publish = post("publish")
-        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.publish(parse(&b)?).await }.await) });
-    let broadcast = post("broadcast")
-        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.broadcast(parse(&b)?).await }.await) });
-    let send = post("send")
-        .then(|s: Arc<State>, b: Bytes| async move { respond(async { s.commands.send(parse(&b)?).await }.await) });
-    let subscribe = post("subscribe").then(|s: Arc<State>, b: Bytes| async move {
+    let publish = post("publish", Scope::Publish).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
+        respond(async { s.commands.publish(parse(&b)?).await }.await)
+    });
+    let broadcast = post("broadcast", Scope::Publish).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
+        respond(async { s.commands.broadcast(parse(&b)?).await }.await)
+    });
+    let send = post("send", Scope::Publish).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
+        respond(async { s.commands.send(parse(&b)?).await }.await)
+    });
+    let subscribe = post("subscribe", Scope::Admin).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
         respond(async { s.commands.subscribe(parse(&b)?, true).await }.await)
     });
-    let unsubscribe = post("unsubscribe").then(|s: Arc<State>, b: Bytes| async move {
+    let unsubscribe = post("unsubscribe", Scope::Admin).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
         respond(async { s.commands.subscribe(parse(&b)?, false).await }.await)
     });
-    let disconnect = post("disconnect").then(|s: Arc<State>, b: Bytes| async move {
+    let disconnect = post("disconnect", Scope::Admin).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
         respond(async { s.commands.disconnect(parse(&b)?).await }.await)
     });
-    let batch = post("batch").then(|s: Arc<State>, b: Bytes| async move { respond(handle_batch(&s, &b).await) });
+    let batch = post("batch", Scope::Publish)
+        .then(|s: Arc<State>, scope: Scope, b: Bytes| async move { respond(handle_batch(&s, scope, &b).await) });
     let presence = warp::path!("presence" / String)
         .and(warp::get())
+        .and(guard(state.clone(), Scope::Admin))
         .and(with(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
-        .then(|channel: String, s: Arc<State>, q: HashMap<String, String>| async move {
+        .then(|channel: String, _: Scope, s: Arc<State>, q: HashMap<String, String>| async move {
             respond(
                 async {
                     let channel = percent_decoded(&channel)?;
@@ -63,19 +73,22 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
         });
     let stats = warp::path!("stats")
         .and(warp::get())
+        .and(guard(state.clone(), Scope::Admin))
         .and(with(state.clone()))
-        .then(|s: Arc<State>| async move { respond(s.commands.stats().await) });
+        .then(|_: Scope, s: Arc<State>| async move { respond(s.commands.stats().await) });
     let user = warp::path!("users" / String)
         .and(warp::get())
+        .and(guard(state.clone(), Scope::Admin))
         .and(with(state.clone()))
-        .then(|id: String, s: Arc<State>| async move {
+        .then(|id: String, _: Scope, s: Arc<State>| async move {
             respond(async { s.commands.user(percent_decoded(&id)?).await }.await)
         });
     let seed = warp::path::end()
         .and(warp::get())
+        .and(guard(state.clone(), Scope::Publish))
         .and(with(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
-        .then(|s: Arc<State>, q: HashMap<String, String>| async move {
+        .then(|_: Scope, s: Arc<State>, q: HashMap<String, String>| async move {
             match handle_seed(&s, q).await {
                 Ok(()) => warp::reply::with_header("ok", "content-type", "text/plain; charset=utf-8").into_response(),
                 Err(e) => e.into_response(),
@@ -120,14 +133,48 @@ fn with(state: Arc<State>) -> impl Filter<Extract = (Arc<State>,), Error = Infal
 fn post_json(
     name: &'static str,
     state: Arc<State>,
-) -> impl Filter<Extract = (Arc<State>, Bytes), Error = Rejection> + Clone {
+    needs: Scope,
+) -> impl Filter<Extract = (Arc<State>, Scope, Bytes), Error = Rejection> + Clone {
     let limit = state.max_body;
     warp::path(name)
         .and(warp::path::end())
         .and(warp::post())
-        .and(with(state))
+        .and(with(state.clone()))
+        .and(guard(state, needs))
         .and(content_type_json())
         .and(limited_body(limit))
+}
+
+/// The caller's rate limit and API key, checked before anything else is
+/// read; extracts the key's scope (admin when no keys are configured).
+fn guard(state: Arc<State>, needs: Scope) -> impl Filter<Extract = (Scope,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and(warp::addr::remote()).and_then(
+        move |auth: Option<String>, peer: Option<std::net::SocketAddr>| {
+            let state = state.clone();
+            async move {
+                if let (Some(limiter), Some(peer)) = (&state.limiter, peer)
+                    && let Err(not_until) = limiter.check_key(&peer.ip())
+                {
+                    use governor::clock::Clock;
+                    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                    return Err(warp::reject::custom(ApiError::RateLimited(wait.as_secs().max(1))));
+                }
+                let Some(keys) = &state.keys else { return Ok(Scope::Admin) };
+                keys.check(auth.as_deref(), needs).map_err(|e| {
+                    warp::reject::custom(match e {
+                        KeyError::Missing => ApiError::Unauthorized(
+                            "missing API key: send the header Authorization: Bearer <key>".to_owned(),
+                        ),
+                        KeyError::Invalid => ApiError::Unauthorized("invalid API key".to_owned()),
+                        KeyError::Forbidden => ApiError::Forbidden(
+                            "this API key may only publish (publish, broadcast, send); this route needs an admin key"
+                                .to_owned(),
+                        ),
+                    })
+                })
+            }
+        },
+    )
 }
 
 fn content_type_json() -> impl Filter<Extract = (), Error = Rejection> + Clone {
@@ -211,7 +258,7 @@ fn limit_param(q: &HashMap<String, String>) -> Result<Option<u32>> {
 
 /// `POST /batch [cmd, …]`: each command runs in order and gets its own
 /// result; a bad command fails alone.
-async fn handle_batch(s: &State, body: &[u8]) -> Result<Value> {
+async fn handle_batch(s: &State, scope: Scope, body: &[u8]) -> Result<Value> {
     let commands: Vec<&RawValue> = parse(body)?;
     if commands.len() > s.max_batch {
         return Err(ApiError::InvalidRequest(format!(
@@ -222,7 +269,7 @@ async fn handle_batch(s: &State, body: &[u8]) -> Result<Value> {
     }
     let mut results = Vec::with_capacity(commands.len());
     for raw in commands {
-        results.push(match s.commands.batch_one(raw).await {
+        results.push(match s.commands.batch_one(raw, scope == Scope::Admin).await {
             Ok(v) => v,
             Err(e) => e.body(),
         });

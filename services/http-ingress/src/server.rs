@@ -48,7 +48,32 @@ impl Ingress {
             probe_stop.clone(),
         ));
         let commands = crate::commands::Commands { hubs, metrics };
-        let state = Arc::new(State { commands, max_body: config.max_body_bytes, max_batch: config.max_batch });
+        let keys = crate::keys::ApiKeys::load(&config.api_keys, config.api_keys_file.as_deref())?;
+        if keys.is_none() {
+            tracing::warn!(
+                "no API keys configured: anyone who reaches this port can publish; set PUSHMESH_API_KEYS for production"
+            );
+        }
+        let limiter = std::num::NonZeroU32::new(config.rate_limit_per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        let state =
+            Arc::new(State { commands, max_body: config.max_body_bytes, max_batch: config.max_batch, keys, limiter });
+        let sweeper_state = state.clone();
+        let sweeper_stop = probe_stop.clone();
+        tokio::spawn(async move {
+            // Forget idle client IPs so the limiter's memory stays bounded.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = sweeper_stop.cancelled() => return,
+                }
+                if let Some(l) = &sweeper_state.limiter {
+                    l.retain_recent();
+                }
+            }
+        });
         let api = routes::api(state, health.clone()).with(cors(&config.cors_allow_origins));
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();

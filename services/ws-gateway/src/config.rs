@@ -85,6 +85,30 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: usize,
 
+    /// Origins allowed to open a WebSocket (comma-separated, e.g.
+    /// https://app.example.com); "*" or none: any. Requests without an
+    /// Origin header (non-browser clients) are always allowed.
+    #[arg(long = "allowed-origin", env = "PUSHMESH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket connections on this gateway (0: no limit). Keep it
+    /// below the process's open-file limit.
+    #[arg(long, env = "PUSHMESH_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most WebSocket connections from one source IP (0: no limit).
+    #[arg(long, env = "PUSHMESH_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Commands one client may send per second (0: no limit); beyond the
+    /// burst the connection is closed with 1008.
+    #[arg(long, env = "PUSHMESH_CLIENT_COMMANDS_PER_SEC", default_value_t = 50)]
+    pub client_commands_per_sec: u32,
+
+    /// Commands a client may send at once above its rate.
+    #[arg(long, env = "PUSHMESH_CLIENT_COMMANDS_BURST", default_value_t = 100)]
+    pub client_commands_burst: u32,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use pushmesh_common::ids::{Channel, ConnectionId};
 
+use crate::admission::CommandBudget;
 use crate::auth::{AuthError, Grant};
 use crate::protocol::{self, Command, Reply, close};
 use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
@@ -262,9 +263,21 @@ impl Conn {
     where
         R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
     {
+        let cfg = &self.shared.config;
+        let mut budget = CommandBudget::new(cfg.client_commands_per_sec, cfg.client_commands_burst);
         while let Some(msg) = stream.next().await {
             match msg {
-                Ok(Message::Text(text)) => self.command(text.as_str()).await,
+                Ok(Message::Text(text)) => {
+                    if !budget.take() {
+                        self.close.fire(
+                            close::POLICY_VIOLATION,
+                            format!("rate limit exceeded: at most {} commands per second", cfg.client_commands_per_sec),
+                            "rate_limited",
+                        );
+                        return;
+                    }
+                    self.command(text.as_str()).await
+                }
                 Ok(Message::Binary(_)) => {
                     self.close.fire(
                         close::UNSUPPORTED_DATA,

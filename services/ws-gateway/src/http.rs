@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use pushmesh_common::admin;
 
+use crate::admission::Refusal;
 use crate::connection;
 use crate::server::Shared;
 
@@ -35,7 +36,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(shared.config.handshake_timeout_secs.max(1)));
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -54,7 +55,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 TokioIo::new(stream),
                 service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(req, shared)) }
+                    async move { Ok::<_, Infallible>(route(req, shared, peer.ip())) }
                 }),
             )
             .with_upgrades();
@@ -66,9 +67,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+fn route(req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(req, shared),
+        (&Method::GET, "/ws") => upgrade(req, shared, ip),
         (&Method::GET, "/") => {
             let mut r = text(StatusCode::OK, DEMO_PAGE);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -107,7 +108,7 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr) -> Response<Body> {
     if !header_has_token(&req, header::CONNECTION, "upgrade") || !header_has_token(&req, header::UPGRADE, "websocket") {
         return error(
             StatusCode::UPGRADE_REQUIRED,
@@ -129,6 +130,29 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     if shared.health.is_draining() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "this gateway is shutting down; connect to another");
     }
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let slot = match shared.admission.admit(origin, ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (code, kind, msg) = match refusal {
+                Refusal::Origin(o) => {
+                    (StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {o:?} is not allowed to connect"))
+                }
+                Refusal::GatewayFull(n) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "gateway_full",
+                    format!("this gateway holds its maximum of {n} connections; connect to another"),
+                ),
+                Refusal::TooManyFromIp(n) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    format!("your address already holds {n} connections here, the limit"),
+                ),
+            };
+            shared.metrics.refused.with_label_values(&[kind]).inc();
+            return error(code, kind, &msg);
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = shared.ws_config;
     tokio::spawn(async move {
@@ -136,6 +160,7 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
                 connection::run(ws, shared, raw, token).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

@@ -4,6 +4,7 @@
 //! knows who is connected and subscribed; `hubs` keeps one attach stream
 //! per hub; `fanout` turns a hub delivery into frames on sockets.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;

@@ -20,12 +20,14 @@ pub struct GatewayMetrics {
     pub commands: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub queries: IntCounterVec,
+    /// Upgrades refused by admission, by reason.
+    pub refused: IntCounterVec,
 }
 
 pub const DROP_REASONS: &[&str] =
     &["slow_consumer", "client_gone", "shutdown", "unknown_connection", "protocol_error", "invalid_payload"];
 pub const DISCONNECT_REASONS: &[&str] =
-    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server"];
+    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server", "rate_limited"];
 
 impl GatewayMetrics {
     pub fn new() -> Self {
@@ -75,8 +77,17 @@ impl GatewayMetrics {
             &["op"],
         )
         .expect("metric");
+        let refused = IntCounterVec::new(
+            Opts::new("pushmesh_gateway_upgrades_refused_total", "WebSocket upgrades refused at admission, by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        for r in ["origin_not_allowed", "gateway_full", "too_many_connections"] {
+            refused.with_label_values(&[r]);
+        }
         for c in [
-            Box::new(auth_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_failures.clone()),
             Box::new(queries.clone()),
             Box::new(connections.clone()),
             Box::new(accepted.clone()),
@@ -112,6 +123,7 @@ impl GatewayMetrics {
             commands,
             auth_failures,
             queries,
+            refused,
         }
     }
 }

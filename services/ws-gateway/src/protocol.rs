@@ -19,6 +19,8 @@ pub mod close {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The connection's outbound queue overflowed (slow consumer).
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Policy violation: the client sent commands faster than allowed.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// Any other protocol violation by the client.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// Closed through the server API (`POST /disconnect`), unless the call

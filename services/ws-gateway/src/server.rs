@@ -30,6 +30,7 @@ pub struct Shared {
     pub attached: AttachedCount,
     pub shutdown: CancellationToken,
     pub ws_config: WebSocketConfig,
+    pub admission: Arc<crate::admission::Admission>,
     /// `None`: anonymous clients (no JWT key configured).
     pub auth: Option<crate::auth::Authenticator>,
     next_seq: AtomicU64,
@@ -90,6 +91,11 @@ impl Gateway {
             attached: AttachedCount::default(),
             shutdown,
             ws_config,
+            admission: Arc::new(crate::admission::Admission::new(
+                config.allowed_origins.clone(),
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
             auth,
             next_seq: AtomicU64::new(1),
             config: config.clone(),
