@@ -46,6 +46,8 @@ pub struct Merged {
 /// Connect-phase totals.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectStats {
+    pub max_ms: f64,
+    pub slow: usize,
     pub open: usize,
     pub secs: f64,
 }
@@ -58,6 +60,7 @@ impl Fleet {
     pub async fn spawn(
         total: usize,
         min_workers: usize,
+        connect_concurrency: usize,
         targets: &[SocketAddr],
         channel: Option<&str>,
         tag: u8,
@@ -80,7 +83,7 @@ impl Fleet {
                 sources,
                 per_source: PER_SOURCE,
                 channel: channel.map(str::to_owned),
-                concurrency: 128,
+                concurrency: connect_concurrency,
             };
             let mut child = Command::new(&exe)
                 .arg("worker")
@@ -129,8 +132,21 @@ impl Fleet {
         let evs = self.all(&Cmd::Connect, Duration::from_secs(300)).await?;
         let (mut ok, mut failed, mut open, mut start, mut end) = (0, 0, 0, u64::MAX, 0);
         let mut first_error = None;
+        let (mut max_ms, mut slow) = (0.0, 0);
         for ev in evs {
-            if let Event::Connected { ok: o, failed: f, open: n, start_ns, end_ns, first_error: e } = ev {
+            if let Event::Connected {
+                ok: o,
+                failed: f,
+                open: n,
+                start_ns,
+                end_ns,
+                first_error: e,
+                max_ms: mx,
+                slow: sl,
+            } = ev
+            {
+                max_ms = f64::max(max_ms, mx);
+                slow += sl;
                 ok += o;
                 failed += f;
                 open += n;
@@ -151,7 +167,7 @@ impl Fleet {
             );
         }
         let secs = if end > start { (end - start) as f64 / 1e9 } else { 0.0 };
-        Ok(ConnectStats { open, secs })
+        Ok(ConnectStats { open, secs, max_ms, slow })
     }
 
     pub async fn phase(&mut self, first: u64, count: u64) -> Result<()> {

@@ -38,3 +38,38 @@ pub fn sample(pid: u32) -> Option<Sample> {
         .unwrap_or(0);
     Some(Sample { rss_kib, cpu_s: ticks / ticks_per_sec() })
 }
+
+/// CPU seconds the whole machine has spent busy (all cores, since boot):
+/// the busy fields of /proc/stat's first line. Compared with the sum over
+/// our own processes, it shows how much else ran during a measurement.
+pub fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else { return 0.0 };
+    // user nice system idle iowait irq softirq steal …
+    let f: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| f.get(*i)).sum();
+    busy / ticks_per_sec()
+}
+
+/// Wait (at most `limit`) until the machine is nearly idle (under 0.3 busy
+/// cores over a second), so a benchmark does not start in the middle of
+/// someone's compile. Returns the busy cores last seen.
+pub async fn wait_quiet(limit: std::time::Duration) -> f64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut warned = false;
+    loop {
+        let b0 = machine_busy_s();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let busy = machine_busy_s() - b0;
+        if busy < 0.3 || tokio::time::Instant::now() >= deadline {
+            if busy >= 0.3 {
+                eprintln!("warning: the machine is busy ({busy:.2} cores) with something else; figures will suffer");
+            }
+            return busy;
+        }
+        if !warned {
+            eprintln!("waiting for the machine to go quiet ({busy:.2} cores busy with something else)…");
+            warned = true;
+        }
+    }
+}

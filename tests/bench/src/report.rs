@@ -48,6 +48,10 @@ pub struct PhaseResult {
     pub latency_ms: Latency,
     /// RSS at the end, CPU seconds during the phase, per process.
     pub usage: Vec<Usage>,
+    /// CPU seconds the machine spent on anything but the processes above
+    /// (the publisher in this tool, other users of the machine): a large
+    /// value means the figures were disturbed.
+    pub other_cpu_s: f64,
     pub pass: bool,
 }
 
@@ -97,6 +101,9 @@ pub struct ConnectResult {
     pub secs: f64,
     pub rate: f64,
     pub rate_per_gateway: f64,
+    /// Slowest single connect (TCP, upgrade, welcome), and how many took over 500 ms.
+    pub max_ms: f64,
+    pub slow: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +123,7 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 
 pub fn print_header() {
     eprintln!(
-        "{:<30} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>6} {:>6}  pass",
+        "{:<30} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>6} {:>6} {:>6}  pass",
         "configuration",
         "system",
         "offered/s",
@@ -130,13 +137,14 @@ pub fn print_header() {
         "gwCPU",
         "hubCPU",
         "cliCPU",
+        "other",
     );
 }
 
 pub fn print_row(r: &PhaseResult) {
     let server_cpu = if r.system == "pushmesh" { r.cpu("gw-") } else { r.cpu("ceiling-") };
     eprintln!(
-        "{:<30} {:<24} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>6.2} {:>6.2} {:>6.2}  {}{}",
+        "{:<30} {:<24} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>6.2} {:>6.2} {:>6.2} {:>6.2}  {}{}",
         truncate(&r.config, 30),
         truncate(&r.system, 24),
         r.offered_rate,
@@ -150,6 +158,7 @@ pub fn print_row(r: &PhaseResult) {
         server_cpu,
         r.cpu("hub"),
         r.cpu("worker-"),
+        r.other_cpu_s,
         if r.pass { "yes" } else { "no" },
         match (&r.publish_first_error, r.disconnected) {
             (Some(e), _) => format!("  publish errors {}: {}", r.publish_errors, truncate(e, 80)),

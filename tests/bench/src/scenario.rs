@@ -90,6 +90,9 @@ pub struct ScenarioArgs {
     /// Extra argument for every ws-gateway (repeatable), e.g. --gateway-arg=--outbound-queue=4096.
     #[arg(long = "gateway-arg", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
+    /// Connection attempts in flight per worker process while connecting.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
     /// Name for this configuration in tables and the plot.
     #[arg(long)]
     pub label: Option<String>,
@@ -184,6 +187,7 @@ pub async fn phase(
     seq.0 += count;
     fleet.phase(first, count).await?;
     let before = system.samples(fleet);
+    let machine0 = procstat::machine_busy_s();
     let (accepted, errors, first_error, start_ns, lag_ms, dead) = match system {
         System::Pushmesh { cluster, http, target } => {
             let o = publisher::run(http, cluster.ingress.addr("http"), target, first, count, per_sec, pad).await?;
@@ -212,6 +216,7 @@ pub async fn phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = system.samples(fleet);
+    let machine_cpu = procstat::machine_busy_s() - machine0;
     let m = fleet.report().await?;
     let mut lost = 0u64;
     for (i, ok) in accepted.iter().enumerate() {
@@ -220,7 +225,7 @@ pub async fn phase(
             lost += (connections as u64).saturating_sub(got);
         }
     }
-    let span_s = (m.last_recv_ns.saturating_sub(start_ns) as f64 / 1e9).max(duration * 0.5);
+    let span_s = (m.last_recv_ns.saturating_sub(start_ns) as f64 / 1e9).max(count as f64 / per_sec);
     let h = &m.hist;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let mut r = PhaseResult {
@@ -250,8 +255,10 @@ pub async fn phase(
             max: h.max() as f64 / 1000.0,
         },
         usage: cluster::usage(&before, &after),
+        other_cpu_s: 0.0,
         pass: false,
     };
+    r.other_cpu_s = (machine_cpu - r.usage.iter().map(|u| u.cpu_s).sum::<f64>()).max(0.0);
     r.pass = r.passes(max_p99_ms);
     report::print_row(&r);
     // Let queues empty and the machine settle before the next phase.
@@ -313,7 +320,9 @@ pub async fn sweep(
 
 async fn pushmesh_fleet(env: &Env, a: &ScenarioArgs) -> Result<(Cluster, Fleet, ConnectStats)> {
     let cluster = Cluster::start(env, a.gateways, &a.gateway_args).await?;
-    let mut fleet = Fleet::spawn(a.connections, a.workers, &cluster.gateway_addrs(), a.channel(), 10).await?;
+    let mut fleet =
+        Fleet::spawn(a.connections, a.workers, a.connect_concurrency, &cluster.gateway_addrs(), a.channel(), 10)
+            .await?;
     let c = fleet.connect().await?;
     eprintln!(
         "pushmesh: {} clients connected to {} gateways in {:.2} s ({:.0}/s)",
@@ -328,7 +337,7 @@ async fn pushmesh_fleet(env: &Env, a: &ScenarioArgs) -> Result<(Cluster, Fleet, 
 async fn ceiling_fleet(env: &Env, a: &ScenarioArgs) -> Result<(Ceiling, Fleet)> {
     let threads = 2usize.div_ceil(a.gateways).max(1);
     let ceiling = Ceiling::start(a.gateways, threads, &env.out.join("logs")).await?;
-    let mut fleet = Fleet::spawn(a.connections, a.workers, &ceiling.addrs(), None, 20).await?;
+    let mut fleet = Fleet::spawn(a.connections, a.workers, a.connect_concurrency, &ceiling.addrs(), None, 20).await?;
     fleet.connect().await?;
     Ok((ceiling, fleet))
 }
@@ -416,7 +425,9 @@ pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
         c.gateways.iter().map(|g| procstat::sample(g.pid()).map(|s| s.rss_kib).unwrap_or(0)).sum()
     };
     let before_kib = gw_rss(&cluster);
-    let mut fleet = Fleet::spawn(a.connections, a.workers, &cluster.gateway_addrs(), a.channel(), 10).await?;
+    let mut fleet =
+        Fleet::spawn(a.connections, a.workers, a.connect_concurrency, &cluster.gateway_addrs(), a.channel(), 10)
+            .await?;
     let c = fleet.connect().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_kib = gw_rss(&cluster);
@@ -426,15 +437,19 @@ pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
         secs: c.secs,
         rate: c.open as f64 / c.secs.max(1e-9),
         rate_per_gateway: c.open as f64 / c.secs.max(1e-9) / a.gateways as f64,
+        max_ms: c.max_ms,
+        slow: c.slow,
     };
     let per_conn = (after_kib.saturating_sub(before_kib)) as f64 * 1024.0 / c.open.max(1) as f64;
     eprintln!(
-        "idle: {} clients over {} gateways connected in {:.2} s = {:.0}/s ({:.0}/s per gateway); gateway RSS {:.1} → {:.1} MiB = {:.0} B per connection",
+        "idle: {} clients over {} gateways connected in {:.2} s = {:.0}/s ({:.0}/s per gateway; slowest {:.0} ms, {} over 500 ms); gateway RSS {:.1} → {:.1} MiB = {:.0} B per connection",
         c.open,
         a.gateways,
         c.secs,
         connect.rate,
         connect.rate_per_gateway,
+        c.max_ms,
+        c.slow,
         before_kib as f64 / 1024.0,
         after_kib as f64 / 1024.0,
         per_conn
@@ -511,6 +526,7 @@ pub async fn smoke_cmd(env: &Env) -> Result<bool> {
         sweep_factor: 1.5,
         sweep_steps: 1,
         gateway_args: Vec::new(),
+        connect_concurrency: 128,
         label: None,
     };
     report::print_header();

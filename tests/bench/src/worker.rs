@@ -63,6 +63,9 @@ pub enum Event {
         start_ns: u64,
         end_ns: u64,
         first_error: Option<String>,
+        /// Slowest connect (TCP + upgrade + welcome), and how many took over 500 ms.
+        max_ms: f64,
+        slow: usize,
     },
     #[default]
     Ok,
@@ -215,18 +218,22 @@ async fn connect_all(spec: &Spec, state: &Shared) -> Event {
         (0..spec.count).filter(|i| !st.open[*i]).collect()
     };
     let start_ns = wire::now_ns();
-    let results: Vec<(usize, Result<Opened>)> = futures_util::stream::iter(todo)
+    let results: Vec<(usize, Result<Opened>, Duration)> = futures_util::stream::iter(todo)
         .map(|i| async move {
             let target = spec.targets[i % spec.targets.len()];
             let source = spec.sources[(i / spec.per_source.max(1)).min(spec.sources.len() - 1)];
-            (i, connect_one(target, source, spec.channel.as_deref()).await)
+            let t = std::time::Instant::now();
+            let r = connect_one(target, source, spec.channel.as_deref()).await;
+            (i, r, t.elapsed())
         })
         .buffer_unordered(spec.concurrency.max(1))
         .collect()
         .await;
     let end_ns = wire::now_ns();
     let (mut ok, mut failed, mut first_error) = (0, 0, None);
-    for (i, r) in results {
+    let max_ms = results.iter().map(|r| r.2.as_secs_f64() * 1e3).fold(0.0, f64::max);
+    let slow = results.iter().filter(|r| r.2 > Duration::from_millis(500)).count();
+    for (i, r, _) in results {
         match r {
             Ok((stream, leftover)) => {
                 ok += 1;
@@ -240,7 +247,7 @@ async fn connect_all(spec: &Spec, state: &Shared) -> Event {
         }
     }
     let open = state.borrow().open_count();
-    Event::Connected { ok, failed, open, start_ns, end_ns, first_error }
+    Event::Connected { ok, failed, open, start_ns, end_ns, first_error, max_ms, slow }
 }
 
 /// TCP connect from `source`, WebSocket upgrade, welcome frame, and the
