@@ -246,6 +246,7 @@ PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 {{- define "pushmesh.config.http-ingress" -}}
 {{- $c := .Values.httpIngress.config -}}
 PUSHMESH_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.port) | quote }}
+PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.grpcPort) | quote }}
 PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
 PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
