@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod faults;
+mod grpc_api;
 mod metrics;
 mod pipeline;
 mod reliability;

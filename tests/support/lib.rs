@@ -146,7 +146,8 @@ pub async fn gateway(hubs: &[String], extra: &[&str]) -> Result<Proc> {
 
 pub async fn ingress(hubs: &[String], extra: &[&str]) -> Result<Proc> {
     let hubs = hubs.join(",");
-    let mut args = vec!["--listen-addr", "127.0.0.1:0", "--hub", &hubs, "--hub-probe-ms", "100"];
+    let mut args =
+        vec!["--listen-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--hub", &hubs, "--hub-probe-ms", "100"];
     args.extend_from_slice(extra);
     Proc::start("http-ingress", &args).await
 }

@@ -107,6 +107,9 @@ fn exported(text: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn every_expression_is_valid_promql() {
+    // The parser is strict enough to catch a slip.
+    assert!(promql_parser::parser::parse("sum(rate(pushmesh_hub_deliveries_total[5m])").is_err());
+    assert!(promql_parser::parser::parse("sum by (le) rate(x[5m])").is_err());
     let mut bad = Vec::new();
     for (place, expr) in dashboard_exprs().into_iter().chain(alert_exprs()) {
         // Grafana's interval variable is substituted before Prometheus sees it.
@@ -129,7 +132,11 @@ fn the_dashboard_covers_what_operators_watch() {
         if p["type"] != "row" {
             assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {} uses the datasource variable", p["title"]);
             assert!(!p["targets"].as_array().expect("targets").is_empty(), "panel {} queries something", p["title"]);
-            assert!(p["description"].as_str().is_some_and(|s| !s.is_empty()), "panel {} says what it shows", p["title"]);
+            assert!(
+                p["description"].as_str().is_some_and(|s| !s.is_empty()),
+                "panel {} says what it shows",
+                p["title"]
+            );
         }
     }
     let all: String = dashboard_exprs().into_iter().map(|(_, e)| e + "\n").collect();
@@ -138,7 +145,10 @@ fn the_dashboard_covers_what_operators_watch() {
         ("deliveries/s", "rate(pushmesh_gateway_deliveries_total"),
         ("drops by reason", "sum by (reason) (rate(pushmesh_gateway_dropped_total"),
         ("hub drops by reason", "sum by (reason) (rate(pushmesh_hub_dropped_total"),
-        ("publish latency", "histogram_quantile(0.99, sum by (le) (rate(pushmesh_ingress_publish_duration_seconds_bucket"),
+        (
+            "publish latency",
+            "histogram_quantile(0.99, sum by (le) (rate(pushmesh_ingress_publish_duration_seconds_bucket",
+        ),
         ("hub streams", "pushmesh_hub_gateways_attached"),
     ] {
         assert!(all.contains(needle), "the dashboard shows {what} ({needle})");
@@ -161,7 +171,10 @@ fn every_alert_is_complete_and_documented() {
         }
         let anchor = format!("docs/operations.md#{}", name.to_lowercase());
         assert_eq!(r["annotations"]["runbook"].as_str(), Some(anchor.as_str()), "{name}'s runbook link");
-        assert!(ops.contains(&format!("#### {name}\n")), "docs/operations.md has a `#### {name}` section (its runbook)");
+        assert!(
+            ops.contains(&format!("#### {name}\n")),
+            "docs/operations.md has a `#### {name}` section (its runbook)"
+        );
     }
 }
 
@@ -186,6 +199,11 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_and_documented() 
     }
     let (code, _) = post(sys.api(), "/publish", &json!({"channel": "bad name", "data": 0})).await?;
     assert_eq!(code, 400);
+    // Queries to the gateways (their counters appear on first use).
+    let (code, _) = pushmesh_tests::get(sys.api(), "/stats").await?;
+    assert_eq!(code, 200);
+    let (code, _) = pushmesh_tests::get(sys.api(), "/presence/news").await?;
+    assert_eq!(code, 200);
 
     let hub_admin = sys.hubs[0].addr("admin");
     let mut offered = BTreeMap::new();

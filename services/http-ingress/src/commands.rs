@@ -38,55 +38,55 @@ pub struct Commands {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
-    channel: String,
-    data: Box<RawValue>,
+    pub(crate) channel: String,
+    pub(crate) data: Box<RawValue>,
     /// A retried publish with the same key is not delivered twice (while
     /// the first is in the channel's history).
-    idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
     #[serde(default, rename = "op")]
-    _op: Option<String>,
+    pub(crate) _op: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastBody {
-    data: Box<RawValue>,
+    pub(crate) data: Box<RawValue>,
     #[serde(default)]
-    exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     #[serde(default, rename = "op")]
-    _op: Option<String>,
+    pub(crate) _op: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendBody {
-    connection: Option<String>,
-    user: Option<String>,
-    data: Box<RawValue>,
+    pub(crate) connection: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) data: Box<RawValue>,
     #[serde(default)]
-    exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     #[serde(default, rename = "op")]
-    _op: Option<String>,
+    pub(crate) _op: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipBody {
-    connection: String,
-    channel: String,
+    pub(crate) connection: String,
+    pub(crate) channel: String,
     #[serde(default, rename = "op")]
-    _op: Option<String>,
+    pub(crate) _op: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectBody {
-    connection: Option<String>,
-    user: Option<String>,
-    code: Option<u32>,
-    reason: Option<String>,
+    pub(crate) connection: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) code: Option<u32>,
+    pub(crate) reason: Option<String>,
     #[serde(default, rename = "op")]
-    _op: Option<String>,
+    pub(crate) _op: Option<String>,
 }
 
 #[derive(Deserialize)]

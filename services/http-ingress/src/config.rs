@@ -14,6 +14,11 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the gRPC server API (pushmesh.v1.PushApi, the same
+    /// commands as the HTTP API).
+    #[arg(long, env = "PUSHMESH_GRPC_ADDR", default_value = "127.0.0.1:8082")]
+    pub grpc_addr: SocketAddr,
+
     /// Hub gRPC endpoints. A publish goes to the hub its target hashes to
     /// (rendezvous hashing), and to the next one if that hub is down.
     #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
@@ -68,6 +73,7 @@ impl Config {
     pub fn ephemeral(hubs: Vec<String>) -> Self {
         let mut c = Self::parse_from(["http-ingress"]);
         c.listen_addr = "127.0.0.1:0".parse().expect("addr");
+        c.grpc_addr = "127.0.0.1:0".parse().expect("addr");
         c.hubs = hubs;
         c
     }

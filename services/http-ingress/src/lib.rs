@@ -7,6 +7,7 @@
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod hubs;
 pub mod keys;
 pub mod metrics;

@@ -6,7 +6,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init();
     let ingress = Ingress::bind(config).await?;
-    pushmesh_common::announce::listening("http-ingress", &[("http", ingress.local_addr())]);
+    pushmesh_common::announce::listening(
+        "http-ingress",
+        &[("http", ingress.local_addr()), ("grpc", ingress.grpc_addr())],
+    );
     tracing::info!(addr = %ingress.local_addr(), "http-ingress listening");
     let shutdown = pushmesh_common::shutdown::on_signal();
     ingress.run(shutdown).await

@@ -20,6 +20,7 @@ use crate::routes::{self, State};
 pub struct Ingress {
     config: Config,
     listener: TcpListener,
+    grpc: TcpListener,
     hubs: Arc<HubPool>,
     pub metrics: IngressMetrics,
     pub health: Health,
@@ -31,15 +32,29 @@ impl Ingress {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
-        Ok(Self { config, listener, hubs, metrics: IngressMetrics::new(), health: Health::new("no hub checked yet") })
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
+        Ok(Self {
+            config,
+            listener,
+            grpc,
+            hubs,
+            metrics: IngressMetrics::new(),
+            health: Health::new("no hub checked yet"),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound socket")
     }
 
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound socket")
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingress { config, listener, hubs, metrics, health } = self;
+        let Ingress { config, listener, grpc, hubs, metrics, health } = self;
         let probe_stop = CancellationToken::new();
         let probe = tokio::spawn(hubs.clone().probe(
             Duration::from_millis(config.hub_probe_ms.max(10)),
@@ -74,6 +89,16 @@ impl Ingress {
                 }
             }
         });
+        let grpc_shutdown = shutdown.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(
+                    state.clone(),
+                )))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+                    grpc_shutdown.cancelled().await
+                }),
+        );
         let api = routes::api(state, health.clone()).with(cors(&config.cors_allow_origins));
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();
@@ -87,6 +112,9 @@ impl Ingress {
             .await;
         probe_stop.cancel();
         let _ = probe.await;
+        if let Ok(Err(e)) = grpc_task.await {
+            tracing::warn!(error = %e, "gRPC API server failed");
+        }
         tracing::info!("ingress stopped");
         Ok(())
     }
