@@ -158,9 +158,11 @@ async fn recovery_past_the_history_bound_is_refused_and_idempotent_publishes_del
     let grpc = sys.hubs[0].addr("grpc");
     let mut sys = sys;
     sys.hubs[0].kill().await;
-    let small =
-        Proc::start("hub", &["--grpc-addr", &grpc.to_string(), "--admin-addr", "127.0.0.1:0", "--history-size", "5"])
-            .await?;
+    let small = Proc::start(
+        "hub",
+        &["--grpc-addr", &grpc.to_string(), "--admin-addr", "127.0.0.1:0", "--history-size", "5", "--warmup-ms", "300"],
+    )
+    .await?;
     wait_ready(sys.gw(0)).await?;
     wait_ready(sys.api()).await?;
 

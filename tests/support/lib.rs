@@ -115,7 +115,7 @@ impl Proc {
 }
 
 pub async fn hub() -> Result<Proc> {
-    Proc::start("hub", &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]).await
+    Proc::start("hub", &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await
 }
 
 /// A hub on a given gRPC address (to restart one where gateways expect it).
@@ -124,7 +124,7 @@ pub async fn hub_at(grpc: SocketAddr) -> Result<Proc> {
     // The old socket may linger for a moment after a kill; retry briefly.
     let mut last = None;
     for _ in 0..50 {
-        match Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0"]).await {
+        match Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await {
             Ok(p) => return Ok(p),
             Err(e) => last = Some(e),
         }

@@ -25,9 +25,11 @@ fn table(cmd: clap::Command) -> String {
             continue;
         }
         let Some(long) = arg.get_long() else { continue };
-        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values()) && !matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values())
+            && !matches!(arg.get_action(), clap::ArgAction::SetTrue);
         let flag = if takes_value {
-            let value = arg.get_value_names().and_then(|v| v.first()).map_or_else(|| id.to_uppercase(), |v| v.to_string());
+            let value =
+                arg.get_value_names().and_then(|v| v.first()).map_or_else(|| id.to_uppercase(), |v| v.to_string());
             format!("`--{long} <{value}>`")
         } else {
             format!("`--{long}`")
@@ -43,10 +45,7 @@ fn table(cmd: clap::Command) -> String {
 }
 
 fn tables() -> Vec<(&'static str, String)> {
-    let dev = pushmesh_cli::cli::Cli::command()
-        .find_subcommand("dev")
-        .cloned()
-        .expect("the dev subcommand");
+    let dev = pushmesh_cli::cli::Cli::command().find_subcommand("dev").cloned().expect("the dev subcommand");
     vec![
         ("hub", table(pushmesh_hub::Config::command())),
         ("ws-gateway", table(pushmesh_ws_gateway::Config::command())),
@@ -94,7 +93,9 @@ fn flag_tables_match_the_binaries() {
 fn a_table_row_says_flag_env_default_and_help() {
     let t = table(pushmesh_hub::Config::command());
     assert!(
-        t.contains("| `--grpc-addr <GRPC_ADDR>` | `PUSHMESH_GRPC_ADDR` | `127.0.0.1:50051` | Address of the gRPC server"),
+        t.contains(
+            "| `--grpc-addr <GRPC_ADDR>` | `PUSHMESH_GRPC_ADDR` | `127.0.0.1:50051` | Address of the gRPC server"
+        ),
         "{t}"
     );
     assert!(!t.contains("--help"), "{t}");

@@ -51,6 +51,13 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
     pub history_max_bytes: usize,
 
+    /// After start, how long the hub reports itself not serving (gRPC
+    /// health, /readyz) while gateways attach, so ingresses do not route
+    /// channels to it before the gateways can receive them. Keep it above
+    /// the gateways' --reconnect-max-ms.
+    #[arg(long, env = "PUSHMESH_WARMUP_MS", default_value_t = 3000)]
+    pub warmup_ms: u64,
+
     /// HTTP/2 keepalive ping interval on gateway streams, in seconds.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,

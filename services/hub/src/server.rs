@@ -36,7 +36,13 @@ impl Hub {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
-        Ok(Self { config, grpc, admin, metrics: HubMetrics::new(), health: Health::new("starting") })
+        Ok(Self {
+            config,
+            grpc,
+            admin,
+            metrics: HubMetrics::new(),
+            health: Health::new("warming up: gateways are attaching"),
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -73,7 +79,18 @@ impl Hub {
         let service = HubService::new(table, streams, metrics.clone(), settings, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        reporter.set_serving::<HubServer<HubService>>().await;
+        reporter.set_not_serving::<HubServer<HubService>>().await;
+        // Serving only after the warm-up: gateways attach meanwhile.
+        let warm_reporter = reporter.clone();
+        let warm_health = health.clone();
+        let warmup = Duration::from_millis(config.warmup_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            if !warm_health.is_draining() {
+                warm_reporter.set_serving::<HubServer<HubService>>().await;
+                warm_health.set_ready();
+            }
+        });
 
         let admin_routes = pushmesh_common::admin::routes(health.clone(), metrics.registry.clone());
         let admin_shutdown = shutdown.clone();
@@ -96,7 +113,6 @@ impl Hub {
                 grpc_health.start_draining();
                 grpc_reporter.set_not_serving::<HubServer<HubService>>().await;
             });
-        health.set_ready();
         tracing::info!(%hub_id, version = env!("CARGO_PKG_VERSION"), "hub serving");
         server.await.context("gRPC server failed")?;
         let _ = admin_task.await;

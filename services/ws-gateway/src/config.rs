@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_RECONNECT_MAX_MS", default_value_t = 2000)]
     pub reconnect_max_ms: u64,
 
+    /// After start, the gateway is ready only once attached to every hub,
+    /// or to at least one after this many seconds.
+    #[arg(long, env = "PUSHMESH_STARTUP_GRACE_SECS", default_value_t = 10)]
+    pub startup_grace_secs: u64,
+
     /// HTTP/2 keepalive ping interval (and timeout) towards hubs, in seconds:
     /// a dead or hung hub is noticed within about twice this.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]

@@ -122,22 +122,56 @@ impl HubLinks {
 }
 
 /// Counts attached links and keeps readiness and the gauge in step.
-#[derive(Default)]
-pub struct AttachedCount(AtomicUsize);
+///
+/// Ready means "attached to a hub" — except just after start, when it
+/// means "attached to every configured hub" until `grace` has passed: a
+/// fresh gateway that took clients after reaching the first hub would
+/// confirm their subscriptions before the other hubs knew about them, and
+/// publishes routed through those hubs would miss it.
+pub struct AttachedCount {
+    n: AtomicUsize,
+    total: usize,
+    started: Instant,
+    grace: Duration,
+}
 
 impl AttachedCount {
+    pub fn new(total: usize, grace: Duration) -> Self {
+        Self { n: AtomicUsize::new(0), total, started: Instant::now(), grace }
+    }
+
     fn up(&self, shared: &Shared) {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
         shared.metrics.hubs_attached.set(n as i64);
-        shared.health.set_ready();
+        self.update(shared, n);
     }
 
     fn down(&self, shared: &Shared) {
-        let n = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        let n = self.n.fetch_sub(1, Ordering::SeqCst) - 1;
         shared.metrics.hubs_attached.set(n as i64);
+        self.update(shared, n);
+    }
+
+    /// Re-evaluate readiness (also called once when the grace ends).
+    pub fn update(&self, shared: &Shared, n: usize) {
         if n == 0 {
             shared.health.set_not_ready("not attached to any hub");
+        } else if n >= self.total || self.started.elapsed() >= self.grace {
+            shared.health.set_ready();
+        } else {
+            shared.health.set_not_ready(&format!(
+                "starting: attached to {n} of {} hubs (ready at all, or at one after {:?})",
+                self.total, self.grace
+            ));
         }
+    }
+
+    pub fn current(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace.saturating_sub(self.started.elapsed())
     }
 }
 

@@ -88,7 +88,7 @@ impl Gateway {
             links,
             metrics,
             health: Health::new("not attached to any hub"),
-            attached: AttachedCount::default(),
+            attached: AttachedCount::new(config.hubs.len(), Duration::from_secs(config.startup_grace_secs)),
             shutdown,
             ws_config,
             admission: Arc::new(crate::admission::Admission::new(
@@ -125,6 +125,11 @@ impl Gateway {
         for (index, (url, endpoint, rx)) in links.into_iter().enumerate() {
             tasks.push(tokio::spawn(hubs::run(index, url, endpoint, rx, shared.clone())));
         }
+        let grace_shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace_shared.attached.grace()).await;
+            grace_shared.attached.update(&grace_shared, grace_shared.attached.current());
+        });
         crate::http::serve(listener, shared.clone()).await;
         shared.health.start_draining();
         // Connection tasks see the same token and close with 1012; wait
