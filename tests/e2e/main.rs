@@ -9,3 +9,4 @@ mod metrics;
 mod pipeline;
 mod reliability;
 mod security;
+mod tls;

@@ -11,6 +11,7 @@ pub mod health;
 pub mod ids;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/pushmesh/v1/*.proto` by `build.rs`.
 #[allow(clippy::all, missing_docs)]

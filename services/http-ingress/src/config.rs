@@ -65,6 +65,9 @@ pub struct Config {
     pub publish_timeout_ms: u64,
 
     #[command(flatten)]
+    pub hub_tls: pushmesh_common::tls::HubTlsArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

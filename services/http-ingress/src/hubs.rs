@@ -47,7 +47,11 @@ pub enum PublishError {
 }
 
 impl HubPool {
-    pub fn new(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        urls: &[String],
+        timeout: Duration,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<Self> {
         if urls.is_empty() {
             anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
         }
@@ -65,6 +69,10 @@ impl HubPool {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true);
+                let endpoint = match &tls {
+                    Some(tls) => endpoint.tls_config(tls.clone())?,
+                    None => endpoint,
+                };
                 Ok(HubHandle { url: url.clone(), channel: endpoint.connect_lazy(), up: AtomicBool::new(false) })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -28,7 +28,11 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let hubs = Arc::new(HubPool::new(&config.hubs, Duration::from_millis(config.publish_timeout_ms.max(1)))?);
+        let hubs = Arc::new(HubPool::new(
+            &config.hubs,
+            Duration::from_millis(config.publish_timeout_ms.max(1)),
+            config.hub_tls.client_config()?,
+        )?);
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;

@@ -62,6 +62,19 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,
 
+    /// Serve gRPC over TLS with this certificate (PEM; needs --tls-key).
+    #[arg(long, env = "PUSHMESH_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "PUSHMESH_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require clients (gateways, ingresses) to present a certificate
+    /// signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "PUSHMESH_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

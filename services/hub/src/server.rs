@@ -102,7 +102,16 @@ impl Hub {
         let grpc_shutdown = shutdown.clone();
         let grpc_health = health.clone();
         let grpc_reporter = reporter.clone();
-        let server = tonic::transport::Server::builder()
+        let tls = pushmesh_common::tls::server(
+            config.tls_cert.as_ref(),
+            config.tls_key.as_ref(),
+            config.tls_client_ca.as_ref(),
+        )?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("invalid TLS configuration")?;
+        }
+        let server = builder
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .tcp_nodelay(true)

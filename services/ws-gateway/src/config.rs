@@ -115,6 +115,9 @@ pub struct Config {
     pub client_commands_burst: u32,
 
     #[command(flatten)]
+    pub hub_tls: pushmesh_common::tls::HubTlsArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

@@ -175,7 +175,11 @@ impl AttachedCount {
     }
 }
 
-pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
+pub fn endpoint(
+    url: &str,
+    keepalive: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<Endpoint> {
     let e = Endpoint::from_shared(url.to_owned())
         .map_err(|e| {
             anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051")
@@ -185,7 +189,10 @@ pub fn endpoint(url: &str, keepalive: Duration) -> anyhow::Result<Endpoint> {
         .keep_alive_timeout(keepalive)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    Ok(e)
+    match tls {
+        Some(tls) => Ok(e.tls_config(tls.clone())?),
+        None => Ok(e),
+    }
 }
 
 /// Keep one hub attached until shutdown.

@@ -59,7 +59,12 @@ impl Gateway {
             anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
         }
         let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
-        let endpoints = config.hubs.iter().map(|u| hubs::endpoint(u, keepalive)).collect::<anyhow::Result<Vec<_>>>()?;
+        let tls = config.hub_tls.client_config()?;
+        let endpoints = config
+            .hubs
+            .iter()
+            .map(|u| hubs::endpoint(u, keepalive, tls.as_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let auth = crate::auth::Authenticator::from_config(
             config.jwt_secret.as_deref(),
             config.jwt_secret_file.as_ref(),
