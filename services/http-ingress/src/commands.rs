@@ -441,3 +441,36 @@ mod tests {
         assert_eq!(json_depth(r#"["[[[\"]]]"]"#), 1);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests standing in for fuzzing the API's JSON bodies.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bodies_are_answered_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse::<PublishBody>(&bytes);
+            let _ = parse::<BroadcastBody>(&bytes);
+            let _ = parse::<SendBody>(&bytes);
+            let _ = parse::<MembershipBody>(&bytes);
+            let _ = parse::<DisconnectBody>(&bytes);
+            let _ = parse::<Vec<&RawValue>>(&bytes);
+        }
+
+        #[test]
+        fn depth_matches_nesting(n in 0usize..200) {
+            let text = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+            prop_assert_eq!(json_depth(&text), n);
+        }
+
+        #[test]
+        fn depth_never_panics(s in "\\PC{0,300}") {
+            let _ = json_depth(&s);
+        }
+    }
+}

@@ -125,3 +125,38 @@ pub fn membership_frame(subscribed: bool, channel: &str) -> Utf8Bytes {
 pub fn salvage_id(text: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.get("id")?.as_u64()
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests standing in for fuzzing the client command parser.
+    use proptest::prelude::*;
+
+    use super::{Command, salvage_id};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,400}") {
+            let _ = serde_json::from_str::<Command>(&s);
+            let _ = salvage_id(&s);
+        }
+
+        #[test]
+        fn json_shaped_commands_never_panic(
+            id in proptest::option::of(any::<i64>()),
+            op in "[a-z]{0,12}",
+            channel in proptest::option::of("\\PC{0,40}"),
+            offset in any::<u64>(),
+        ) {
+            let v = serde_json::json!({ "id": id, "op": op, "channel": channel, "since": { "epoch": "e", "offset": offset } });
+            let _ = serde_json::from_str::<Command>(&v.to_string());
+        }
+
+        #[test]
+        fn globs_never_panic(p in "[a-z*:]{0,20}", t in "[a-z:]{0,40}") {
+            let _ = crate::auth::glob_match(&p, &t);
+            prop_assert!(crate::auth::glob_match("*", &t));
+        }
+    }
+}
