@@ -6,6 +6,7 @@ mod bad_input;
 mod faults;
 mod grpc_api;
 mod metrics;
+mod openapi;
 mod pipeline;
 mod reliability;
 mod security;
