@@ -48,6 +48,27 @@ fn gateway_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
+/// The first rule a name breaks: empty, too long, or a character outside
+/// the allowed set. Each name type maps it to its own error.
+enum Broken {
+    Empty,
+    TooLong(usize),
+    Char(char),
+}
+
+fn check(name: &str, max: usize, allowed: fn(char) -> bool) -> Result<(), Broken> {
+    if name.is_empty() {
+        return Err(Broken::Empty);
+    }
+    if name.len() > max {
+        return Err(Broken::TooLong(name.len()));
+    }
+    match name.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(Broken::Char(c)),
+        None => Ok(()),
+    }
+}
+
 /// A channel name: 1–255 bytes of `A–Z a–z 0–9 _ - : . @ #`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Channel(String);
@@ -55,15 +76,11 @@ pub struct Channel(String);
 impl Channel {
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
-        if name.is_empty() {
-            return Err(NameError::EmptyChannel);
-        }
-        if name.len() > MAX_CHANNEL_LEN {
-            return Err(NameError::ChannelTooLong(name.len()));
-        }
-        if let Some(c) = name.chars().find(|c| !channel_char_ok(*c)) {
-            return Err(NameError::ChannelChar(c));
-        }
+        check(&name, MAX_CHANNEL_LEN, channel_char_ok).map_err(|b| match b {
+            Broken::Empty => NameError::EmptyChannel,
+            Broken::TooLong(n) => NameError::ChannelTooLong(n),
+            Broken::Char(c) => NameError::ChannelChar(c),
+        })?;
         Ok(Self(name))
     }
 
@@ -91,15 +108,11 @@ pub struct UserId(String);
 impl UserId {
     pub fn new(id: impl Into<String>) -> Result<Self, NameError> {
         let id = id.into();
-        if id.is_empty() {
-            return Err(NameError::EmptyUser);
-        }
-        if id.len() > MAX_CHANNEL_LEN {
-            return Err(NameError::UserTooLong(id.len()));
-        }
-        if let Some(c) = id.chars().find(|c| !channel_char_ok(*c)) {
-            return Err(NameError::UserChar(c));
-        }
+        check(&id, MAX_CHANNEL_LEN, channel_char_ok).map_err(|b| match b {
+            Broken::Empty => NameError::EmptyUser,
+            Broken::TooLong(n) => NameError::UserTooLong(n),
+            Broken::Char(c) => NameError::UserChar(c),
+        })?;
         Ok(Self(id))
     }
 
@@ -126,15 +139,11 @@ pub struct GatewayId(String);
 impl GatewayId {
     pub fn new(id: impl Into<String>) -> Result<Self, NameError> {
         let id = id.into();
-        if id.is_empty() {
-            return Err(NameError::EmptyGateway);
-        }
-        if id.len() > MAX_GATEWAY_ID_LEN {
-            return Err(NameError::GatewayTooLong(id.len()));
-        }
-        if let Some(c) = id.chars().find(|c| !gateway_char_ok(*c)) {
-            return Err(NameError::GatewayChar(c));
-        }
+        check(&id, MAX_GATEWAY_ID_LEN, gateway_char_ok).map_err(|b| match b {
+            Broken::Empty => NameError::EmptyGateway,
+            Broken::TooLong(n) => NameError::GatewayTooLong(n),
+            Broken::Char(c) => NameError::GatewayChar(c),
+        })?;
         Ok(Self(id))
     }
 
