@@ -46,6 +46,7 @@ pub struct Merged {
 /// Connect-phase totals.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectStats {
+    pub retried: usize,
     pub max_ms: f64,
     pub slow: usize,
     pub open: usize,
@@ -132,7 +133,7 @@ impl Fleet {
         let evs = self.all(&Cmd::Connect, Duration::from_secs(300)).await?;
         let (mut ok, mut failed, mut open, mut start, mut end) = (0, 0, 0, u64::MAX, 0);
         let mut first_error = None;
-        let (mut max_ms, mut slow) = (0.0, 0);
+        let (mut max_ms, mut slow, mut retried) = (0.0, 0, 0);
         for ev in evs {
             if let Event::Connected {
                 ok: o,
@@ -143,8 +144,10 @@ impl Fleet {
                 first_error: e,
                 max_ms: mx,
                 slow: sl,
+                retried: r,
             } = ev
             {
+                retried += r;
                 max_ms = f64::max(max_ms, mx);
                 slow += sl;
                 ok += o;
@@ -167,7 +170,7 @@ impl Fleet {
             );
         }
         let secs = if end > start { (end - start) as f64 / 1e9 } else { 0.0 };
-        Ok(ConnectStats { open, secs, max_ms, slow })
+        Ok(ConnectStats { open, secs, max_ms, slow, retried })
     }
 
     pub async fn phase(&mut self, first: u64, count: u64) -> Result<()> {

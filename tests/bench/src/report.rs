@@ -52,6 +52,9 @@ pub struct PhaseResult {
     /// (the publisher in this tool, other users of the machine): a large
     /// value means the figures were disturbed.
     pub other_cpu_s: f64,
+    /// CPU microseconds the delivering processes (gateways, or the ceiling)
+    /// spent per delivery: less sensitive to a busy machine than latency.
+    pub server_us_per_delivery: f64,
     pub pass: bool,
 }
 
@@ -104,6 +107,8 @@ pub struct ConnectResult {
     /// Slowest single connect (TCP, upgrade, welcome), and how many took over 500 ms.
     pub max_ms: f64,
     pub slow: usize,
+    /// Connect attempts that failed and were tried again.
+    pub retried: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +128,7 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 
 pub fn print_header() {
     eprintln!(
-        "{:<30} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>6} {:>6} {:>6}  pass",
+        "{:<30} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6}  pass",
         "configuration",
         "system",
         "offered/s",
@@ -134,7 +139,8 @@ pub fn print_header() {
         "max ms",
         "lost",
         "dup",
-        "gwCPU",
+        "srvCPU",
+        "µs/dl",
         "hubCPU",
         "cliCPU",
         "other",
@@ -144,7 +150,7 @@ pub fn print_header() {
 pub fn print_row(r: &PhaseResult) {
     let server_cpu = if r.system == "pushmesh" { r.cpu("gw-") } else { r.cpu("ceiling-") };
     eprintln!(
-        "{:<30} {:<24} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>6.2} {:>6.2} {:>6.2} {:>6.2}  {}{}",
+        "{:<30} {:<24} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}  {}{}",
         truncate(&r.config, 30),
         truncate(&r.system, 24),
         r.offered_rate,
@@ -156,6 +162,7 @@ pub fn print_row(r: &PhaseResult) {
         r.lost,
         r.duplicates,
         server_cpu,
+        r.server_us_per_delivery,
         r.cpu("hub"),
         r.cpu("worker-"),
         r.other_cpu_s,

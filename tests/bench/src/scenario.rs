@@ -256,9 +256,12 @@ pub async fn phase(
         },
         usage: cluster::usage(&before, &after),
         other_cpu_s: 0.0,
+        server_us_per_delivery: 0.0,
         pass: false,
     };
     r.other_cpu_s = (machine_cpu - r.usage.iter().map(|u| u.cpu_s).sum::<f64>()).max(0.0);
+    let server = if r.system == "pushmesh" { r.cpu("gw-") } else { r.cpu("ceiling-") };
+    r.server_us_per_delivery = server * 1e6 / r.delivered.max(1) as f64;
     r.pass = r.passes(max_p99_ms);
     report::print_row(&r);
     // Let queues empty and the machine settle before the next phase.
@@ -439,10 +442,11 @@ pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
         rate_per_gateway: c.open as f64 / c.secs.max(1e-9) / a.gateways as f64,
         max_ms: c.max_ms,
         slow: c.slow,
+        retried: c.retried,
     };
     let per_conn = (after_kib.saturating_sub(before_kib)) as f64 * 1024.0 / c.open.max(1) as f64;
     eprintln!(
-        "idle: {} clients over {} gateways connected in {:.2} s = {:.0}/s ({:.0}/s per gateway; slowest {:.0} ms, {} over 500 ms); gateway RSS {:.1} → {:.1} MiB = {:.0} B per connection",
+        "idle: {} clients over {} gateways connected in {:.2} s = {:.0}/s ({:.0}/s per gateway; slowest {:.0} ms, {} over 500 ms, {} retried); gateway RSS {:.1} → {:.1} MiB = {:.0} B per connection",
         c.open,
         a.gateways,
         c.secs,
@@ -450,6 +454,7 @@ pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
         connect.rate_per_gateway,
         c.max_ms,
         c.slow,
+        c.retried,
         before_kib as f64 / 1024.0,
         after_kib as f64 / 1024.0,
         per_conn

@@ -39,7 +39,7 @@ pub struct SuiteArgs {
 #[derive(Debug, Default, Serialize)]
 struct Suite {
     machine: String,
-    hub: Option<HubResult>,
+    hub: Vec<HubResult>,
     fixed_1k: Vec<SweepResult>,
     sweep_10k: Vec<SweepResult>,
     /// 10,000 clients, 96 connects in flight (under the listen backlog of 128).
@@ -76,7 +76,10 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
     let quiet = std::time::Duration::from_secs(a.wait_quiet_secs);
     if want(Part::Hub) {
         procstat::wait_quiet(quiet).await;
-        s.hub = Some(hubbench::run(env, &HubArgs { duration: a.duration, ..hub_defaults() }).await?);
+        for gateways in [8, 32] {
+            procstat::wait_quiet(quiet).await;
+            s.hub.push(hubbench::run(env, &HubArgs { duration: a.duration, gateways, ..hub_defaults() }).await?);
+        }
     }
     if want(Part::Fixed) {
         procstat::wait_quiet(quiet).await;
@@ -102,7 +105,8 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
     if want(Part::Fifty) {
         procstat::wait_quiet(quiet).await;
         report::print_header();
-        s.fifty_k = Some(scenario::run_idle(env, &args(50_000, 3, 100_000.0, a.duration)).await?);
+        let fifty = ScenarioArgs { connect_concurrency: 48, ..args(50_000, 3, 100_000.0, a.duration) };
+        s.fifty_k = Some(scenario::run_idle(env, &fifty).await?);
     }
     report::write_json(&env.out.join("suite.json"), &s)?;
     let mut plotted = s.sweep_10k.clone();
@@ -229,7 +233,7 @@ fn summary(s: &Suite) -> String {
             b.map_or("-", |b| yes(b.lost == 0))
         );
     }
-    if let Some(h) = &s.hub {
+    for h in &s.hub {
         let _ = writeln!(
             o,
             "| hub ≥ 1,000,000 topic deliveries/s to gateway streams | {:.0}/s ({} fake gateways, {:.0} publishes/s, hub {:.2} cores, lost {}) | {} |",

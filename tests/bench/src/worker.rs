@@ -66,6 +66,8 @@ pub enum Event {
         /// Slowest connect (TCP + upgrade + welcome), and how many took over 500 ms.
         max_ms: f64,
         slow: usize,
+        /// Failed attempts that were tried again.
+        retried: usize,
     },
     #[default]
     Ok,
@@ -212,12 +214,36 @@ async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
 /// A connected client's socket and the bytes read past its handshake.
 type Opened = (TcpStream, Vec<u8>);
 
+/// Open every closed slot; a slot that fails is tried again (at most three
+/// attempts), as a real client would, and the retries are counted.
 async fn connect_all(spec: &Spec, state: &Shared) -> Event {
+    let start_ns = wire::now_ns();
+    let (mut ok, mut retried, mut max_ms, mut slow) = (0, 0, 0.0f64, 0);
+    let mut last: (usize, Option<String>) = (0, None);
+    for attempt in 0..3 {
+        let (o, failed, first_error, mx, sl) = connect_pass(spec, state).await;
+        ok += o;
+        max_ms = max_ms.max(mx);
+        slow += sl;
+        last = (failed, first_error);
+        if failed == 0 {
+            break;
+        }
+        if attempt < 2 {
+            retried += failed;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let end_ns = wire::now_ns();
+    let open = state.borrow().open_count();
+    Event::Connected { ok, failed: last.0, open, start_ns, end_ns, first_error: last.1, max_ms, slow, retried }
+}
+
+async fn connect_pass(spec: &Spec, state: &Shared) -> (usize, usize, Option<String>, f64, usize) {
     let todo: Vec<usize> = {
         let st = state.borrow();
         (0..spec.count).filter(|i| !st.open[*i]).collect()
     };
-    let start_ns = wire::now_ns();
     let results: Vec<(usize, Result<Opened>, Duration)> = futures_util::stream::iter(todo)
         .map(|i| async move {
             let target = spec.targets[i % spec.targets.len()];
@@ -229,7 +255,6 @@ async fn connect_all(spec: &Spec, state: &Shared) -> Event {
         .buffer_unordered(spec.concurrency.max(1))
         .collect()
         .await;
-    let end_ns = wire::now_ns();
     let (mut ok, mut failed, mut first_error) = (0, 0, None);
     let max_ms = results.iter().map(|r| r.2.as_secs_f64() * 1e3).fold(0.0, f64::max);
     let slow = results.iter().filter(|r| r.2 > Duration::from_millis(500)).count();
@@ -246,8 +271,7 @@ async fn connect_all(spec: &Spec, state: &Shared) -> Event {
             }
         }
     }
-    let open = state.borrow().open_count();
-    Event::Connected { ok, failed, open, start_ns, end_ns, first_error, max_ms, slow }
+    (ok, failed, first_error, max_ms, slow)
 }
 
 /// TCP connect from `source`, WebSocket upgrade, welcome frame, and the
