@@ -32,6 +32,8 @@ enum Via {
     Limited,
     /// Its only hub is gone.
     Down,
+    /// Browsers from one origin allowed (`--cors-allow-origin`).
+    Cors,
 }
 
 /// One request and the answer it must get.
@@ -298,12 +300,14 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
     let urls = sys.hub_urls();
     let keyed = ingress(&urls, &["--api-key", &format!("{ADMIN},{PUBLISHER}:publish")]).await?;
     let limited = ingress(&urls, &["--rate-limit-per-sec", "1", "--rate-limit-burst", "1"]).await?;
+    let cors = ingress(&urls, &["--cors-allow-origin", "https://app.example"]).await?;
     let mut gone = hub().await?;
     let gone_url = hub_url(&gone);
     gone.kill().await;
     let down = ingress(&[gone_url], &[]).await?;
     wait_ready(keyed.addr("http")).await?;
     wait_ready(limited.addr("http")).await?;
+    wait_ready(cors.addr("http")).await?;
 
     let user = |name: &str| token(SECRET, name, &["*"], 3600);
     let mut alice = Client::connect_as(sys.gw(0), &user("alice")).await?;
@@ -463,7 +467,7 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
         cases.push(case(*op, Keyed, op.0, 401, "unauthorized").raw(json_, b.clone()));
         cases
             .push(case(*op, Keyed, op.0, 401, "unauthorized").key("not-a-configured-key-123456").raw(json_, b.clone()));
-        cases.push(case(*op, Open, op.0, 403, text).header("origin", FOREIGN_ORIGIN).raw(json_, b.clone()));
+        cases.push(case(*op, Cors, op.0, 403, "forbidden").header("origin", FOREIGN_ORIGIN).raw(json_, b.clone()));
         cases.push(case(*op, Limited, op.0, 429, "rate_limited").raw(json_, b.clone()));
         if op.0 != "/batch" {
             cases.push(case(*op, Down, op.0, 503, "unavailable").raw(json_, b.clone()));
@@ -472,12 +476,12 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
     // What every GET API route answers alike.
     for (op, path) in &gets {
         cases.push(case(*op, Keyed, *path, 401, "unauthorized"));
-        cases.push(case(*op, Open, *path, 403, text).header("origin", FOREIGN_ORIGIN));
+        cases.push(case(*op, Cors, *path, 403, "forbidden").header("origin", FOREIGN_ORIGIN));
         cases.push(case(*op, Limited, *path, 429, "rate_limited"));
         cases.push(case(*op, Down, *path, 503, "unavailable"));
     }
     for op in [healthz, readyz, metrics_] {
-        cases.push(case(op, Open, op.0, 403, text).header("origin", FOREIGN_ORIGIN));
+        cases.push(case(op, Cors, op.0, 403, "forbidden").header("origin", FOREIGN_ORIGIN));
     }
     // A publish key on an admin route.
     for op in admin_only {
@@ -494,6 +498,7 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
         Keyed => keyed.addr("http"),
         Limited => limited.addr("http"),
         Down => down.addr("http"),
+        Cors => cors.addr("http"),
     };
     let mut failures = Vec::new();
     let mut produced: BTreeMap<Answer, usize> = BTreeMap::new();

@@ -103,7 +103,21 @@ impl Ingress {
                     grpc_shutdown.cancelled().await
                 }),
         );
-        let api = routes::api(state, health.clone()).with(cors(&config.cors_allow_origins));
+        let api = routes::api(state, health.clone());
+        // CORS only when origins are configured: without it the Origin
+        // header is not looked at (backends send none; browsers cannot
+        // read the answers without CORS headers anyway).
+        let api: warp::filters::BoxedFilter<(warp::reply::Response,)> = if config.cors_allow_origins.is_empty() {
+            // A no-op that can reject, so both branches have one type.
+            let pass = warp::any().and_then(|| async { Ok::<(), warp::Rejection>(()) }).untuple_one();
+            pass.and(api).map(|r| warp::Reply::into_response(r)).boxed()
+        } else {
+            api.with(cors(&config.cors_allow_origins))
+                .map(|r| warp::Reply::into_response(r))
+                .recover(cors_refused)
+                .unify()
+                .boxed()
+        };
         tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ingress serving");
         let drain_health = health.clone();
         warp::serve(api)
@@ -124,8 +138,19 @@ impl Ingress {
     }
 }
 
-/// CORS for browser callers (the demo page). With no origins configured the
-/// headers are never sent, so browsers refuse cross-origin calls.
+/// A browser request from an origin not on the list: the JSON error shape,
+/// like every other refusal.
+async fn cors_refused(r: warp::Rejection) -> Result<warp::reply::Response, warp::Rejection> {
+    match r.find::<warp::cors::CorsForbidden>() {
+        Some(e) => {
+            Ok(crate::error::ApiError::Forbidden(format!("{e}; allowed origins are set by --cors-allow-origin"))
+                .into_response())
+        }
+        None => Err(r),
+    }
+}
+
+/// CORS for browser callers (the demo page).
 fn cors(origins: &[String]) -> warp::cors::Builder {
     let builder = warp::cors()
         .allow_methods(["GET", "POST", "OPTIONS"])
