@@ -1,7 +1,8 @@
-//! The Grafana dashboard and the Prometheus alert rules in deploy/grafana
-//! are checked against reality: every expression parses as PromQL, and
-//! every metric they use is exported by the real binaries (scraped from
-//! their /metrics while they run). The operations guide is checked to
+//! The Grafana dashboard and the Prometheus alert rules, kept once in the
+//! Helm chart's files/ (the chart ships them as a ConfigMap and a
+//! PrometheusRule), are checked against reality: every expression parses
+//! as PromQL, and every metric they use is exported by the real binaries
+//! (scraped from their /metrics while they run). The operations guide is checked to
 //! document every metric the binaries export, and every alert.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,8 +20,8 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
 
-const DASHBOARD: &str = "deploy/grafana/pushmesh-dashboard.json";
-const ALERTS: &str = "deploy/grafana/pushmesh-alerts.yaml";
+const DASHBOARD: &str = "helm/pushmesh/files/pushmesh-dashboard.json";
+const ALERTS: &str = "helm/pushmesh/files/pushmesh-alerts.yaml";
 
 fn dashboard() -> Value {
     serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON")

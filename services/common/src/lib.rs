@@ -9,6 +9,7 @@ pub mod admin;
 pub mod announce;
 pub mod health;
 pub mod ids;
+pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

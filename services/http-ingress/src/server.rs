@@ -33,11 +33,9 @@ impl Ingress {
             Duration::from_millis(config.publish_timeout_ms.max(1)),
             config.hub_tls.client_config()?,
         )?);
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
+        let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
+        let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
         Ok(Self {
             config,

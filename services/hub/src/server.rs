@@ -30,11 +30,9 @@ pub struct Hub {
 
 impl Hub {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
+        let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
+        let admin = pushmesh_common::listener::bind(config.admin_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
         Ok(Self {
             config,

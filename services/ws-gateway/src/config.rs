@@ -35,8 +35,9 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Per-connection read buffer, in bytes. Clients send small commands, so
-    /// a small buffer keeps idle connections cheap.
-    #[arg(long, env = "PUSHMESH_READ_BUFFER_BYTES", default_value_t = 4096)]
+    /// a small buffer keeps idle connections cheap (it grows for a larger
+    /// message, up to --max-message-bytes).
+    #[arg(long, env = "PUSHMESH_READ_BUFFER_BYTES", default_value_t = 256)]
     pub read_buffer_bytes: usize,
 
     /// Most channels one connection may subscribe to.

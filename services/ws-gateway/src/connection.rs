@@ -172,14 +172,21 @@ async fn write<K>(mut sink: K, rx: &mut mpsc::Receiver<Frame>, close: &CloseSign
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
+    // Built once, not per loop turn: each fresh `notified()`/`cancelled()`
+    // future would register on (and unregister from) a shared waiter list,
+    // twice per batch, contended by every connection (measured: ~3% of the
+    // gateway's CPU under fan-out load).
+    let closed = close.fired();
+    let stop = shared.shutdown.cancelled();
+    tokio::pin!(closed, stop);
     loop {
         let first = tokio::select! {
             biased;
-            (code, reason, metric) = close.fired() => {
+            (code, reason, metric) = &mut closed => {
                 let _ = close_with(&mut sink, *code, reason).await;
                 return metric;
             }
-            _ = shared.shutdown.cancelled() => {
+            _ = &mut stop => {
                 let _ = close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect").await;
                 return "shutdown";
             }
@@ -199,8 +206,8 @@ where
             tokio::select! {
                 biased;
                 r = &mut batch => Ok(r),
-                (_, _, metric) = close.fired() => Err(*metric),
-                _ = shared.shutdown.cancelled() => Err("shutdown"),
+                (_, _, metric) = &mut closed => Err(*metric),
+                _ = &mut stop => Err("shutdown"),
             }
         };
         match outcome {

@@ -76,8 +76,7 @@ impl Gateway {
                 "no JWT key configured: clients are anonymous and may subscribe to ANY channel; set PUSHMESH_JWT_SECRET for production"
             );
         }
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
+        let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let metrics = GatewayMetrics::new();
         let (links, rxs) = HubLinks::new(&config.hubs);
