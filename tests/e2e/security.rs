@@ -224,3 +224,23 @@ async fn a_full_gateway_says_so() -> anyhow::Result<()> {
     assert_eq!(ws_status(sys.gw(0)).await?, 503);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_that_answers_no_pings_is_dropped_and_a_live_one_stays() -> anyhow::Result<()> {
+    let sys = System::start_with(1, 1, &["--ping-interval-secs", "1"], &[]).await?;
+    let mut live = Client::connect(sys.gw(0), "").await?;
+    let mut silent = Client::connect(sys.gw(0), "").await?;
+    // The live client keeps reading (tungstenite answers each ping as it
+    // reads); the silent one reads nothing for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(200), live.next_message()).await;
+    }
+    assert_eq!(silent.expect_close().await?.0, 4004, "no pong for two intervals");
+    post(sys.api(), "/broadcast", &json!({ "data": "still here" })).await?;
+    live.expect_data(&json!("still here")).await?;
+    let m = metrics(sys.gw(0)).await?;
+    assert_eq!(sample(&m, "pushmesh_gateway_disconnects_total", &[("reason", "idle")]), 1.0);
+    assert_eq!(sample(&m, "pushmesh_gateway_connections", &[]), 1.0);
+    Ok(())
+}

@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,
 
+    /// Seconds between the gateway's pings to each client (0: none); a
+    /// client heard from in neither of the last two intervals is dropped.
+    #[arg(long, env = "PUSHMESH_PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+
     /// Time allowed for a client to send its HTTP upgrade request, in seconds.
     #[arg(long, env = "PUSHMESH_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,

@@ -84,10 +84,11 @@ where
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant };
+    let heard = Heard::default();
+    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant, heard: heard.clone() };
     let reason = {
         let reader = conn.read(stream);
-        let writer = write(sink, &mut rx, &close, &shared);
+        let writer = write(sink, &mut rx, &close, &shared, &heard);
         tokio::pin!(reader, writer);
         tokio::select! {
             biased;
@@ -168,7 +169,13 @@ where
 }
 
 /// The writer half. Returns the metric reason the connection ended for.
-async fn write<K>(mut sink: K, rx: &mut mpsc::Receiver<Frame>, close: &CloseSignal, shared: &Shared) -> &'static str
+async fn write<K>(
+    mut sink: K,
+    rx: &mut mpsc::Receiver<Frame>,
+    close: &CloseSignal,
+    shared: &Shared,
+    heard: &Heard,
+) -> &'static str
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
@@ -179,6 +186,12 @@ where
     let closed = close.fired();
     let stop = shared.shutdown.cancelled();
     tokio::pin!(closed, stop);
+    // Heartbeat: a ping every interval; a peer heard from in none of the
+    // last two intervals is gone without a FIN (a dead NAT, a pulled cable)
+    // and is dropped, so it stops holding a slot, presence and memory.
+    let interval = std::time::Duration::from_secs(shared.config.ping_interval_secs.max(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
@@ -189,6 +202,18 @@ where
             _ = &mut stop => {
                 let _ = close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect").await;
                 return "shutdown";
+            }
+            // Before the queue: under a steady stream of frames the
+            // heartbeat must still run.
+            _ = ticks.tick(), if shared.config.ping_interval_secs > 0 => {
+                if heard.since() > interval * 2 {
+                    let _ = close_with(&mut sink, close::IDLE_TIMEOUT, "idle timeout: no answer to pings").await;
+                    return "idle";
+                }
+                if tokio::time::timeout(interval, sink.send(Message::Ping(Default::default()))).await.is_err() {
+                    return "idle";
+                }
+                continue;
             }
             frame = rx.recv() => match frame {
                 Some(f) => f,
@@ -254,6 +279,28 @@ fn join_error(e: JoinError) -> Reply {
     }
 }
 
+/// When the reader last heard from the client (any frame, pongs too).
+#[derive(Clone)]
+struct Heard(Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>);
+
+impl Default for Heard {
+    fn default() -> Self {
+        Self(Arc::new((std::time::Instant::now(), std::sync::atomic::AtomicU64::new(0))))
+    }
+}
+
+impl Heard {
+    fn now(&self) {
+        let ms = self.0.0.elapsed().as_millis() as u64;
+        self.0.1.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn since(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.0.1.load(std::sync::atomic::Ordering::Relaxed));
+        self.0.0.elapsed().saturating_sub(last)
+    }
+}
+
 struct Conn {
     raw: bool,
     seq: u64,
@@ -261,6 +308,7 @@ struct Conn {
     tx: mpsc::Sender<Frame>,
     close: Arc<CloseSignal>,
     grant: Grant,
+    heard: Heard,
 }
 
 impl Conn {
@@ -273,6 +321,7 @@ impl Conn {
         let cfg = &self.shared.config;
         let mut budget = CommandBudget::new(cfg.client_commands_per_sec, cfg.client_commands_burst);
         while let Some(msg) = stream.next().await {
+            self.heard.now();
             match msg {
                 Ok(Message::Text(text)) => {
                     if !budget.take() {

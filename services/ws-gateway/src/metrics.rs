@@ -27,7 +27,7 @@ pub struct GatewayMetrics {
 pub const DROP_REASONS: &[&str] =
     &["slow_consumer", "client_gone", "shutdown", "unknown_connection", "protocol_error", "invalid_payload"];
 pub const DISCONNECT_REASONS: &[&str] =
-    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server", "rate_limited"];
+    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server", "rate_limited", "idle"];
 
 impl GatewayMetrics {
     pub fn new() -> Self {

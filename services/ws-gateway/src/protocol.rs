@@ -33,6 +33,8 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4002;
     /// The user already has the maximum number of connections here.
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
+    /// The client answered no ping for two ping intervals.
+    pub const IDLE_TIMEOUT: u16 = 4004;
 }
 
 /// A close reason must fit in a control frame (123 bytes of UTF-8).
