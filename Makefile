@@ -38,13 +38,11 @@ image:
 	deploy/build-image.sh
 
 ## helm-test: lint, render and validate the chart, then run it against the binaries on a simulated cluster (root)
-helm-test: tools
-	$(CARGO) build --bins
+helm-test: tools build
 	.tools/venv/bin/python -m pytest tests/cluster
 
 ## browser-test: the demo page in headless Chromium against the real binaries (installs chromium and npm deps if missing)
-browser-test:
-	$(CARGO) build -p pushmesh-hub -p pushmesh-ws-gateway -p pushmesh-http-ingress --bins
+browser-test: build
 	tests/browser/setup.sh
 	cd tests/browser && node --test
 
