@@ -19,6 +19,8 @@ KUBERNETES_VERSION = "1.35"  # the validator's schemas; same minor as the pinned
 INVALID = sorted((Path(__file__).parent / "invalid-values").glob("*.yaml"))
 WORKLOADS = ("Deployment", "StatefulSet")
 BINARIES = ("hub", "ws-gateway", "http-ingress")
+ALERTS_FILE = CHART / "files" / "pushmesh-alerts.yaml"
+DASHBOARD_FILE = CHART / "files" / "pushmesh-dashboard.json"
 
 
 def by_kind(docs, kind):
@@ -137,6 +139,77 @@ def test_the_validator_rejects_broken_objects(kind, mutate, production_manifests
         validate(doc)
     # A real validation error, not "no schema for this kind".
     assert "Couldn't find schema" not in str(err.value)
+
+
+# ---- alerts and dashboard: one copy each, in files/ ----------------------------------
+
+
+def alert_names(groups):
+    return [r["alert"] for g in groups for r in g["rules"] if "alert" in r]
+
+
+def test_prometheus_rule_holds_exactly_the_alerts_of_the_file(production_manifests):
+    want = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    [rule] = by_kind(production_manifests, "PrometheusRule").values()
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"]["groups"] == want, "the PrometheusRule is files/pushmesh-alerts.yaml's groups, unchanged"
+    names = alert_names(want)
+    assert len(names) >= 5 and len(set(names)) == len(names), names
+    # Prometheus's own template syntax reaches Prometheus, not Helm.
+    assert any("{{ $labels.instance }}" in r["annotations"]["summary"] for g in rule["spec"]["groups"]
+               for r in g["rules"])
+
+
+def test_extra_rules_get_a_group_of_their_own():
+    docs, _ = render(set_values=("metrics.prometheusRule.enabled=true",
+                                 "metrics.prometheusRule.extraRules[0].alert=MyAlert",
+                                 "metrics.prometheusRule.extraRules[0].expr=up == 0"))
+    [rule] = by_kind(docs, "PrometheusRule").values()
+    validate(rule)
+    groups = rule["spec"]["groups"]
+    assert groups[:-1] == yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    assert groups[-1] == {"name": "pushmesh.extra", "rules": [{"alert": "MyAlert", "expr": "up == 0"}]}
+
+
+def test_alerts_the_cluster_test_and_docs_name_exist():
+    """Names written in prose (the cluster test, the Kubernetes guide) follow a rename."""
+    names = set(alert_names(yaml.safe_load(ALERTS_FILE.read_text())["groups"]))
+    for f in (Path(__file__).parent / "test_cluster.py", ROOT / "docs" / "kubernetes.md"):
+        for used in set(re.findall(r"\bPushmesh[A-Z][A-Za-z]+\b", f.read_text())):
+            assert used in names, f"{f.name} names the alert {used}, which files/pushmesh-alerts.yaml lacks"
+
+
+def test_grafana_dashboard_configmap_is_opt_in_and_holds_the_dashboard(default_manifests, production_manifests):
+    assert "pm-pushmesh-dashboard" not in by_kind(default_manifests, "ConfigMap"), "off by default"
+    cm = by_kind(production_manifests, "ConfigMap")["prod-pushmesh-dashboard"]
+    assert cm["metadata"]["namespace"] == "push"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "the sidecar's default label"
+    assert list(cm["data"]) == ["pushmesh-dashboard.json"]
+    dashboard = json.loads(cm["data"]["pushmesh-dashboard.json"])
+    assert dashboard == json.loads(DASHBOARD_FILE.read_text())
+    assert dashboard["uid"] == "pushmesh-overview" and dashboard["panels"]
+
+    docs, _ = render(set_values=("grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring",
+                                 "grafanaDashboard.labels.grafana_dashboard=null",
+                                 "grafanaDashboard.labels.dashboards=pushmesh",
+                                 "grafanaDashboard.annotations.grafana_folder=Pushmesh"))
+    cm = by_kind(docs, "ConfigMap")["pm-pushmesh-dashboard"]
+    validate(cm)
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["dashboards"] == "pushmesh"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Pushmesh"}
+    assert json.loads(cm["data"]["pushmesh-dashboard.json"]) == dashboard
+
+
+def test_the_chart_holds_the_only_copy_of_the_alerts_and_dashboard():
+    proc = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"not a git checkout: {proc.stderr.strip()}")
+    tracked = proc.stdout.split()
+    for f in (ALERTS_FILE, DASHBOARD_FILE):
+        copies = [t for t in tracked if Path(t).name == f.name]
+        assert copies == [str(f.relative_to(ROOT))], f"one copy of {f.name}, in the chart: {copies}"
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
