@@ -301,3 +301,33 @@ async fn a_connection_may_join_only_so_many_channels() -> anyhow::Result<()> {
     assert_eq!((code, body["error"]["code"].as_str()), (429, Some("limit_exceeded")), "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn es256_tokens_are_checked_against_a_public_key() -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate()?; // ECDSA P-256
+    let dir = bin_dir().parent().unwrap().join("test-logs").join(format!("es256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let public = dir.join("jwt-public.pem");
+    std::fs::write(&public, key.public_key_pem())?;
+    let public = public.display().to_string();
+    let sys = System::start_with(1, 1, &["--jwt-algorithm", "ES256", "--jwt-public-key-file", &public], &[]).await?;
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = json!({ "sub": "ivy", "channels": ["*"], "exp": now + 3600 });
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?,
+    )?;
+    let mut c = Client::connect_raw(sys.gw(0), &format!("?token={signed}")).await?;
+    assert_eq!(c.read_welcome().await?["user"], "ivy");
+
+    // An HS256 token (even one signed with the public key's text as the
+    // secret, the classic algorithm-confusion attack) is refused.
+    let confused = token(&std::fs::read_to_string(&public)?, "ivy", &["*"], 3600);
+    let mut x = Client::connect_raw(sys.gw(0), &format!("?token={confused}")).await?;
+    let (code, reason) = x.expect_close().await?;
+    assert_eq!(code, 4001, "{reason}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
