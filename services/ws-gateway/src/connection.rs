@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -28,6 +27,7 @@ use pushmesh_common::ids::{Channel, ConnectionId};
 use crate::admission::CommandBudget;
 use crate::auth::{AuthError, Grant};
 use crate::protocol::{self, Command, Reply, close};
+use crate::queue::{OutQueue, SendError};
 use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
 use crate::server::Shared;
 
@@ -40,7 +40,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
-    let (grant, auth_reply_id) = match authenticate(&shared, token, &mut stream).await {
+    // Boxed: cold paths stay out of the connection task's resident state.
+    let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut stream)).await {
         Ok(g) => g,
         Err(e) => {
             let (code, label) = match e {
@@ -57,7 +58,8 @@ where
 
     let seq = shared.next_seq();
     let id = ConnectionId::new(shared.gateway.clone(), seq);
-    let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue.max(2));
+    let tx = Arc::new(OutQueue::new(shared.config.outbound_queue.max(2)));
+    let rx = tx.clone();
     let close = Arc::new(CloseSignal::default());
     // The queue is empty: these always fit, and go first.
     if let Some(reply_id) = auth_reply_id {
@@ -88,7 +90,7 @@ where
     let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant, heard: heard.clone() };
     let reason = {
         let reader = conn.read(stream);
-        let writer = write(sink, &mut rx, &close, &shared, &heard);
+        let writer = write(sink, &rx, &close, &shared, &heard);
         tokio::pin!(reader, writer);
         tokio::select! {
             biased;
@@ -110,7 +112,7 @@ where
     // Anything still queued will never be written.
     rx.close();
     let mut lost = 0u64;
-    while let Ok(f) = rx.try_recv() {
+    while let Some(f) = rx.try_recv() {
         lost += u64::from(f.is_delivery);
     }
     if lost > 0 {
@@ -169,13 +171,7 @@ where
 }
 
 /// The writer half. Returns the metric reason the connection ended for.
-async fn write<K>(
-    mut sink: K,
-    rx: &mut mpsc::Receiver<Frame>,
-    close: &CloseSignal,
-    shared: &Shared,
-    heard: &Heard,
-) -> &'static str
+async fn write<K>(mut sink: K, rx: &OutQueue, close: &CloseSignal, shared: &Shared, heard: &Heard) -> &'static str
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
@@ -253,7 +249,7 @@ where
 /// Feed `first` and whatever else is queued (up to a bound) into the
 /// socket's write buffer, then flush once. `taken` counts the deliveries
 /// among them. False when the socket failed.
-async fn write_batch<K>(sink: &mut K, first: Frame, rx: &mut mpsc::Receiver<Frame>, taken: &mut u64) -> bool
+async fn write_batch<K>(sink: &mut K, first: Frame, rx: &OutQueue, taken: &mut u64) -> bool
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
@@ -262,7 +258,7 @@ where
         return false;
     }
     for _ in 1..MAX_FRAMES_PER_WRITE {
-        let Ok(frame) = rx.try_recv() else { break };
+        let Some(frame) = rx.try_recv() else { break };
         *taken += u64::from(frame.is_delivery);
         if sink.feed(Message::Text(frame.text)).await.is_err() {
             return false;
@@ -305,7 +301,7 @@ struct Conn {
     raw: bool,
     seq: u64,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Frame>,
+    tx: Arc<OutQueue>,
     close: Arc<CloseSignal>,
     grant: Grant,
     heard: Heard,
@@ -467,7 +463,7 @@ impl Conn {
 
     fn reply(&self, id: Option<u64>, reply: Reply) {
         let frame = Frame { text: protocol::reply_frame(id, &reply), is_delivery: false };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+        if let Err(SendError::Full) = self.tx.try_send(frame) {
             self.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
         }
     }

@@ -10,13 +10,13 @@
 
 use std::collections::HashSet;
 
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use pushmesh_common::ids::{ConnectionId, topic};
 use pushmesh_common::proto::Delivery;
 
 use crate::protocol::close;
+use crate::queue::SendError;
 use crate::registry::{Buffered, ConnEntry, Frame};
 use crate::server::Shared;
 
@@ -144,11 +144,11 @@ fn send(shared: &Shared, conn: &ConnEntry, frames: &mut Frames<'_>) {
     let frame = Frame { text: frames.get(conn.raw), is_delivery: true };
     match conn.tx.try_send(frame) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+        Err(SendError::Full) => {
             shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
             conn.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
         }
-        Err(TrySendError::Closed(_)) => {
+        Err(SendError::Closed) => {
             shared.metrics.dropped.with_label_values(&["client_gone"]).inc();
         }
     }

@@ -14,6 +14,7 @@ pub mod hubs;
 pub mod metrics;
 pub mod protocol;
 pub mod queries;
+pub mod queue;
 pub mod registry;
 pub mod server;
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use pushmesh_common::ids::UserId;
@@ -66,7 +66,7 @@ impl CloseSignal {
 
 /// The registry's handle on one connection.
 pub struct ConnEntry {
-    pub tx: mpsc::Sender<Frame>,
+    pub tx: Arc<crate::queue::OutQueue>,
     pub raw: bool,
     pub close: Arc<CloseSignal>,
     pub user: Option<UserId>,
@@ -74,7 +74,7 @@ pub struct ConnEntry {
 }
 
 impl ConnEntry {
-    pub fn new(tx: mpsc::Sender<Frame>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
+    pub fn new(tx: Arc<crate::queue::OutQueue>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
         Self { tx, raw, close, user, channels: Vec::new() }
     }
 
