@@ -110,6 +110,15 @@ impl GatewayMetrics {
         for r in DISCONNECT_REASONS {
             disconnects.with_label_values(&[r]);
         }
+        // Every series a dashboard or alert may read exists from the start, at 0.
+        for op in ["subscribe", "unsubscribe", "ping", "auth", "unknown", "invalid"] {
+            for result in ["ok", "error"] {
+                commands.with_label_values(&[op, result]);
+            }
+        }
+        for op in ["presence", "stats", "subscribe", "unsubscribe", "disconnect", "user_connections"] {
+            queries.with_label_values(&[op]);
+        }
         Self {
             registry,
             connections,
