@@ -108,10 +108,10 @@ impl Ingress {
         let api: warp::filters::BoxedFilter<(warp::reply::Response,)> = if config.cors_allow_origins.is_empty() {
             // A no-op that can reject, so both branches have one type.
             let pass = warp::any().and_then(|| async { Ok::<(), warp::Rejection>(()) }).untuple_one();
-            pass.and(api).map(|r| warp::Reply::into_response(r)).boxed()
+            pass.and(api).map(warp::Reply::into_response).boxed()
         } else {
             api.with(cors(&config.cors_allow_origins))
-                .map(|r| warp::Reply::into_response(r))
+                .map(warp::Reply::into_response)
                 .recover(cors_refused)
                 .unify()
                 .boxed()
