@@ -192,18 +192,18 @@ where
         let first = tokio::select! {
             biased;
             (code, reason, metric) = &mut closed => {
-                let _ = close_with(&mut sink, *code, reason).await;
+                let _ = Box::pin(close_with(&mut sink, *code, reason)).await;
                 return metric;
             }
             _ = &mut stop => {
-                let _ = close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect").await;
+                let _ = Box::pin(close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect")).await;
                 return "shutdown";
             }
             // Before the queue: under a steady stream of frames the
             // heartbeat must still run.
             _ = ticks.tick(), if shared.config.ping_interval_secs > 0 => {
                 if heard.since() > interval * 2 {
-                    let _ = close_with(&mut sink, close::IDLE_TIMEOUT, "idle timeout: no answer to pings").await;
+                    let _ = Box::pin(close_with(&mut sink, close::IDLE_TIMEOUT, "idle timeout: no answer to pings")).await;
                     return "idle";
                 }
                 if tokio::time::timeout(interval, sink.send(Message::Ping(Default::default()))).await.is_err() {
@@ -328,7 +328,10 @@ impl Conn {
                         );
                         return;
                     }
-                    self.command(text.as_str()).await
+                    // Boxed: a command's future (a subscribe with recovery
+                    // is large) would otherwise sit in every idle
+                    // connection's task; commands are rare, the box cheap.
+                    Box::pin(self.command(text.as_str())).await
                 }
                 Ok(Message::Binary(_)) => {
                     self.close.fire(
