@@ -20,6 +20,11 @@ async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_surviv
     let (code, body) = get(gw.addr("http"), "/readyz").await?;
     assert_eq!(code, 503, "gateway with no hub must not be ready: {body}");
     assert!(body.contains("not attached"), "{body}");
+    // …and refuses WebSocket clients it could not serve.
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr("http"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        other => panic!("a gateway with no hub must refuse clients, got {:?}", other.map(|_| ())),
+    }
 
     // No hub: the ingress must refuse, with Retry-After, never "ok".
     eventually("ingress not ready", || async {

@@ -130,6 +130,14 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr
     if shared.health.is_draining() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "this gateway is shutting down; connect to another");
     }
+    // A client accepted here now would wait for messages that cannot come.
+    if shared.attached.current() == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "this gateway is not attached to any hub yet; retry, or connect to another gateway",
+        );
+    }
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let slot = match shared.admission.admit(origin, ip) {
         Ok(slot) => slot,
