@@ -101,15 +101,31 @@ pub fn deliver(shared: &Shared, d: Delivery) {
                     continue;
                 }
                 let Some(conn) = inner.conns.get(seq) else { continue };
-                if let Some(held) = inner.recovering_buffer(*seq, &d.topic) {
-                    let mut held = held.lock().expect("buffer lock");
-                    if held.len() >= shared.config.outbound_queue {
-                        shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
-                        conn.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
-                    } else {
-                        held.push(Buffered { epoch: d.epoch.clone(), offset: d.offset, text: frames.get(conn.raw) });
+                if let Some(r) = conn.recovers.then(|| inner.recovery(*seq, &d.topic)).flatten() {
+                    match &r.covered {
+                        // Still recovering: hold it back.
+                        None => {
+                            let mut held = r.held.lock().expect("buffer lock");
+                            if held.len() >= shared.config.outbound_queue {
+                                shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
+                                conn.close.fire(
+                                    close::TRY_AGAIN_LATER,
+                                    "slow consumer: outbound queue full",
+                                    "slow_consumer",
+                                );
+                            } else {
+                                held.push(Buffered {
+                                    epoch: d.epoch.clone(),
+                                    offset: d.offset,
+                                    text: frames.get(conn.raw),
+                                });
+                            }
+                            continue;
+                        }
+                        // A late live copy of a message already recovered.
+                        Some((epoch, last)) if *epoch == d.epoch && d.offset <= *last => continue,
+                        Some(_) => {}
                     }
-                    continue;
                 }
                 send(shared, conn, &mut frames);
             }

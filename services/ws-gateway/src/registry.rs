@@ -70,12 +70,15 @@ pub struct ConnEntry {
     pub raw: bool,
     pub close: Arc<CloseSignal>,
     pub user: Option<UserId>,
+    /// Has a recovery state in `Inner::recovering` (spares every other
+    /// connection the lookup on the fan-out path).
+    pub recovers: bool,
     channels: Vec<String>,
 }
 
 impl ConnEntry {
     pub fn new(tx: Arc<crate::queue::OutQueue>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
-        Self { tx, raw, close, user, channels: Vec::new() }
+        Self { tx, raw, close, user, recovers: false, channels: Vec::new() }
     }
 
     /// Channel names (without the topic prefix).
@@ -91,14 +94,23 @@ pub struct Inner {
     pub topics: HashMap<String, HashSet<u64>>,
     /// User topic ("u:<user>") → that user's connections here.
     pub users: HashMap<String, HashSet<u64>>,
-    /// Connections recovering a channel (subscribe with `since`): live
-    /// deliveries for that (connection, topic) wait here until the missed
-    /// messages have been queued, so the client sees them in order.
-    pub recovering: HashMap<u64, Vec<(String, HeldBack)>>,
+    /// Connections that recovered a channel (subscribe with `since`), by
+    /// topic: see `Recovery`.
+    pub recovering: HashMap<u64, Vec<(String, Recovery)>>,
 }
 
-/// One (connection, topic)'s held-back live deliveries.
-pub type HeldBack = std::sync::Mutex<Vec<Buffered>>;
+/// One (connection, topic)'s recovery state.
+///
+/// While the missed messages are fetched, live deliveries wait in `held`,
+/// so the client sees them in order after the recovered ones. Afterwards
+/// `covered` remembers the last recovered position: a live copy of a
+/// recovered message can still arrive after the history answer (they
+/// travel on different HTTP/2 streams), and must not be delivered twice.
+#[derive(Default)]
+pub struct Recovery {
+    pub held: std::sync::Mutex<Vec<Buffered>>,
+    pub covered: Option<(String, u64)>,
+}
 
 /// A live delivery held back while its connection recovers the channel.
 pub struct Buffered {
@@ -108,12 +120,12 @@ pub struct Buffered {
 }
 
 impl Inner {
-    /// The hold-back buffer of (seq, topic), if that pair is recovering.
-    pub fn recovering_buffer(&self, seq: u64, topic: &str) -> Option<&std::sync::Mutex<Vec<Buffered>>> {
+    /// The recovery state of (seq, topic), if that pair recovered.
+    pub fn recovery(&self, seq: u64, topic: &str) -> Option<&Recovery> {
         if self.recovering.is_empty() {
             return None;
         }
-        self.recovering.get(&seq)?.iter().find(|(t, _)| t == topic).map(|(_, b)| b)
+        self.recovering.get(&seq)?.iter().find(|(t, _)| t == topic).map(|(_, r)| r)
     }
 }
 
@@ -244,11 +256,16 @@ impl Registry {
     ) -> Result<bool, JoinError> {
         {
             let mut inner = self.inner.write().expect("registry lock");
-            inner.recovering.entry(seq).or_default().push((topic.to_owned(), std::sync::Mutex::new(Vec::new())));
+            if let Some(c) = inner.conns.get_mut(&seq) {
+                c.recovers = true;
+            }
+            let list = inner.recovering.entry(seq).or_default();
+            list.retain(|(t, _)| t != topic);
+            list.push((topic.to_owned(), Recovery::default()));
         }
         let r = self.join(seq, topic, max_channels, timeout).await;
         if r.is_err() {
-            self.take_buffer(&mut self.inner.write().expect("registry lock"), seq, topic);
+            Self::forget_recovery(&mut self.inner.write().expect("registry lock"), seq, topic);
         }
         r
     }
@@ -265,12 +282,27 @@ impl Registry {
         since: Option<(&str, u64)>,
     ) {
         let mut inner = self.inner.write().expect("registry lock");
-        let held = self.take_buffer(&mut inner, seq, topic);
+        let mut last = since.map(|(_, o)| o).unwrap_or(0);
+        for (offset, _) in &recovered {
+            last = last.max(*offset);
+        }
+        // Release the held-back deliveries; keep the covered position only
+        // when something was recovered (else there is nothing to repeat).
+        let held = match (since, Self::recovery_mut(&mut inner, seq, topic)) {
+            (Some((epoch, _)), Some(r)) => {
+                r.covered = Some((epoch.to_owned(), last));
+                std::mem::take(&mut *r.held.lock().expect("buffer lock"))
+            }
+            (None, Some(r)) => {
+                let held = std::mem::take(&mut *r.held.lock().expect("buffer lock"));
+                Self::forget_recovery(&mut inner, seq, topic);
+                held
+            }
+            (_, None) => Vec::new(),
+        };
         let Some(conn) = inner.conns.get(&seq) else { return };
         let mut frames = vec![Frame { text: reply, is_delivery: false }];
-        let mut last = since.map(|(_, o)| o).unwrap_or(0);
-        for (offset, text) in recovered {
-            last = last.max(offset);
+        for (_, text) in recovered {
             frames.push(Frame { text, is_delivery: true });
         }
         for b in held {
@@ -291,17 +323,17 @@ impl Registry {
         }
     }
 
-    fn take_buffer(&self, inner: &mut Inner, seq: u64, topic: &str) -> Vec<Buffered> {
-        let Some(list) = inner.recovering.get_mut(&seq) else { return Vec::new() };
-        let mut out = Vec::new();
-        if let Some(i) = list.iter().position(|(t, _)| t == topic) {
-            let (_, buf) = list.swap_remove(i);
-            out = buf.into_inner().expect("buffer lock");
+    fn recovery_mut<'a>(inner: &'a mut Inner, seq: u64, topic: &str) -> Option<&'a mut Recovery> {
+        inner.recovering.get_mut(&seq)?.iter_mut().find(|(t, _)| t == topic).map(|(_, r)| r)
+    }
+
+    fn forget_recovery(inner: &mut Inner, seq: u64, topic: &str) {
+        if let Some(list) = inner.recovering.get_mut(&seq) {
+            list.retain(|(t, _)| t != topic);
+            if list.is_empty() {
+                inner.recovering.remove(&seq);
+            }
         }
-        if list.is_empty() {
-            inner.recovering.remove(&seq);
-        }
-        out
     }
 
     /// Remove `seq` from `topic`; unsubscribe at the hubs if it was the
@@ -313,7 +345,9 @@ impl Registry {
         };
         let before = entry.channels.len();
         entry.channels.retain(|t| t != topic);
-        if entry.channels.len() != before && Self::drop_member(&mut inner.topics, topic, seq) {
+        let left = entry.channels.len() != before;
+        Self::forget_recovery(&mut inner, seq, topic);
+        if left && Self::drop_member(&mut inner.topics, topic, seq) {
             self.links.unsubscribe(vec![topic.to_owned()]);
         }
         self.update_gauge(&inner);
