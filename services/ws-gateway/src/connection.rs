@@ -86,11 +86,10 @@ where
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let heard = Heard::default();
-    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant, heard: heard.clone() };
+    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant, heard: Heard::default() };
     let reason = {
         let reader = conn.read(stream);
-        let writer = write(sink, &rx, &close, &shared, &heard);
+        let writer = write(sink, &rx, &close, &shared, &conn.heard);
         tokio::pin!(reader, writer);
         tokio::select! {
             biased;
@@ -275,25 +274,28 @@ fn join_error(e: JoinError) -> Reply {
     }
 }
 
-/// When the reader last heard from the client (any frame, pongs too).
-#[derive(Clone)]
-struct Heard(Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>);
+/// When the reader last heard from the client (any frame, pongs too);
+/// read by the writer of the same task, so no allocation is needed.
+struct Heard {
+    start: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
 
 impl Default for Heard {
     fn default() -> Self {
-        Self(Arc::new((std::time::Instant::now(), std::sync::atomic::AtomicU64::new(0))))
+        Self { start: std::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
     }
 }
 
 impl Heard {
     fn now(&self) {
-        let ms = self.0.0.elapsed().as_millis() as u64;
-        self.0.1.store(ms, std::sync::atomic::Ordering::Relaxed);
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn since(&self) -> std::time::Duration {
-        let last = std::time::Duration::from_millis(self.0.1.load(std::sync::atomic::Ordering::Relaxed));
-        self.0.0.elapsed().saturating_sub(last)
+        let last = std::time::Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
     }
 }
 

@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 
 use crate::registry::Frame;
 
-/// Capacity kept after a burst drains; more is given back.
-const KEEP: usize = 16;
+/// Capacity kept after a burst drains; more is given back (an idle
+/// connection then holds no buffer at all).
+const KEEP: usize = 0;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
