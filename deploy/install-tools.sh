@@ -45,10 +45,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The version strings are captured before they are compared: piping into
+# `grep -q` under pipefail fails at random, since grep exits at the first
+# match and kubectl, still printing its second line, dies of SIGPIPE.
 have_pinned_binaries() {
-  [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] &&
-    "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" &&
-    "$BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\$"
+  local helm_version kubectl_version
+  [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] || return 1
+  helm_version=$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null) || return 1
+  kubectl_version=$("$BIN/kubectl" version --client 2>/dev/null) || return 1
+  [ "$helm_version" = "$HELM_VERSION" ] &&
+    [[ $'\n'"$kubectl_version"$'\n' == *$'\n'"Client Version: $KUBECTL_VERSION"$'\n'* ]]
 }
 
 if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
