@@ -7,6 +7,7 @@ mod faults;
 mod grpc_api;
 mod metrics;
 mod openapi;
+mod partition;
 mod pipeline;
 mod reliability;
 mod security;

@@ -445,3 +445,75 @@ impl Client {
         Ok(welcome)
     }
 }
+
+/// A TCP forwarder standing for the network between two processes, which a
+/// test can cut and heal: a stand-in for `ip route add blackhole` when the
+/// test cannot use network namespaces. Cut, it stops moving bytes both ways
+/// while keeping every socket open (packets vanish; nobody gets a reset),
+/// and holds new connections without connecting them onward. Healed, it
+/// closes the connections frozen by the cut (their peers gave up on them)
+/// and forwards new ones again.
+pub struct LinkProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkProxy {
+    pub async fn start(target: SocketAddr) -> Result<LinkProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        // Even generation: open; odd: cut. Each cut or heal bumps it.
+        let (cut, watch) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let generation = *watch.borrow_and_update();
+                    if generation % 2 == 1 {
+                        // Cut: hold the socket, silently, until healed.
+                        until(&mut watch, |g| g != generation).await;
+                        return;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let pump = async {
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                            _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        }
+                    };
+                    let cut = until(&mut watch, |g| g != generation);
+                    tokio::select! {
+                        _ = pump => return,
+                        _ = cut => {}
+                    }
+                    // Cut: no more bytes move; keep the sockets until healed.
+                    until(&mut watch, |g| g > generation + 1).await;
+                });
+            }
+        });
+        Ok(LinkProxy { addr, cut, task })
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1 - *g % 2);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_modify(|g| *g += *g % 2);
+    }
+}
+
+/// Wait until the generation satisfies `done` (or the sender is gone);
+/// no watch `Ref` lives across the await.
+async fn until(watch: &mut tokio::sync::watch::Receiver<u64>, done: impl Fn(u64) -> bool) {
+    let _ = watch.wait_for(|g| done(*g)).await.map(|_| ());
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

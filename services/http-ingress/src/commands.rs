@@ -150,8 +150,8 @@ impl Commands {
         let req = PublishRequest {
             target: Some(Target::Channel(ch.as_str().to_owned())),
             data: data_bytes(&b.data)?,
-            exclude: Vec::new(),
             idempotency_key,
+            ..Default::default()
         };
         self.route(&ch.topic(), "channel", req).await
     }

@@ -64,6 +64,17 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
     pub publish_timeout_ms: u64,
 
+    /// How long publishes are kept to replay to a gateway found cut off
+    /// from their hub, in milliseconds; should exceed the gateways' hub
+    /// failure detection (about twice their keepalive) plus the probe
+    /// interval. 0 turns replay off.
+    #[arg(long, env = "PUSHMESH_RELAY_REPLAY_MS", default_value_t = 15_000)]
+    pub relay_replay_ms: u64,
+
+    /// Most bytes of publishes kept for that replay (oldest dropped first).
+    #[arg(long, env = "PUSHMESH_RELAY_REPLAY_BYTES", default_value_t = 64 << 20)]
+    pub relay_replay_bytes: usize,
+
     #[command(flatten)]
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
 

@@ -8,9 +8,22 @@
 //! health check are tried last. A hub that fails before accepting (cannot
 //! connect, unavailable) is skipped for the next; `ok` is answered only
 //! once some hub accepted.
+//!
+//! **Partitions.** Every gateway attaches to every hub and declares on each
+//! stream which hubs it is attached to; the probe also reads those
+//! declarations (`Members`). A gateway that lost its link to hub A while
+//! this ingress still reaches A would miss everything routed through A, so
+//! after A accepts a publish, a *relay* copy (same id, A's stream position)
+//! goes to one hub that gateway still has, addressed to it alone. The plan
+//! (owner hub → relay hub → gateways) is rebuilt at each probe; with no
+//! partition it is empty and a publish costs one call as before. The relay
+//! is sent before `ok` is answered, and a failed relay is counted. What
+//! the hub accepted before the partition was noticed is replayed from a
+//! short buffer of recent publishes (see `replay`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -20,19 +33,32 @@ use tonic_health::pb::health_client::HealthClient;
 
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{PublishRequest, PublishResponse, QueryRequest, QueryResponse};
+use pushmesh_common::proto::{
+    Links, Member, MembersRequest, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Relay,
+};
 
 use crate::metrics::IngressMetrics;
+use crate::replay::ReplayRing;
 
 struct HubHandle {
     url: String,
     channel: Channel,
     up: AtomicBool,
+    /// The hub's id and its attached gateways, from its last `Members`.
+    hub_id: Mutex<Option<String>>,
+    members: Mutex<Vec<Member>>,
 }
+
+/// For each owner hub id: the relay hubs (by index) and the gateways each
+/// must relay to.
+type RelayPlan = HashMap<String, Vec<(usize, Vec<String>)>>;
 
 pub struct HubPool {
     hubs: Vec<HubHandle>,
     timeout: Duration,
+    plan: RwLock<Arc<RelayPlan>>,
+    metrics: IngressMetrics,
+    replay: ReplayRing,
 }
 
 /// Why no hub took a publish.
@@ -51,6 +77,8 @@ impl HubPool {
         urls: &[String],
         timeout: Duration,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        metrics: IngressMetrics,
+        replay: ReplayRing,
     ) -> anyhow::Result<Self> {
         if urls.is_empty() {
             anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
@@ -73,54 +101,111 @@ impl HubPool {
                     Some(tls) => endpoint.tls_config(tls.clone())?,
                     None => endpoint,
                 };
-                Ok(HubHandle { url: url.clone(), channel: endpoint.connect_lazy(), up: AtomicBool::new(false) })
+                Ok(HubHandle {
+                    url: url.clone(),
+                    channel: endpoint.connect_lazy(),
+                    up: AtomicBool::new(false),
+                    hub_id: Mutex::new(None),
+                    members: Mutex::new(Vec::new()),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { hubs, timeout })
+        Ok(Self { hubs, timeout, plan: RwLock::default(), metrics, replay })
     }
 
     /// Hubs in the order to try for `key`: by rendezvous score, hubs that
     /// are up first.
-    fn order(&self, key: &str) -> Vec<&HubHandle> {
-        let mut hubs: Vec<(&HubHandle, u64)> = self.hubs.iter().map(|h| (h, score(&h.url, key))).collect();
-        hubs.sort_by(|a, b| {
-            let (ua, ub) = (a.0.up.load(Ordering::Relaxed), b.0.up.load(Ordering::Relaxed));
-            ub.cmp(&ua).then(b.1.cmp(&a.1))
-        });
-        hubs.into_iter().map(|(h, _)| h).collect()
+    fn order(&self, key: &str) -> Vec<usize> {
+        let mut hubs: Vec<(usize, bool, u64)> =
+            self.hubs.iter().enumerate().map(|(i, h)| (i, h.up.load(Ordering::Relaxed), score(&h.url, key))).collect();
+        hubs.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+        hubs.into_iter().map(|(i, ..)| i).collect()
     }
 
-    pub async fn publish(&self, key: &str, req: PublishRequest) -> Result<PublishResponse, PublishError> {
-        self.call(key, "publish", |mut c| {
-            let req = req.clone();
-            async move { c.publish(req).await }
-        })
-        .await
+    /// Publish through the owner hub of `key` (or the next that accepts),
+    /// then relay to gateways cut off from it. `gateways` in the answer
+    /// counts the relay hubs' queued copies too.
+    pub async fn publish(&self, key: &str, mut req: PublishRequest) -> Result<PublishResponse, PublishError> {
+        req.id = random_id();
+        let (owner, mut resp) = self
+            .call(key, "publish", |mut c| {
+                let req = req.clone();
+                async move { c.publish(req).await }
+            })
+            .await?;
+        if !resp.duplicate {
+            if self.hubs.len() > 1 && self.replay.enabled() {
+                let mut kept = req.clone();
+                kept.relay = Some(Relay { gateways: Vec::new(), epoch: resp.epoch.clone(), offset: resp.offset });
+                let bytes = self.replay.keep(owner, kept);
+                self.metrics.replay_bytes.set(bytes as i64);
+            }
+            resp.gateways += self.relay(owner, req, &resp).await;
+        }
+        Ok(resp)
+    }
+
+    /// Send relay copies of a publish hub `owner` accepted; answers how
+    /// many gateway streams they were queued to.
+    async fn relay(&self, owner: usize, req: PublishRequest, accepted: &PublishResponse) -> u32 {
+        let Some(owner_id) = self.hubs[owner].hub_id.lock().expect("hub id lock").clone() else { return 0 };
+        let plan = self.plan.read().expect("plan lock").clone();
+        let Some(routes) = plan.get(&owner_id) else { return 0 };
+        let calls = routes.iter().filter(|(via, _)| *via != owner).map(|(via, gateways)| {
+            let mut req = req.clone();
+            req.relay =
+                Some(Relay { gateways: gateways.clone(), epoch: accepted.epoch.clone(), offset: accepted.offset });
+            let mut client = HubClient::new(self.hubs[*via].channel.clone());
+            let url = &self.hubs[*via].url;
+            async move {
+                match client.publish(req).await {
+                    Ok(r) => Some(r.into_inner().gateways),
+                    Err(status) => {
+                        tracing::warn!(hub = %url, error = %status.message(), "relay failed");
+                        None
+                    }
+                }
+            }
+        });
+        let mut queued = 0;
+        for r in futures_util::future::join_all(calls).await {
+            match r {
+                Some(n) => {
+                    queued += n;
+                    self.metrics.relays.with_label_values(&["ok"]).inc();
+                }
+                None => self.metrics.relays.with_label_values(&["failed"]).inc(),
+            }
+        }
+        queued
     }
 
     pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
-        self.call(key, "query", |mut c| {
-            let req = req.clone();
-            async move { c.query(req).await }
-        })
-        .await
+        let (_, resp) = self
+            .call(key, "query", |mut c| {
+                let req = req.clone();
+                async move { c.query(req).await }
+            })
+            .await?;
+        Ok(resp)
     }
 
     /// Call the hubs in `key`'s order until one answers. A hub that fails
     /// before answering (cannot connect, unavailable, deadline) is marked
     /// down and the next is tried; a refusal of the request itself is final.
-    async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<T, PublishError>
+    async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<(usize, T), PublishError>
     where
         F: Fn(HubClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut not_found = None;
         let mut last_error = String::from("no hub configured");
-        for hub in self.order(key) {
+        for index in self.order(key) {
+            let hub = &self.hubs[index];
             match f(HubClient::new(hub.channel.clone())).await {
                 Ok(resp) => {
                     hub.up.store(true, Ordering::Relaxed);
-                    return Ok(resp.into_inner());
+                    return Ok((index, resp.into_inner()));
                 }
                 Err(status) => match status.code() {
                     Code::InvalidArgument => return Err(PublishError::Rejected(status)),
@@ -164,8 +249,10 @@ impl HubPool {
                     tracing::info!(hub = %hub.url, up = ok, "hub health changed");
                 }
                 up += usize::from(ok);
+                self.read_members(hub, ok).await;
             }
             metrics.hubs_up.set(up as i64);
+            self.replan();
             if up > 0 {
                 health.set_ready();
             } else {
@@ -175,6 +262,139 @@ impl HubPool {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+}
+
+impl HubPool {
+    /// Refresh a hub's id and member list (forgotten while it is down).
+    async fn read_members(&self, hub: &HubHandle, up: bool) {
+        let members = if up {
+            let mut client = HubClient::new(hub.channel.clone());
+            match tokio::time::timeout(self.timeout, client.members(MembersRequest {})).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    *hub.hub_id.lock().expect("hub id lock") = Some(r.hub_id);
+                    r.gateways
+                }
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        *hub.members.lock().expect("members lock") = members;
+    }
+
+    /// Rebuild the relay plan from the hubs' member lists: every gateway's
+    /// newest declaration decides which live hubs it lacks, and one live hub
+    /// it has relays to it.
+    fn replan(self: &Arc<Self>) {
+        let mut declared: HashMap<String, Links> = HashMap::new();
+        let mut live: Vec<(usize, String)> = Vec::new();
+        for (i, hub) in self.hubs.iter().enumerate() {
+            if !hub.up.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Some(id) = hub.hub_id.lock().expect("hub id lock").clone() {
+                live.push((i, id));
+            }
+            for m in hub.members.lock().expect("members lock").iter() {
+                let Some(links) = &m.links else { continue };
+                let e = declared.entry(m.gateway_id.clone()).or_default();
+                if links.version >= e.version {
+                    *e = links.clone();
+                }
+            }
+        }
+        let plan = relay_plan(&live, &declared);
+        let partitioned = declared
+            .values()
+            .filter(|l| !l.hub_ids.is_empty() && live.iter().any(|(_, id)| !l.hub_ids.contains(id)))
+            .count();
+        self.metrics.partitioned_gateways.set(partitioned as i64);
+        if !plan.is_empty() {
+            tracing::info!(?plan, "relaying for gateways cut off from hubs");
+        }
+        let old = std::mem::replace(&mut *self.plan.write().expect("plan lock"), Arc::new(plan.clone()));
+        self.replay_to_newly_cut(&old, &plan, &declared);
+    }
+
+    /// Gateways that joined the plan for an owner hub since the last poll
+    /// missed what that hub accepted while the partition went unnoticed:
+    /// send them this ingress's kept publishes of that hub, in order, on a
+    /// task of their own (the poll goes on).
+    fn replay_to_newly_cut(self: &Arc<Self>, old: &RelayPlan, new: &RelayPlan, declared: &HashMap<String, Links>) {
+        for (owner_id, routes) in new {
+            let Some(owner) =
+                self.hubs.iter().position(|h| h.hub_id.lock().expect("hub id lock").as_deref() == Some(owner_id))
+            else {
+                continue;
+            };
+            let had: Vec<&String> =
+                old.get(owner_id).map(|r| r.iter().flat_map(|(_, g)| g).collect()).unwrap_or_default();
+            for (via, gateways) in routes {
+                for gateway in gateways.iter().filter(|g| !had.contains(g)) {
+                    // From when it may have missed messages (0: unknown, all kept).
+                    let since = declared.get(gateway).and_then(|l| l.lost_since.get(owner_id)).copied().unwrap_or(0);
+                    self.replay_to(gateway.clone(), owner, owner_id, *via, since);
+                }
+            }
+        }
+    }
+
+    fn replay_to(self: &Arc<Self>, gateway: String, owner: usize, owner_id: &str, via: usize, since: u64) {
+        let kept = self.replay.of(owner, since);
+        tracing::info!(%gateway, hub = %owner_id, publishes = kept.len(), "replaying to a gateway cut off from a hub");
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut client = HubClient::new(pool.hubs[via].channel.clone());
+            for mut req in kept {
+                if let Some(r) = req.relay.as_mut() {
+                    r.gateways = vec![gateway.clone()];
+                }
+                let ok = client.publish(req).await.is_ok();
+                pool.metrics.replayed.inc();
+                pool.metrics.relays.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+            }
+        });
+    }
+}
+
+/// Owner hub id → [(relay hub index, gateways)]: for each live hub, the
+/// gateways whose declaration lacks it, each assigned to the first live hub
+/// it does have (gateways attached to no live hub are left out).
+fn relay_plan(live: &[(usize, String)], declared: &HashMap<String, Links>) -> RelayPlan {
+    let mut plan = RelayPlan::new();
+    for (_, owner) in live {
+        let mut routes: Vec<(usize, Vec<String>)> = Vec::new();
+        for (gateway, links) in declared {
+            let has = &links.hub_ids;
+            if has.contains(owner) {
+                continue;
+            }
+            let Some((via, _)) = live.iter().find(|(_, id)| has.contains(id)) else { continue };
+            match routes.iter_mut().find(|(i, _)| i == via) {
+                Some((_, gws)) => gws.push(gateway.clone()),
+                None => routes.push((*via, vec![gateway.clone()])),
+            }
+        }
+        if !routes.is_empty() {
+            for (_, gws) in &mut routes {
+                gws.sort_unstable();
+            }
+            routes.sort_unstable();
+            plan.insert(owner.clone(), routes);
+        }
+    }
+    plan
+}
+
+/// A publish id: random, never 0 (0 means "no id" to gateways).
+fn random_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
         }
     }
 }
@@ -197,7 +417,29 @@ fn score(hub: &str, key: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::score;
+    use super::{relay_plan, score};
+    use pushmesh_common::proto::Links;
+    use std::collections::HashMap;
+
+    #[test]
+    fn relays_go_to_gateways_that_lack_the_owner_through_a_hub_they_have() {
+        let live = vec![(0, "hub-a".to_owned()), (1, "hub-b".to_owned()), (2, "hub-c".to_owned())];
+        let d = |v: &[&str]| Links { hub_ids: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let declared: HashMap<String, Links> = [
+            ("gw-full".to_owned(), d(&["hub-a", "hub-b", "hub-c"])),
+            ("gw-cut-a".to_owned(), d(&["hub-b", "hub-c"])),
+            ("gw-only-c".to_owned(), d(&["hub-c"])),
+            ("gw-none".to_owned(), d(&[])),
+        ]
+        .into();
+        let plan = relay_plan(&live, &declared);
+        assert_eq!(plan["hub-a"], vec![(1, vec!["gw-cut-a".to_owned()]), (2, vec!["gw-only-c".to_owned()])]);
+        assert_eq!(plan["hub-b"], vec![(2, vec!["gw-only-c".to_owned()])]);
+        assert!(!plan.contains_key("hub-c"), "every gateway with a hub has hub-c");
+        // Fully meshed: nothing to relay.
+        let meshed: HashMap<_, _> = [("gw".to_owned(), d(&["hub-a", "hub-b", "hub-c"]))].into();
+        assert!(relay_plan(&live, &meshed).is_empty());
+    }
 
     #[test]
     fn rendezvous_moves_only_the_departed_hubs_keys() {

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod hubs;
 pub mod keys;
 pub mod metrics;
+pub mod replay;
 pub mod routes;
 pub mod server;
 

@@ -13,6 +13,15 @@ pub struct IngressMetrics {
     /// Time for a hub to accept a publish, retries included, by target kind.
     pub publish_duration: HistogramVec,
     pub hubs_up: IntGauge,
+    /// Relayed copies of publishes (for gateways cut off from the owner
+    /// hub), by result: ok, or failed (a gateway missed an accepted message).
+    pub relays: IntCounterVec,
+    /// Gateways that declare themselves cut off from at least one live hub.
+    pub partitioned_gateways: IntGauge,
+    /// Publishes sent again to gateways found cut off from their hub.
+    pub replayed: prometheus::IntCounter,
+    /// Bytes of recent publishes kept for that replay.
+    pub replay_bytes: IntGauge,
 }
 
 pub const TARGETS: &[&str] = &["channel", "broadcast", "connection", "user"];
@@ -42,11 +51,39 @@ impl IngressMetrics {
         .expect("metric");
         let hubs_up =
             IntGauge::new("pushmesh_ingress_hubs_up", "Hubs that answered the last health check.").expect("metric");
+        let relays = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_ingress_relays_total",
+                "Copies of accepted publishes relayed through another hub to gateways cut off from the owner hub, \
+                 by result (failed: those gateways missed the message).",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let partitioned_gateways = IntGauge::new(
+            "pushmesh_ingress_partitioned_gateways",
+            "Gateways that, at the last hub poll, were attached to some hubs but not to every live one.",
+        )
+        .expect("metric");
+        let replayed = prometheus::IntCounter::new(
+            "pushmesh_ingress_replayed_total",
+            "Recent publishes sent again, through another hub, to gateways found cut off from their owner hub.",
+        )
+        .expect("metric");
+        let replay_bytes = IntGauge::new(
+            "pushmesh_ingress_replay_buffer_bytes",
+            "Bytes of recent publishes kept to replay to gateways found cut off from a hub.",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(publishes.clone()),
             Box::new(publish_duration.clone()),
             Box::new(hubs_up.clone()),
+            Box::new(relays.clone()),
+            Box::new(partitioned_gateways.clone()),
+            Box::new(replayed.clone()),
+            Box::new(replay_bytes.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -55,7 +92,20 @@ impl IngressMetrics {
                 publishes.with_label_values(&[t, r]);
             }
         }
-        Self { registry, requests, publishes, publish_duration, hubs_up }
+        for r in ["ok", "failed"] {
+            relays.with_label_values(&[r]);
+        }
+        Self {
+            registry,
+            requests,
+            publishes,
+            publish_duration,
+            hubs_up,
+            relays,
+            partitioned_gateways,
+            replayed,
+            replay_bytes,
+        }
     }
 }
 

@@ -28,23 +28,19 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let metrics = IngressMetrics::new();
         let hubs = Arc::new(HubPool::new(
             &config.hubs,
             Duration::from_millis(config.publish_timeout_ms.max(1)),
             config.hub_tls.client_config()?,
+            metrics.clone(),
+            crate::replay::ReplayRing::new(Duration::from_millis(config.relay_replay_ms), config.relay_replay_bytes),
         )?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
-        Ok(Self {
-            config,
-            listener,
-            grpc,
-            hubs,
-            metrics: IngressMetrics::new(),
-            health: Health::new("no hub checked yet"),
-        })
+        Ok(Self { config, listener, grpc, hubs, metrics, health: Health::new("no hub checked yet") })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

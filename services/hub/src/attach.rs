@@ -83,6 +83,11 @@ async fn read(
                 queries.complete(r);
                 continue;
             }
+            Some(attach_request::Kind::Links(links)) => {
+                tracing::debug!(gateway = %link.gateway, hubs = ?links.hub_ids, "gateway declared its hubs");
+                table.declare(&link, links);
+                continue;
+            }
             Some(attach_request::Kind::Hello(_)) | None => {
                 tracing::warn!(gateway = %link.gateway, "ignoring unexpected attach message");
                 continue;

@@ -29,7 +29,7 @@ impl HubMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
         let publishes = IntCounterVec::new(
-            Opts::new("pushmesh_hub_publishes_total", "Publishes accepted by the hub, by target kind."),
+            Opts::new("pushmesh_hub_publishes_total", "Publishes accepted by the hub, by target kind (relay: a copy of another hub's publish for gateways cut off from it)."),
             &["target"],
         )
         .expect("metric");
@@ -87,7 +87,7 @@ impl HubMetrics {
         }
         // Make the known label values visible at 0 from the start, so a
         // dashboard (and a test) sees the series before the first event.
-        for t in ["channel", "broadcast", "connection", "user"] {
+        for t in ["channel", "broadcast", "connection", "user", "relay"] {
             publishes.with_label_values(&[t]);
         }
         dropped.with_label_values(&["gateway_queue_full"]);

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, topic};
 use pushmesh_common::proto::hub_server::Hub;
 use pushmesh_common::proto::{
-    AttachRequest, Delivery, HistoryRequest, HistoryResponse, PublishRequest, PublishResponse, QueryRequest,
-    QueryResponse, attach_request, publish_request,
+    AttachRequest, Delivery, HistoryRequest, HistoryResponse, MembersRequest, MembersResponse, PublishRequest,
+    PublishResponse, QueryRequest, QueryResponse, attach_request, publish_request,
 };
 
 use crate::attach::{self, AttachSettings, AttachStream};
@@ -46,6 +46,47 @@ impl HubService {
     }
 }
 
+impl HubService {
+    /// A copy of a publish its owner hub accepted, for the listed gateways
+    /// (cut off from the owner): routed to them only, at the owner's
+    /// position, and not recorded in this hub's history.
+    fn relay(
+        &self,
+        target: Option<publish_request::Target>,
+        data: bytes::Bytes,
+        exclude: Vec<String>,
+        id: u64,
+        relay: pushmesh_common::proto::Relay,
+    ) -> Result<PublishResponse, Status> {
+        let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
+        let mut d = Delivery { data, exclude, id, ..Default::default() };
+        match target {
+            Some(publish_request::Target::Channel(name)) => {
+                let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
+                d.topic = ch.topic();
+                d.channel = ch.as_str().to_owned();
+                d.epoch = relay.epoch;
+                d.offset = relay.offset;
+            }
+            Some(publish_request::Target::Broadcast(_)) => d.topic = topic::BROADCAST.to_owned(),
+            Some(publish_request::Target::Connection(id)) => {
+                let conn = ConnectionId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+                d.topic = conn.gateway().topic();
+                d.connection = conn.to_string();
+                d.exclude.clear();
+            }
+            Some(publish_request::Target::User(user)) if !user.is_empty() => {
+                d.topic = format!("{}{user}", topic::USER_PREFIX);
+            }
+            Some(publish_request::Target::User(_)) => return Err(invalid("user id is empty".to_owned())),
+            None => return Err(invalid("publish needs a target".to_owned())),
+        }
+        let routed = self.table.route_to(d, &relay.gateways);
+        self.metrics.publishes.with_label_values(&["relay"]).inc();
+        Ok(PublishResponse { gateways: routed.queued, ..Default::default() })
+    }
+}
+
 #[tonic::async_trait]
 impl Hub for HubService {
     type AttachStream = AttachStream;
@@ -77,6 +118,9 @@ impl Hub for HubService {
         let started = Instant::now();
         let req = request.into_inner();
         let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
+        if let Some(relay) = req.relay {
+            return self.relay(req.target, req.data, req.exclude, req.id, relay).map(Response::new);
+        }
         let (kind, delivery) = match req.target {
             Some(publish_request::Target::Channel(name)) => {
                 let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
@@ -97,6 +141,7 @@ impl Hub for HubService {
                             exclude: req.exclude,
                             epoch: epoch.clone(),
                             offset,
+                            id: req.id,
                             ..Default::default()
                         };
                         let routed = self.table.route(delivery);
@@ -113,6 +158,7 @@ impl Hub for HubService {
                     topic: topic::BROADCAST.to_owned(),
                     data: req.data,
                     exclude: req.exclude,
+                    id: req.id,
                     ..Default::default()
                 };
                 ("broadcast", delivery)
@@ -132,6 +178,7 @@ impl Hub for HubService {
                     topic: conn.gateway().topic(),
                     connection: conn.to_string(),
                     data: req.data,
+                    id: req.id,
                     ..Default::default()
                 };
                 ("connection", delivery)
@@ -144,6 +191,7 @@ impl Hub for HubService {
                     topic: format!("{}{user}", topic::USER_PREFIX),
                     data: req.data,
                     exclude: req.exclude,
+                    id: req.id,
                     ..Default::default()
                 };
                 ("user", delivery)
@@ -154,6 +202,10 @@ impl Hub for HubService {
         self.metrics.publishes.with_label_values(&[kind]).inc();
         self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
         Ok(Response::new(PublishResponse { gateways: routed.queued, ..Default::default() }))
+    }
+
+    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse { hub_id: self.settings.hub_id.clone(), gateways: self.table.members() }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {

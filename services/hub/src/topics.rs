@@ -8,15 +8,19 @@
 //!
 //! A full gateway queue drops the delivery for that gateway only, and counts
 //! it: a slow gateway must not stall publishers or the other gateways.
+//!
+//! Each link also keeps the gateway's latest `Links` declaration (which hubs
+//! it is attached to), so ingresses can find gateways cut off from a hub
+//! (`members`) and relays reach exactly those (`route_to`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use pushmesh_common::proto::Delivery;
+use pushmesh_common::proto::{Delivery, Links, Member};
 
 use crate::metrics::HubMetrics;
 
@@ -39,6 +43,8 @@ pub struct Link {
     /// Cancelled when the link is replaced by a newer stream from the same
     /// gateway, or the hub shuts down.
     pub closed: CancellationToken,
+    /// The gateway's newest declaration of the hubs it is attached to.
+    pub declared: Mutex<Option<Links>>,
 }
 
 #[derive(Default)]
@@ -74,6 +80,7 @@ impl TopicTable {
             gateway: gateway.clone(),
             queue,
             closed: CancellationToken::new(),
+            declared: Mutex::new(None),
         });
         let old = {
             let mut inner = self.inner.write().expect("topic table lock");
@@ -143,18 +150,49 @@ impl TopicTable {
         self.inner.read().expect("topic table lock").gateways.contains_key(gateway)
     }
 
+    /// Record a gateway's declaration on its stream (an older one, from a
+    /// reordered or stale message, is ignored).
+    pub fn declare(&self, link: &Link, links: Links) {
+        let mut declared = link.declared.lock().expect("declared lock");
+        if declared.as_ref().is_none_or(|d| d.version <= links.version) {
+            *declared = Some(links);
+        }
+    }
+
+    /// Every attached gateway with its latest declaration.
+    pub fn members(&self) -> Vec<Member> {
+        self.links()
+            .into_iter()
+            .map(|l| Member { gateway_id: l.gateway.clone(), links: l.declared.lock().expect("declared lock").clone() })
+            .collect()
+    }
+
     /// Queue `delivery` to every gateway subscribed to its topic.
     pub fn route(&self, delivery: Delivery) -> Routed {
+        self.route_filtered(delivery, |_| true)
+    }
+
+    /// Queue `delivery` to those of `gateways` that are subscribed to its
+    /// topic here (a relay).
+    pub fn route_to(&self, delivery: Delivery, gateways: &[String]) -> Routed {
+        self.route_filtered(delivery, |l| gateways.contains(&l.gateway))
+    }
+
+    fn route_filtered(&self, delivery: Delivery, wanted: impl Fn(&Link) -> bool) -> Routed {
         let inner = self.inner.read().expect("topic table lock");
         let mut routed = Routed { queued: 0, dropped: 0 };
         let Some(links) = inner.topics.get(&delivery.topic) else {
             return routed;
         };
-        let (last, rest) = links.split_last().expect("topic entries are never empty");
-        for link in rest {
-            Self::push(link, Outbound::Delivery(delivery.clone()), &mut routed);
+        let mut targets = links.iter().filter(|l| wanted(l));
+        if let Some(mut current) = targets.next() {
+            // Clone for all but the last target, which takes the original.
+            for next in targets {
+                Self::push(current, Outbound::Delivery(delivery.clone()), &mut routed);
+                current = next;
+            }
+            Self::push(current, Outbound::Delivery(delivery), &mut routed);
         }
-        Self::push(last, Outbound::Delivery(delivery), &mut routed);
         drop(inner);
         self.metrics.deliveries.inc_by(u64::from(routed.queued));
         if routed.dropped > 0 {

@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_STARTUP_GRACE_SECS", default_value_t = 10)]
     pub startup_grace_secs: u64,
 
+    /// Publish ids remembered to drop a second copy of one publish (which
+    /// can arrive, directly and relayed, while a partition between this
+    /// gateway and a hub heals); 0 turns it off.
+    #[arg(long, env = "PUSHMESH_RECENT_IDS", default_value_t = 65_536)]
+    pub recent_ids: usize,
+
     /// HTTP/2 keepalive ping interval (and timeout) towards hubs, in seconds:
     /// a dead or hung hub is noticed within about twice this.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]

@@ -9,22 +9,30 @@
 //! changes arrive as commands from the registry, in order, are coalesced
 //! into as few stream messages as possible, and their acks release the
 //! clients waiting for "subscription live".
+//!
+//! Every link also tells its hub which hubs this gateway is attached to
+//! (`Links`, re-sent on all links whenever the set changes). Ingresses read
+//! those declarations from the hubs and, for a gateway cut off from one hub
+//! while the others still reach it (a partition), relay that hub's
+//! publishes through a hub the gateway still has. A publish can then arrive
+//! twice while the partition heals; `RecentIds` drops the second copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use pushmesh_common::ids::topic;
 use pushmesh_common::proto::hub_client::HubClient;
 use pushmesh_common::proto::{
-    AttachRequest, Hello, HistoryRequest, HistoryResponse, TopicsChange, attach_request, attach_response,
+    AttachRequest, Hello, HistoryRequest, HistoryResponse, Links, TopicsChange, attach_request, attach_response,
 };
 
+use crate::dedupe::RecentIds;
 use crate::fanout;
 use crate::server::Shared;
 
@@ -44,16 +52,27 @@ impl LinkCmd {
     }
 }
 
+/// Hub id per link index (while attached), and lost hub id → unix ns from
+/// which its messages may be missing.
+type HubIds = (Vec<Option<String>>, HashMap<String, u64>);
+
 /// The command side of every hub link.
 pub struct HubLinks {
     links: Vec<(String, mpsc::Sender<LinkCmd>)>,
     /// Each link's gRPC channel while it is attached (for unary calls such
     /// as `History`), by link index.
     channels: Vec<std::sync::Mutex<Option<tonic::transport::Channel>>>,
+    /// Each link's hub id while it is attached, by link index, and the hubs
+    /// lost with when their messages may have started to go missing.
+    hub_ids: std::sync::Mutex<HubIds>,
+    /// The declaration every attached link sends to its hub.
+    declared: watch::Sender<Links>,
+    /// Publish ids already delivered here.
+    recent: RecentIds,
 }
 
 impl HubLinks {
-    pub fn new(endpoints: &[String]) -> (Self, Vec<mpsc::Receiver<LinkCmd>>) {
+    pub fn new(endpoints: &[String], recent_ids: usize) -> (Self, Vec<mpsc::Receiver<LinkCmd>>) {
         let mut links = Vec::new();
         let mut rxs = Vec::new();
         for e in endpoints {
@@ -62,11 +81,39 @@ impl HubLinks {
             rxs.push(rx);
         }
         let channels = endpoints.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        (Self { links, channels }, rxs)
+        let hub_ids = std::sync::Mutex::new((vec![None; endpoints.len()], HashMap::new()));
+        let (declared, _) = watch::channel(Links::default());
+        (Self { links, channels, hub_ids, declared, recent: RecentIds::new(recent_ids) }, rxs)
     }
 
     fn set_channel(&self, index: usize, channel: Option<tonic::transport::Channel>) {
         *self.channels[index].lock().expect("channel lock") = channel;
+    }
+
+    /// Link `index` is attached to hub `hub_id` (or, with `None`, lost its
+    /// hub, whose messages may be missing from `missing_since`, unix ns):
+    /// declare the new set on every link.
+    fn set_attached(&self, index: usize, hub_id: Option<String>, missing_since: u64) {
+        let mut guard = self.hub_ids.lock().expect("hub ids lock");
+        let (ids, lost) = &mut *guard;
+        match &hub_id {
+            Some(id) => {
+                lost.remove(id);
+            }
+            None => {
+                if let Some(old) = &ids[index] {
+                    lost.insert(old.clone(), missing_since);
+                }
+            }
+        }
+        ids[index] = hub_id;
+        let mut hub_ids: Vec<String> = ids.iter().flatten().cloned().collect();
+        hub_ids.sort_unstable();
+        hub_ids.dedup();
+        // Nanoseconds of the wall clock: newer than any declaration of an
+        // earlier run of this gateway too (its id may be a stable pod name).
+        let version = unix_nanos(std::time::SystemTime::now());
+        self.declared.send_replace(Links { version, hub_ids, lost_since: lost.clone() });
     }
 
     /// Ask every attached hub for `channel`'s messages after `since`; the
@@ -280,19 +327,29 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
     let mut next_id = snapshot_id + 1;
     let mut pending: HashMap<u64, Vec<oneshot::Sender<()>>> = HashMap::new();
     let mut attached = false;
+    let mut hub_id = None;
+    let mut last_heard = Instant::now();
+    let mut declared = shared.links.declared.subscribe();
     let started = Instant::now();
     let error = loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break None,
             msg = inbound.message() => {
                 let msg = match msg {
-                    Ok(Some(m)) => m,
+                    Ok(Some(m)) => {
+                        last_heard = Instant::now();
+                        m
+                    }
                     Ok(None) => break Some("hub closed the stream".to_owned()),
                     Err(status) => break Some(format!("stream: {}", status.message())),
                 };
                 match msg.kind {
-                    Some(attach_response::Kind::Deliveries(batch)) => {
+                    Some(attach_response::Kind::Deliveries(mut batch)) => {
                         shared.metrics.hub_deliveries.inc_by(batch.items.len() as u64);
+                        let dups = shared.links.recent.retain_new(&mut batch.items);
+                        if dups > 0 {
+                            shared.metrics.duplicates.inc_by(dups as u64);
+                        }
                         for d in batch.items {
                             fanout::deliver(shared, d);
                         }
@@ -301,6 +358,10 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
                         if ack.request_id == snapshot_id && !attached {
                             attached = true;
                             shared.links.set_channel(index, Some(channel.clone()));
+                            // The hub's id comes in its greeting, before any ack;
+                            // a hub too old to greet is named by its endpoint.
+                            let id = hub_id.take().unwrap_or_else(|| endpoint.uri().to_string());
+                            shared.links.set_attached(index, Some(id), 0);
                             shared.attached.up(shared);
                             tracing::info!(hub = ?endpoint.uri(), after_ms = started.elapsed().as_millis() as u64, "attached to hub");
                         } else if let Some(waiters) = pending.remove(&ack.request_id) {
@@ -311,6 +372,7 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
                     }
                     Some(attach_response::Kind::Attached(a)) => {
                         tracing::debug!(hub_id = %a.hub_id, "hub greeted");
+                        hub_id = (!a.hub_id.is_empty()).then_some(a.hub_id);
                     }
                     Some(attach_response::Kind::Query(q)) => {
                         // Answered on its own task: a server-side subscribe
@@ -322,6 +384,17 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
                         });
                     }
                     None => {}
+                }
+            }
+            // Only once attached: the declaration includes this hub then.
+            changed = declared.changed(), if attached => {
+                if changed.is_err() {
+                    break None;
+                }
+                let links = declared.borrow_and_update().clone();
+                let msg = AttachRequest { kind: Some(attach_request::Kind::Links(links)) };
+                if out.send(msg).await.is_err() {
+                    break Some("attach stream closed".to_owned());
                 }
             }
             cmd = cmds.recv() => {
@@ -341,11 +414,22 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
     };
     if attached {
         shared.links.set_channel(index, None);
+        // Silence on the link for up to two keepalive intervals went
+        // unnoticed: messages may be missing from then (or from the last
+        // thing heard, if later), with a margin for clock differences.
+        let keepalive = Duration::from_secs(shared.config.keepalive_secs.max(1));
+        let unnoticed = last_heard.elapsed().min(keepalive * 2) + Duration::from_millis(250);
+        let since = unix_nanos(std::time::SystemTime::now().checked_sub(unnoticed).unwrap_or(std::time::UNIX_EPOCH));
+        shared.links.set_attached(index, None, since);
         shared.attached.down(shared);
     }
     // Waiters still pending are dropped here: their clients learn the
     // subscription was not confirmed by this hub.
     Ended { error, was_attached: attached }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Send `batch` in order, one stream message per run of same-kind commands.

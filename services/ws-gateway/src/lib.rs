@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod dedupe;
 pub mod fanout;
 pub mod http;
 pub mod hubs;

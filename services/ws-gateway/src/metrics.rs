@@ -15,6 +15,7 @@ pub struct GatewayMetrics {
     pub dropped: IntCounterVec,
     /// Deliveries received from hubs (before local fan-out).
     pub hub_deliveries: IntCounter,
+    pub duplicates: IntCounter,
     pub hubs_attached: IntGauge,
     pub topics: IntGauge,
     pub commands: IntCounterVec,
@@ -53,6 +54,12 @@ impl GatewayMetrics {
         let hub_deliveries = IntCounter::new(
             "pushmesh_gateway_hub_deliveries_total",
             "Deliveries received from hubs, before local fan-out.",
+        )
+        .expect("metric");
+        let duplicates = IntCounter::new(
+            "pushmesh_gateway_duplicates_dropped_total",
+            "Hub deliveries dropped because their publish was already delivered here (a relay and its \
+             original, while a partition between this gateway and a hub heals).",
         )
         .expect("metric");
         let hubs_attached =
@@ -95,6 +102,7 @@ impl GatewayMetrics {
             Box::new(deliveries.clone()),
             Box::new(dropped.clone()),
             Box::new(hub_deliveries.clone()),
+            Box::new(duplicates.clone()),
             Box::new(hubs_attached.clone()),
             Box::new(topics.clone()),
             Box::new(commands.clone()),
@@ -127,6 +135,7 @@ impl GatewayMetrics {
             deliveries,
             dropped,
             hub_deliveries,
+            duplicates,
             hubs_attached,
             topics,
             commands,

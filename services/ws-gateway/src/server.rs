@@ -79,7 +79,7 @@ impl Gateway {
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let metrics = GatewayMetrics::new();
-        let (links, rxs) = HubLinks::new(&config.hubs);
+        let (links, rxs) = HubLinks::new(&config.hubs, config.recent_ids);
         let links = Arc::new(links);
         let registry = Registry::new(links.clone(), metrics.topics.clone());
         let ws_config = WebSocketConfig::default()

@@ -1,0 +1,121 @@
+//! The publishes this ingress sent in the last few seconds, by owner hub,
+//! to replay to a gateway that turns out to be cut off from that hub.
+//!
+//! A partition is noticed only after a while: the gateway's keepalive to the
+//! hub must fail (about twice `--keepalive-secs`), then the next hub poll
+//! must see its new declaration. What the hub accepted meanwhile never
+//! reached that gateway. When the relay plan gains a gateway, every
+//! publish kept here for the hub it lost is sent to it again through a hub
+//! it still has; the gateway drops those it did get (by publish id).
+//!
+//! Bounded by age (`--relay-replay-ms`) and bytes (`--relay-replay-bytes`);
+//! the payloads are shared with the requests, not copied.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pushmesh_common::proto::PublishRequest;
+
+pub struct Kept {
+    at: Instant,
+    /// Wall clock at acceptance (unix ns), compared with the gateway's
+    /// "missing since".
+    wall: u64,
+    pub owner: usize,
+    /// The accepted publish, its `relay` holding the owner's position.
+    pub req: PublishRequest,
+    bytes: usize,
+}
+
+pub struct ReplayRing {
+    inner: Mutex<Inner>,
+    max_age: Duration,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: VecDeque<Kept>,
+    bytes: usize,
+}
+
+impl ReplayRing {
+    pub fn new(max_age: Duration, max_bytes: usize) -> Self {
+        Self { inner: Mutex::default(), max_age, max_bytes }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.max_age.is_zero() && self.max_bytes > 0
+    }
+
+    /// Keep a publish hub `owner` accepted; answers the bytes now held.
+    pub fn keep(&self, owner: usize, req: PublishRequest) -> usize {
+        let now = Instant::now();
+        let bytes = req.data.len() + 128;
+        let mut inner = self.inner.lock().expect("replay lock");
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        inner.items.push_back(Kept { at: now, wall, owner, req, bytes });
+        inner.bytes += bytes;
+        self.trim(&mut inner, now);
+        inner.bytes
+    }
+
+    /// The kept publishes of hub `owner` accepted at or after `since`
+    /// (unix ns), oldest first.
+    pub fn of(&self, owner: usize, since: u64) -> Vec<PublishRequest> {
+        let mut inner = self.inner.lock().expect("replay lock");
+        self.trim(&mut inner, Instant::now());
+        inner.items.iter().filter(|k| k.owner == owner && k.wall >= since).map(|k| k.req.clone()).collect()
+    }
+
+    fn trim(&self, inner: &mut Inner, now: Instant) {
+        while let Some(front) = inner.items.front() {
+            if inner.bytes <= self.max_bytes && now.duration_since(front.at) <= self.max_age {
+                break;
+            }
+            inner.bytes -= front.bytes;
+            inner.items.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(n: u8, len: usize) -> PublishRequest {
+        PublishRequest { id: u64::from(n), data: vec![n; len].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn keeps_each_owners_publishes_in_order_within_the_byte_bound() {
+        let ring = ReplayRing::new(Duration::from_secs(60), 3 * (100 + 128));
+        for n in 1..=4 {
+            ring.keep(usize::from(n % 2), req(n, 100));
+        }
+        // Four kept, the bound holds three: the oldest (1) went.
+        assert_eq!(ring.of(0, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(ring.of(1, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn forgets_what_is_older_than_the_window() {
+        let ring = ReplayRing::new(Duration::from_millis(50), 1 << 20);
+        ring.keep(0, req(1, 10));
+        std::thread::sleep(Duration::from_millis(80));
+        ring.keep(0, req(2, 10));
+        assert_eq!(ring.of(0, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn replays_only_what_was_accepted_since_the_given_time() {
+        let ring = ReplayRing::new(Duration::from_secs(60), 1 << 20);
+        ring.keep(0, req(1, 10));
+        std::thread::sleep(Duration::from_millis(20));
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        ring.keep(0, req(2, 10));
+        assert_eq!(ring.of(0, since).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+    }
+}
