@@ -354,6 +354,36 @@ def test_deleting_a_hub_pod_keeps_publishing_and_delivery_going(cluster):
     assert not cluster.probe_failures()
 
 
+def test_scaling_hubs_is_followed_through_dns_without_a_rollout(cluster):
+    """A fourth hub pod appears (as `kubectl scale` would make it): gateways
+    and ingresses find it through the headless Service's DNS name, attach,
+    and route its share of channels to it; it goes away again and they drop
+    it. No gateway or ingress restarts meanwhile."""
+    sts = next(w for w, _ in cluster.workloads() if w["kind"] == "StatefulSet")
+    others = {p.name: p.proc.pid for p in cluster.pods.values() if p.labels["app.kubernetes.io/component"] != "hub"}
+
+    async def scenario():
+        clients = await open_clients(cluster)
+        try:
+            extra = cluster.start_pod(sts, ordinal=3)
+            cluster.wait_until(lambda: extra.ready, 60, f"{extra.name} to be ready")
+            wait_for_full_mesh(cluster)  # 4 hubs, found through DNS
+            await publish_round(cluster, clients, "four-hubs")
+            assert metric(scrape(metrics_url(extra)), "pushmesh_hub_publishes_total", target="channel") > 0, \
+                "the new hub takes its share of the channels"
+            result = await asyncio.to_thread(cluster.delete_pod, extra.name)
+            assert result["exit_code"] == 0, result
+            wait_for_full_mesh(cluster)  # back to 3
+            await publish_round(cluster, clients, "three-hubs")
+        finally:
+            await close_all(clients)
+
+    asyncio.run(scenario())
+    assert {p.name: p.proc.pid for p in cluster.pods.values()
+            if p.labels["app.kubernetes.io/component"] != "hub"} == others, "nothing was restarted"
+    assert not cluster.probe_failures()
+
+
 def blackhole(pod, peer, on=True):
     """Drop every packet from `pod` to `peer` (both keep their sockets: a
     partition, not a crash)."""

@@ -86,18 +86,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-Every hub replica's gRPC URL, comma-separated: gateways attach to each one,
-ingresses hash channels over them. StatefulSet pods have stable DNS names
-under the headless Service, so the list is known from the replica count.
+Where gateways and ingresses find the hubs: the headless Service's DNS name,
+which answers every hub pod's address (ready or still warming up: see
+hub-service.yaml). They re-resolve it every hub.dnsIntervalSecs, so scaling
+the hubs or replacing a hub pod needs no rollout of gateways or ingresses.
 */}}
-{{- define "pushmesh.hubUrls" -}}
-{{- $hub := include "pushmesh.componentName" (dict "root" . "component" "hub") -}}
-{{- $headless := include "pushmesh.hub.headless" . -}}
-{{- $urls := list -}}
-{{- range $i := until (int .Values.hub.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc.%s:%d" $hub $i $headless $.Release.Namespace $.Values.clusterDomain (int $.Values.hub.ports.grpc)) -}}
-{{- end -}}
-{{- join "," $urls -}}
+{{- define "pushmesh.hubDns" -}}
+{{- printf "%s.%s.svc.%s:%d" (include "pushmesh.hub.headless" .) .Release.Namespace .Values.clusterDomain (int .Values.hub.ports.grpc) -}}
 {{- end -}}
 
 {{/*
@@ -180,7 +175,7 @@ topologySpreadConstraints:
 {{/*
 Pod annotations: checksums of the component's own config and of the chart's
 Secret, so a changed value rolls exactly the pods it affects (scaling hubs
-rolls gateways and ingresses, whose hub list changes, but not the hubs).
+rolls nothing: gateways and ingresses find hubs through DNS).
 */}}
 {{- define "pushmesh.podAnnotations" -}}
 checksum/config: {{ include (printf "pushmesh.config.%s" .component) .root | sha256sum }}
@@ -227,7 +222,8 @@ PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 {{- define "pushmesh.config.ws-gateway" -}}
 {{- $c := .Values.wsGateway.config -}}
 PUSHMESH_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.wsGateway.port) | quote }}
-PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
+PUSHMESH_HUB_DNS: {{ include "pushmesh.hubDns" . | quote }}
+PUSHMESH_HUB_DNS_INTERVAL_SECS: {{ .Values.hub.dnsIntervalSecs | quote }}
 PUSHMESH_OUTBOUND_QUEUE: {{ $c.outboundQueue | quote }}
 PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
 PUSHMESH_READ_BUFFER_BYTES: {{ $c.readBufferBytes | quote }}
@@ -247,7 +243,8 @@ PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 {{- $c := .Values.httpIngress.config -}}
 PUSHMESH_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.port) | quote }}
 PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.grpcPort) | quote }}
-PUSHMESH_HUBS: {{ include "pushmesh.hubUrls" . | quote }}
+PUSHMESH_HUB_DNS: {{ include "pushmesh.hubDns" . | quote }}
+PUSHMESH_HUB_DNS_INTERVAL_SECS: {{ .Values.hub.dnsIntervalSecs | quote }}
 PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
 PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}

@@ -20,9 +20,13 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
 
     /// Hub gRPC endpoints. A publish goes to the hub its target hashes to
-    /// (rendezvous hashing), and to the next one if that hub is down.
-    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    /// (rendezvous hashing), and to the next one if that hub is down
+    /// (default: http://127.0.0.1:50051 when --hub-dns is not given either).
+    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',')]
     pub hubs: Vec<String>,
+
+    #[command(flatten)]
+    pub hub_dns: pushmesh_common::discovery::HubDnsArgs,
 
     /// Largest request body, in bytes (413 beyond).
     #[arg(long, env = "PUSHMESH_MAX_BODY_BYTES", default_value_t = 1 << 20)]

@@ -40,7 +40,7 @@ use pushmesh_common::proto::{
 use crate::metrics::IngressMetrics;
 use crate::replay::ReplayRing;
 
-struct HubHandle {
+pub struct HubHandle {
     url: String,
     channel: Channel,
     up: AtomicBool,
@@ -49,13 +49,15 @@ struct HubHandle {
     members: Mutex<Vec<Member>>,
 }
 
-/// For each owner hub id: the relay hubs (by index) and the gateways each
+/// For each owner hub id: the relay hubs (by URL) and the gateways each
 /// must relay to.
-type RelayPlan = HashMap<String, Vec<(usize, Vec<String>)>>;
+type RelayPlan = HashMap<String, Vec<(String, Vec<String>)>>;
 
 pub struct HubPool {
-    hubs: Vec<HubHandle>,
+    /// The current hub set; replaced whole when discovery changes it.
+    hubs: RwLock<Arc<Vec<Arc<HubHandle>>>>,
     timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     plan: RwLock<Arc<RelayPlan>>,
     metrics: IngressMetrics,
     replay: ReplayRing,
@@ -80,46 +82,64 @@ impl HubPool {
         metrics: IngressMetrics,
         replay: ReplayRing,
     ) -> anyhow::Result<Self> {
-        if urls.is_empty() {
-            anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
+        let pool = Self { hubs: RwLock::default(), timeout, tls, plan: RwLock::default(), metrics, replay };
+        pool.set_hubs(urls)?;
+        Ok(pool)
+    }
+
+    fn handle(&self, url: &str) -> anyhow::Result<HubHandle> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| {
+                anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051")
+            })?
+            .connect_timeout(Duration::from_millis(500).min(self.timeout))
+            .timeout(self.timeout)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        };
+        Ok(HubHandle {
+            url: url.to_owned(),
+            channel: endpoint.connect_lazy(),
+            up: AtomicBool::new(false),
+            hub_id: Mutex::new(None),
+            members: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Make the hub set `urls`: hubs already known keep their connection
+    /// and state; new ones start down until their first health check.
+    pub fn set_hubs(&self, urls: &[String]) -> anyhow::Result<()> {
+        let old = self.current();
+        let mut next = Vec::with_capacity(urls.len());
+        for url in urls {
+            match old.iter().find(|h| h.url == *url) {
+                Some(h) => next.push(h.clone()),
+                None => next.push(Arc::new(self.handle(url)?)),
+            }
         }
-        let hubs = urls
-            .iter()
-            .map(|url| {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051"
-                        )
-                    })?
-                    .connect_timeout(Duration::from_millis(500).min(timeout))
-                    .timeout(timeout)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true);
-                let endpoint = match &tls {
-                    Some(tls) => endpoint.tls_config(tls.clone())?,
-                    None => endpoint,
-                };
-                Ok(HubHandle {
-                    url: url.clone(),
-                    channel: endpoint.connect_lazy(),
-                    up: AtomicBool::new(false),
-                    hub_id: Mutex::new(None),
-                    members: Mutex::new(Vec::new()),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { hubs, timeout, plan: RwLock::default(), metrics, replay })
+        *self.hubs.write().expect("hubs lock") = Arc::new(next);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<HubHandle>>> {
+        self.hubs.read().expect("hubs lock").clone()
+    }
+
+    fn by_url(&self, url: &str) -> Option<Arc<HubHandle>> {
+        self.current().iter().find(|h| h.url == url).cloned()
     }
 
     /// Hubs in the order to try for `key`: by rendezvous score, hubs that
     /// are up first.
-    fn order(&self, key: &str) -> Vec<usize> {
-        let mut hubs: Vec<(usize, bool, u64)> =
-            self.hubs.iter().enumerate().map(|(i, h)| (i, h.up.load(Ordering::Relaxed), score(&h.url, key))).collect();
+    fn order(&self, key: &str) -> Vec<Arc<HubHandle>> {
+        let mut hubs: Vec<(Arc<HubHandle>, bool, u64)> =
+            self.current().iter().map(|h| (h.clone(), h.up.load(Ordering::Relaxed), score(&h.url, key))).collect();
         hubs.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
-        hubs.into_iter().map(|(i, ..)| i).collect()
+        hubs.into_iter().map(|(h, ..)| h).collect()
     }
 
     /// Publish through the owner hub of `key` (or the next that accepts),
@@ -134,30 +154,31 @@ impl HubPool {
             })
             .await?;
         if !resp.duplicate {
-            if self.hubs.len() > 1 && self.replay.enabled() {
+            if self.current().len() > 1 && self.replay.enabled() {
                 let mut kept = req.clone();
                 kept.relay = Some(Relay { gateways: Vec::new(), epoch: resp.epoch.clone(), offset: resp.offset });
-                let bytes = self.replay.keep(owner, kept);
+                let bytes = self.replay.keep(&owner.url, kept);
                 self.metrics.replay_bytes.set(bytes as i64);
             }
-            resp.gateways += self.relay(owner, req, &resp).await;
+            resp.gateways += self.relay(&owner, req, &resp).await;
         }
         Ok(resp)
     }
 
     /// Send relay copies of a publish hub `owner` accepted; answers how
     /// many gateway streams they were queued to.
-    async fn relay(&self, owner: usize, req: PublishRequest, accepted: &PublishResponse) -> u32 {
-        let Some(owner_id) = self.hubs[owner].hub_id.lock().expect("hub id lock").clone() else { return 0 };
+    async fn relay(&self, owner: &HubHandle, req: PublishRequest, accepted: &PublishResponse) -> u32 {
+        let Some(owner_id) = owner.hub_id.lock().expect("hub id lock").clone() else { return 0 };
         let plan = self.plan.read().expect("plan lock").clone();
         let Some(routes) = plan.get(&owner_id) else { return 0 };
-        let calls = routes.iter().filter(|(via, _)| *via != owner).map(|(via, gateways)| {
+        let calls = routes.iter().filter(|(via, _)| *via != owner.url).filter_map(|(via, gateways)| {
+            let via = self.by_url(via)?;
             let mut req = req.clone();
             req.relay =
                 Some(Relay { gateways: gateways.clone(), epoch: accepted.epoch.clone(), offset: accepted.offset });
-            let mut client = HubClient::new(self.hubs[*via].channel.clone());
-            let url = &self.hubs[*via].url;
-            async move {
+            Some(async move {
+                let mut client = HubClient::new(via.channel.clone());
+                let url = &via.url;
                 match client.publish(req).await {
                     Ok(r) => Some(r.into_inner().gateways),
                     Err(status) => {
@@ -165,7 +186,7 @@ impl HubPool {
                         None
                     }
                 }
-            }
+            })
         });
         let mut queued = 0;
         for r in futures_util::future::join_all(calls).await {
@@ -193,19 +214,18 @@ impl HubPool {
     /// Call the hubs in `key`'s order until one answers. A hub that fails
     /// before answering (cannot connect, unavailable, deadline) is marked
     /// down and the next is tried; a refusal of the request itself is final.
-    async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<(usize, T), PublishError>
+    async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<(Arc<HubHandle>, T), PublishError>
     where
         F: Fn(HubClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut not_found = None;
         let mut last_error = String::from("no hub configured");
-        for index in self.order(key) {
-            let hub = &self.hubs[index];
+        for hub in self.order(key) {
             match f(HubClient::new(hub.channel.clone())).await {
                 Ok(resp) => {
                     hub.up.store(true, Ordering::Relaxed);
-                    return Ok((index, resp.into_inner()));
+                    return Ok((hub, resp.into_inner()));
                 }
                 Err(status) => match status.code() {
                     Code::InvalidArgument => return Err(PublishError::Rejected(status)),
@@ -237,7 +257,7 @@ impl HubPool {
     ) {
         loop {
             let mut up = 0;
-            for hub in &self.hubs {
+            for hub in self.current().iter() {
                 let mut client = HealthClient::new(hub.channel.clone());
                 let req = HealthCheckRequest { service: "pushmesh.v1.Hub".to_owned() };
                 let ok = matches!(
@@ -290,13 +310,13 @@ impl HubPool {
     /// it has relays to it.
     fn replan(self: &Arc<Self>) {
         let mut declared: HashMap<String, Links> = HashMap::new();
-        let mut live: Vec<(usize, String)> = Vec::new();
-        for (i, hub) in self.hubs.iter().enumerate() {
+        let mut live: Vec<(String, String)> = Vec::new();
+        for hub in self.current().iter() {
             if !hub.up.load(Ordering::Relaxed) {
                 continue;
             }
             if let Some(id) = hub.hub_id.lock().expect("hub id lock").clone() {
-                live.push((i, id));
+                live.push((hub.url.clone(), id));
             }
             for m in hub.members.lock().expect("members lock").iter() {
                 let Some(links) = &m.links else { continue };
@@ -325,8 +345,11 @@ impl HubPool {
     /// task of their own (the poll goes on).
     fn replay_to_newly_cut(self: &Arc<Self>, old: &RelayPlan, new: &RelayPlan, declared: &HashMap<String, Links>) {
         for (owner_id, routes) in new {
-            let Some(owner) =
-                self.hubs.iter().position(|h| h.hub_id.lock().expect("hub id lock").as_deref() == Some(owner_id))
+            let Some(owner) = self
+                .current()
+                .iter()
+                .find(|h| h.hub_id.lock().expect("hub id lock").as_deref() == Some(owner_id))
+                .cloned()
             else {
                 continue;
             };
@@ -336,18 +359,19 @@ impl HubPool {
                 for gateway in gateways.iter().filter(|g| !had.contains(g)) {
                     // From when it may have missed messages (0: unknown, all kept).
                     let since = declared.get(gateway).and_then(|l| l.lost_since.get(owner_id)).copied().unwrap_or(0);
-                    self.replay_to(gateway.clone(), owner, owner_id, *via, since);
+                    self.replay_to(gateway.clone(), &owner.url, owner_id, via, since);
                 }
             }
         }
     }
 
-    fn replay_to(self: &Arc<Self>, gateway: String, owner: usize, owner_id: &str, via: usize, since: u64) {
+    fn replay_to(self: &Arc<Self>, gateway: String, owner: &str, owner_id: &str, via: &str, since: u64) {
+        let Some(via) = self.by_url(via) else { return };
         let kept = self.replay.of(owner, since);
         tracing::info!(%gateway, hub = %owner_id, publishes = kept.len(), "replaying to a gateway cut off from a hub");
         let pool = self.clone();
         tokio::spawn(async move {
-            let mut client = HubClient::new(pool.hubs[via].channel.clone());
+            let mut client = HubClient::new(via.channel.clone());
             for mut req in kept {
                 if let Some(r) = req.relay.as_mut() {
                     r.gateways = vec![gateway.clone()];
@@ -360,22 +384,22 @@ impl HubPool {
     }
 }
 
-/// Owner hub id → [(relay hub index, gateways)]: for each live hub, the
-/// gateways whose declaration lacks it, each assigned to the first live hub
-/// it does have (gateways attached to no live hub are left out).
-fn relay_plan(live: &[(usize, String)], declared: &HashMap<String, Links>) -> RelayPlan {
+/// Owner hub id → [(relay hub URL, gateways)]: for each live hub (URL, id),
+/// the gateways whose declaration lacks it, each assigned to the first live
+/// hub it does have (gateways attached to no live hub are left out).
+fn relay_plan(live: &[(String, String)], declared: &HashMap<String, Links>) -> RelayPlan {
     let mut plan = RelayPlan::new();
     for (_, owner) in live {
-        let mut routes: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut routes: Vec<(String, Vec<String>)> = Vec::new();
         for (gateway, links) in declared {
             let has = &links.hub_ids;
             if has.contains(owner) {
                 continue;
             }
             let Some((via, _)) = live.iter().find(|(_, id)| has.contains(id)) else { continue };
-            match routes.iter_mut().find(|(i, _)| i == via) {
+            match routes.iter_mut().find(|(u, _)| u == via) {
                 Some((_, gws)) => gws.push(gateway.clone()),
-                None => routes.push((*via, vec![gateway.clone()])),
+                None => routes.push((via.clone(), vec![gateway.clone()])),
             }
         }
         if !routes.is_empty() {
@@ -423,7 +447,8 @@ mod tests {
 
     #[test]
     fn relays_go_to_gateways_that_lack_the_owner_through_a_hub_they_have() {
-        let live = vec![(0, "hub-a".to_owned()), (1, "hub-b".to_owned()), (2, "hub-c".to_owned())];
+        let u = |s: &str| s.to_owned();
+        let live = vec![(u("a:1"), u("hub-a")), (u("b:1"), u("hub-b")), (u("c:1"), u("hub-c"))];
         let d = |v: &[&str]| Links { hub_ids: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
         let declared: HashMap<String, Links> = [
             ("gw-full".to_owned(), d(&["hub-a", "hub-b", "hub-c"])),
@@ -433,8 +458,8 @@ mod tests {
         ]
         .into();
         let plan = relay_plan(&live, &declared);
-        assert_eq!(plan["hub-a"], vec![(1, vec!["gw-cut-a".to_owned()]), (2, vec!["gw-only-c".to_owned()])]);
-        assert_eq!(plan["hub-b"], vec![(2, vec!["gw-only-c".to_owned()])]);
+        assert_eq!(plan["hub-a"], vec![(u("b:1"), vec![u("gw-cut-a")]), (u("c:1"), vec![u("gw-only-c")])]);
+        assert_eq!(plan["hub-b"], vec![(u("c:1"), vec![u("gw-only-c")])]);
         assert!(!plan.contains_key("hub-c"), "every gateway with a hub has hub-c");
         // Fully meshed: nothing to relay.
         let meshed: HashMap<_, _> = [("gw".to_owned(), d(&["hub-a", "hub-b", "hub-c"]))].into();

@@ -22,7 +22,7 @@ pub struct Kept {
     /// Wall clock at acceptance (unix ns), compared with the gateway's
     /// "missing since".
     wall: u64,
-    pub owner: usize,
+    pub owner: String,
     /// The accepted publish, its `relay` holding the owner's position.
     pub req: PublishRequest,
     bytes: usize,
@@ -50,13 +50,13 @@ impl ReplayRing {
     }
 
     /// Keep a publish hub `owner` accepted; answers the bytes now held.
-    pub fn keep(&self, owner: usize, req: PublishRequest) -> usize {
+    pub fn keep(&self, owner: &str, req: PublishRequest) -> usize {
         let now = Instant::now();
         let bytes = req.data.len() + 128;
         let mut inner = self.inner.lock().expect("replay lock");
         let wall =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        inner.items.push_back(Kept { at: now, wall, owner, req, bytes });
+        inner.items.push_back(Kept { at: now, wall, owner: owner.to_owned(), req, bytes });
         inner.bytes += bytes;
         self.trim(&mut inner, now);
         inner.bytes
@@ -64,7 +64,7 @@ impl ReplayRing {
 
     /// The kept publishes of hub `owner` accepted at or after `since`
     /// (unix ns), oldest first.
-    pub fn of(&self, owner: usize, since: u64) -> Vec<PublishRequest> {
+    pub fn of(&self, owner: &str, since: u64) -> Vec<PublishRequest> {
         let mut inner = self.inner.lock().expect("replay lock");
         self.trim(&mut inner, Instant::now());
         inner.items.iter().filter(|k| k.owner == owner && k.wall >= since).map(|k| k.req.clone()).collect()
@@ -93,29 +93,29 @@ mod tests {
     fn keeps_each_owners_publishes_in_order_within_the_byte_bound() {
         let ring = ReplayRing::new(Duration::from_secs(60), 3 * (100 + 128));
         for n in 1..=4 {
-            ring.keep(usize::from(n % 2), req(n, 100));
+            ring.keep(["a", "b"][usize::from(n % 2)], req(n, 100));
         }
         // Four kept, the bound holds three: the oldest (1) went.
-        assert_eq!(ring.of(0, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
-        assert_eq!(ring.of(1, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [3]);
+        assert_eq!(ring.of("a", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(ring.of("b", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
     fn forgets_what_is_older_than_the_window() {
         let ring = ReplayRing::new(Duration::from_millis(50), 1 << 20);
-        ring.keep(0, req(1, 10));
+        ring.keep("a", req(1, 10));
         std::thread::sleep(Duration::from_millis(80));
-        ring.keep(0, req(2, 10));
-        assert_eq!(ring.of(0, 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        ring.keep("a", req(2, 10));
+        assert_eq!(ring.of("a", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
     }
 
     #[test]
     fn replays_only_what_was_accepted_since_the_given_time() {
         let ring = ReplayRing::new(Duration::from_secs(60), 1 << 20);
-        ring.keep(0, req(1, 10));
+        ring.keep("a", req(1, 10));
         std::thread::sleep(Duration::from_millis(20));
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-        ring.keep(0, req(2, 10));
-        assert_eq!(ring.of(0, since).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        ring.keep("a", req(2, 10));
+        assert_eq!(ring.of("a", since).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
     }
 }

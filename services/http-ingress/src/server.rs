@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
+use pushmesh_common::discovery::HubSource;
 use pushmesh_common::health::Health;
 
 use crate::config::Config;
@@ -22,6 +23,8 @@ pub struct Ingress {
     listener: TcpListener,
     grpc: TcpListener,
     hubs: Arc<HubPool>,
+    /// The hub set from --hub and --hub-dns, and what stops its resolver.
+    hub_set: (tokio::sync::watch::Receiver<Vec<String>>, CancellationToken),
     pub metrics: IngressMetrics,
     pub health: Health,
 }
@@ -29,10 +32,15 @@ pub struct Ingress {
 impl Ingress {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let metrics = IngressMetrics::new();
+        let tls = config.hub_tls.client_config()?;
+        let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
+        let hub_set_stop = CancellationToken::new();
+        let hub_set = source.watch(hub_set_stop.clone()).await;
+        let initial = hub_set.borrow().clone();
         let hubs = Arc::new(HubPool::new(
-            &config.hubs,
+            &initial,
             Duration::from_millis(config.publish_timeout_ms.max(1)),
-            config.hub_tls.client_config()?,
+            tls,
             metrics.clone(),
             crate::replay::ReplayRing::new(Duration::from_millis(config.relay_replay_ms), config.relay_replay_bytes),
         )?);
@@ -40,7 +48,15 @@ impl Ingress {
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
-        Ok(Self { config, listener, grpc, hubs, metrics, health: Health::new("no hub checked yet") })
+        Ok(Self {
+            config,
+            listener,
+            grpc,
+            hubs,
+            hub_set: (hub_set, hub_set_stop),
+            metrics,
+            health: Health::new("no hub checked yet"),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -52,8 +68,24 @@ impl Ingress {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingress { config, listener, grpc, hubs, metrics, health } = self;
+        let Ingress { config, listener, grpc, hubs, hub_set: (mut hub_set, hub_set_stop), metrics, health } = self;
         let probe_stop = CancellationToken::new();
+        // Follow the hub set (DNS discovery) until the probe stops.
+        let follower = {
+            let (hubs, stop) = (hubs.clone(), probe_stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = hub_set.changed() => if changed.is_err() { return },
+                        _ = stop.cancelled() => return,
+                    }
+                    let urls = hub_set.borrow_and_update().clone();
+                    if let Err(e) = hubs.set_hubs(&urls) {
+                        tracing::error!(error = %e, "cannot use the new hub set");
+                    }
+                }
+            })
+        };
         let probe = tokio::spawn(hubs.clone().probe(
             Duration::from_millis(config.hub_probe_ms.max(10)),
             health.clone(),
@@ -123,7 +155,9 @@ impl Ingress {
             .run()
             .await;
         probe_stop.cancel();
+        hub_set_stop.cancel();
         let _ = probe.await;
+        let _ = follower.await;
         if let Ok(Err(e)) = grpc_task.await {
             tracing::warn!(error = %e, "gRPC API server failed");
         }

@@ -15,9 +15,13 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
 
-    /// Hub gRPC endpoints; the gateway attaches to every one of them.
-    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    /// Hub gRPC endpoints; the gateway attaches to every one of them
+    /// (default: http://127.0.0.1:50051 when --hub-dns is not given either).
+    #[arg(long = "hub", env = "PUSHMESH_HUBS", value_delimiter = ',')]
     pub hubs: Vec<String>,
+
+    #[command(flatten)]
+    pub hub_dns: pushmesh_common::discovery::HubDnsArgs,
 
     /// This gateway's id: the owner part of every connection id it hands
     /// out. Must be unique among live gateways (in Kubernetes, the pod name).

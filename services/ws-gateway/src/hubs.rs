@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use pushmesh_common::ids::topic;
@@ -56,12 +57,29 @@ impl LinkCmd {
 /// which its messages may be missing.
 type HubIds = (Vec<Option<String>>, HashMap<String, u64>);
 
-/// The command side of every hub link.
+/// The shared side of one hub link.
+struct Slot {
+    url: String,
+    cmds: mpsc::Sender<LinkCmd>,
+    /// The gRPC channel while attached (for unary calls such as `History`).
+    channel: std::sync::Mutex<Option<tonic::transport::Channel>>,
+    /// Cancelled when the hub left the discovered set: the link ends.
+    stop: CancellationToken,
+}
+
+/// A link for `run` to drive, from `HubLinks::reconcile`.
+pub struct NewLink {
+    pub index: usize,
+    pub url: String,
+    pub cmds: mpsc::Receiver<LinkCmd>,
+    pub stop: CancellationToken,
+}
+
+/// The command side of every hub link. Links come and go with the hub set
+/// (DNS discovery); a link keeps its index for life, and a removed link's
+/// index is not reused.
 pub struct HubLinks {
-    links: Vec<(String, mpsc::Sender<LinkCmd>)>,
-    /// Each link's gRPC channel while it is attached (for unary calls such
-    /// as `History`), by link index.
-    channels: Vec<std::sync::Mutex<Option<tonic::transport::Channel>>>,
+    slots: std::sync::RwLock<Vec<Option<Arc<Slot>>>>,
     /// Each link's hub id while it is attached, by link index, and the hubs
     /// lost with when their messages may have started to go missing.
     hub_ids: std::sync::Mutex<HubIds>,
@@ -72,37 +90,81 @@ pub struct HubLinks {
 }
 
 impl HubLinks {
-    pub fn new(endpoints: &[String], recent_ids: usize) -> (Self, Vec<mpsc::Receiver<LinkCmd>>) {
-        let mut links = Vec::new();
-        let mut rxs = Vec::new();
-        for e in endpoints {
-            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-            links.push((e.clone(), tx));
-            rxs.push(rx);
-        }
-        let channels = endpoints.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        let hub_ids = std::sync::Mutex::new((vec![None; endpoints.len()], HashMap::new()));
+    pub fn new(recent_ids: usize) -> Self {
         let (declared, _) = watch::channel(Links::default());
-        (Self { links, channels, hub_ids, declared, recent: RecentIds::new(recent_ids) }, rxs)
+        Self {
+            slots: std::sync::RwLock::default(),
+            hub_ids: std::sync::Mutex::default(),
+            declared,
+            recent: RecentIds::new(recent_ids),
+        }
+    }
+
+    /// Make the links match `urls`: a link for each new URL (returned, to
+    /// be run), and the links of URLs no longer there stopped and removed.
+    pub fn reconcile(&self, urls: &[String], shutdown: &CancellationToken) -> Vec<NewLink> {
+        let mut slots = self.slots.write().expect("slots lock");
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|s| !urls.contains(&s.url)) {
+                let gone = slot.take().expect("checked");
+                tracing::info!(hub = %gone.url, "hub left the hub set; detaching");
+                gone.stop.cancel();
+            }
+        }
+        let mut added = Vec::new();
+        for url in urls {
+            if slots.iter().flatten().any(|s| s.url == *url) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            let stop = shutdown.child_token();
+            let slot = Slot { url: url.clone(), cmds: tx, channel: std::sync::Mutex::new(None), stop: stop.clone() };
+            slots.push(Some(Arc::new(slot)));
+            added.push(NewLink { index: slots.len() - 1, url: url.clone(), cmds: rx, stop });
+        }
+        added
+    }
+
+    /// How many hubs this gateway links to now.
+    pub fn len(&self) -> usize {
+        self.slots.read().expect("slots lock").iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn current(&self) -> Vec<Arc<Slot>> {
+        self.slots.read().expect("slots lock").iter().flatten().cloned().collect()
     }
 
     fn set_channel(&self, index: usize, channel: Option<tonic::transport::Channel>) {
-        *self.channels[index].lock().expect("channel lock") = channel;
+        if let Some(Some(slot)) = self.slots.read().expect("slots lock").get(index) {
+            *slot.channel.lock().expect("channel lock") = channel;
+        }
     }
 
     /// Link `index` is attached to hub `hub_id` (or, with `None`, lost its
     /// hub, whose messages may be missing from `missing_since`, unix ns):
     /// declare the new set on every link.
-    fn set_attached(&self, index: usize, hub_id: Option<String>, missing_since: u64) {
+    /// A hub that left the hub set (`removed`) is not declared lost.
+    fn set_attached(&self, index: usize, hub_id: Option<String>, missing_since: u64, removed: bool) {
         let mut guard = self.hub_ids.lock().expect("hub ids lock");
         let (ids, lost) = &mut *guard;
+        if ids.len() <= index {
+            ids.resize(index + 1, None);
+        }
         match &hub_id {
             Some(id) => {
                 lost.remove(id);
             }
             None => {
                 if let Some(old) = &ids[index] {
-                    lost.insert(old.clone(), missing_since);
+                    if removed {
+                        lost.remove(old);
+                    } else {
+                        lost.insert(old.clone(), missing_since);
+                    }
                 }
             }
         }
@@ -120,7 +182,8 @@ impl HubLinks {
     /// answer that recovers from the client's epoch wins, else any answer
     /// that knows the channel (for its current position).
     pub async fn history(&self, channel: &str, epoch: &str, offset: u64) -> Option<HistoryResponse> {
-        let attached: Vec<_> = self.channels.iter().filter_map(|c| c.lock().expect("channel lock").clone()).collect();
+        let attached: Vec<_> =
+            self.current().iter().filter_map(|s| s.channel.lock().expect("channel lock").clone()).collect();
         let calls = attached.into_iter().map(|ch| {
             let req = HistoryRequest { channel: channel.to_owned(), epoch: epoch.to_owned(), offset };
             async move {
@@ -143,11 +206,13 @@ impl HubLinks {
     /// Ask every link to subscribe; one receiver per link that took the
     /// command, completing when that hub confirmed.
     pub fn subscribe(&self, topics: Vec<String>) -> Vec<oneshot::Receiver<()>> {
-        let mut waits = Vec::with_capacity(self.links.len());
-        for (endpoint, tx) in &self.links {
+        let slots = self.current();
+        let mut waits = Vec::with_capacity(slots.len());
+        for slot in &slots {
             let (done, wait) = oneshot::channel();
             let cmd = LinkCmd::Subscribe { topics: topics.clone(), done: Some(done) };
-            match tx.try_send(cmd) {
+            let endpoint = &slot.url;
+            match slot.cmds.try_send(cmd) {
                 Ok(()) => waits.push(wait),
                 Err(_) => {
                     tracing::warn!(hub = %endpoint, "hub link command queue full; subscribe not sent")
@@ -158,8 +223,9 @@ impl HubLinks {
     }
 
     pub fn unsubscribe(&self, topics: Vec<String>) {
-        for (endpoint, tx) in &self.links {
-            if tx.try_send(LinkCmd::Unsubscribe { topics: topics.clone() }).is_err() {
+        for slot in self.current() {
+            let endpoint = &slot.url;
+            if slot.cmds.try_send(LinkCmd::Unsubscribe { topics: topics.clone() }).is_err() {
                 // Harmless: the hub keeps sending a topic nobody here wants
                 // until the next re-attach snapshot.
                 tracing::warn!(hub = %endpoint, "hub link command queue full; unsubscribe not sent");
@@ -177,14 +243,21 @@ impl HubLinks {
 /// publishes routed through those hubs would miss it.
 pub struct AttachedCount {
     n: AtomicUsize,
-    total: usize,
+    /// Hubs in the current hub set.
+    total: AtomicUsize,
     started: Instant,
     grace: Duration,
 }
 
 impl AttachedCount {
     pub fn new(total: usize, grace: Duration) -> Self {
-        Self { n: AtomicUsize::new(0), total, started: Instant::now(), grace }
+        Self { n: AtomicUsize::new(0), total: AtomicUsize::new(total), started: Instant::now(), grace }
+    }
+
+    /// The hub set changed size.
+    pub fn set_total(&self, shared: &Shared, total: usize) {
+        self.total.store(total, Ordering::SeqCst);
+        self.update(shared, self.current());
     }
 
     fn up(&self, shared: &Shared) {
@@ -203,12 +276,13 @@ impl AttachedCount {
     pub fn update(&self, shared: &Shared, n: usize) {
         if n == 0 {
             shared.health.set_not_ready("not attached to any hub");
-        } else if n >= self.total || self.started.elapsed() >= self.grace {
+        } else if n >= self.total.load(Ordering::SeqCst) || self.started.elapsed() >= self.grace {
             shared.health.set_ready();
         } else {
             shared.health.set_not_ready(&format!(
                 "starting: attached to {n} of {} hubs (ready at all, or at one after {:?})",
-                self.total, self.grace
+                self.total.load(Ordering::SeqCst),
+                self.grace
             ));
         }
     }
@@ -242,20 +316,15 @@ pub fn endpoint(
     }
 }
 
-/// Keep one hub attached until shutdown.
-pub async fn run(
-    index: usize,
-    url: String,
-    endpoint: Endpoint,
-    mut cmds: mpsc::Receiver<LinkCmd>,
-    shared: Arc<Shared>,
-) {
+/// Keep one hub attached until shutdown, or until it leaves the hub set.
+pub async fn run(link: NewLink, endpoint: Endpoint, shared: Arc<Shared>) {
+    let NewLink { index, url, mut cmds, stop } = link;
     let min = Duration::from_millis(100);
     let max = Duration::from_millis(shared.config.reconnect_max_ms.max(100));
     let mut backoff = min;
     loop {
-        let ended = session(index, &endpoint, &mut cmds, &shared).await;
-        if shared.shutdown.is_cancelled() {
+        let ended = session(index, &endpoint, &mut cmds, &stop, &shared).await;
+        if stop.is_cancelled() {
             return;
         }
         let Some(error) = ended.error else { return };
@@ -272,7 +341,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
-                _ = shared.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 c = cmds.recv() => if c.is_none() { return },
             }
         }
@@ -285,7 +354,13 @@ struct Ended {
     was_attached: bool,
 }
 
-async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<LinkCmd>, shared: &Arc<Shared>) -> Ended {
+async fn session(
+    index: usize,
+    endpoint: &Endpoint,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    stop: &CancellationToken,
+    shared: &Arc<Shared>,
+) -> Ended {
     let fail = |e: String| Ended { error: Some(e), was_attached: false };
     // Connect, discarding interest changes meanwhile: the snapshot taken
     // right after covers them (waiting clients see their waiter dropped).
@@ -298,7 +373,7 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
                 Err(e) => return fail(format!("connect: {e}")),
             },
             c = cmds.recv() => if c.is_none() { return Ended { error: None, was_attached: false } },
-            _ = shared.shutdown.cancelled() => return Ended { error: None, was_attached: false },
+            _ = stop.cancelled() => return Ended { error: None, was_attached: false },
         }
     };
     let mut client = HubClient::new(channel.clone()).max_decoding_message_size(64 << 20);
@@ -317,7 +392,7 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
     let _ = out.try_send(sub);
     let response = tokio::select! {
         r = client.attach(ReceiverStream::new(out_rx)) => r,
-        _ = shared.shutdown.cancelled() => return Ended { error: None, was_attached: false },
+        _ = stop.cancelled() => return Ended { error: None, was_attached: false },
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -333,7 +408,7 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
     let started = Instant::now();
     let error = loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => break None,
+            _ = stop.cancelled() => break None,
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => {
@@ -361,7 +436,7 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
                             // The hub's id comes in its greeting, before any ack;
                             // a hub too old to greet is named by its endpoint.
                             let id = hub_id.take().unwrap_or_else(|| endpoint.uri().to_string());
-                            shared.links.set_attached(index, Some(id), 0);
+                            shared.links.set_attached(index, Some(id), 0, false);
                             shared.attached.up(shared);
                             tracing::info!(hub = ?endpoint.uri(), after_ms = started.elapsed().as_millis() as u64, "attached to hub");
                         } else if let Some(waiters) = pending.remove(&ack.request_id) {
@@ -420,7 +495,8 @@ async fn session(index: usize, endpoint: &Endpoint, cmds: &mut mpsc::Receiver<Li
         let keepalive = Duration::from_secs(shared.config.keepalive_secs.max(1));
         let unnoticed = last_heard.elapsed().min(keepalive * 2) + Duration::from_millis(250);
         let since = unix_nanos(std::time::SystemTime::now().checked_sub(unnoticed).unwrap_or(std::time::UNIX_EPOCH));
-        shared.links.set_attached(index, None, since);
+        let removed = stop.is_cancelled() && !shared.shutdown.is_cancelled();
+        shared.links.set_attached(index, None, since, removed);
         shared.attached.down(shared);
     }
     // Waiters still pending are dropped here: their clients learn the

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::hubs::{self, AttachedCount, HubLinks};
 use crate::metrics::GatewayMetrics;
 use crate::registry::Registry;
+use pushmesh_common::discovery::HubSource;
 
 /// What the gateway's tasks share.
 pub struct Shared {
@@ -45,7 +46,10 @@ impl Shared {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
-    links: Vec<(String, tonic::transport::Endpoint, tokio::sync::mpsc::Receiver<hubs::LinkCmd>)>,
+    /// The current hub set (static list and DNS), kept up to date.
+    hub_set: tokio::sync::watch::Receiver<Vec<String>>,
+    keepalive: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Gateway {
@@ -55,16 +59,13 @@ impl Gateway {
             Some(id) => GatewayId::new(id.clone()).context("invalid --gateway-id")?,
             None => GatewayId::random("gw"),
         };
-        if config.hubs.is_empty() {
-            anyhow::bail!("no hub endpoints: pass --hub http://HOST:PORT (or PUSHMESH_HUBS)");
-        }
         let keepalive = Duration::from_secs(config.keepalive_secs.max(1));
         let tls = config.hub_tls.client_config()?;
-        let endpoints = config
-            .hubs
-            .iter()
-            .map(|u| hubs::endpoint(u, keepalive, tls.as_ref()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
+        for u in source.static_urls() {
+            hubs::endpoint(u, keepalive, tls.as_ref())?;
+        }
+        let hub_set = source.watch(shutdown.clone()).await;
         let auth = crate::auth::Authenticator::from_config(
             config.jwt_secret.as_deref(),
             config.jwt_secret_file.as_ref(),
@@ -79,8 +80,7 @@ impl Gateway {
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let metrics = GatewayMetrics::new();
-        let (links, rxs) = HubLinks::new(&config.hubs, config.recent_ids);
-        let links = Arc::new(links);
+        let links = Arc::new(HubLinks::new(config.recent_ids));
         let registry = Registry::new(links.clone(), metrics.topics.clone());
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_bytes.max(256))
@@ -92,7 +92,7 @@ impl Gateway {
             links,
             metrics,
             health: Health::new("not attached to any hub"),
-            attached: AttachedCount::new(config.hubs.len(), Duration::from_secs(config.startup_grace_secs)),
+            attached: AttachedCount::new(hub_set.borrow().len(), Duration::from_secs(config.startup_grace_secs)),
             shutdown,
             ws_config,
             admission: Arc::new(crate::admission::Admission::new(
@@ -104,8 +104,7 @@ impl Gateway {
             next_seq: AtomicU64::new(1),
             config: config.clone(),
         });
-        let links = config.hubs.iter().cloned().zip(endpoints).zip(rxs).map(|((u, e), r)| (u, e, r)).collect();
-        Ok(Self { listener, shared, links })
+        Ok(Self { listener, shared, hub_set, keepalive, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -123,12 +122,31 @@ impl Gateway {
     /// Serve until the shutdown token fires; then stop accepting, close
     /// every client with 1012 and return once they are closed (bounded).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Gateway { listener, shared, links } = self;
+        let Gateway { listener, shared, mut hub_set, keepalive, tls } = self;
         tracing::info!(gateway = %shared.gateway, addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "gateway serving");
-        let mut tasks = Vec::new();
-        for (index, (url, endpoint, rx)) in links.into_iter().enumerate() {
-            tasks.push(tokio::spawn(hubs::run(index, url, endpoint, rx, shared.clone())));
-        }
+        // One link task per hub in the set, started and stopped as it changes.
+        let linker_shared = shared.clone();
+        let linker = tokio::spawn(async move {
+            let shared = linker_shared;
+            let mut tasks = Vec::new();
+            loop {
+                let urls = hub_set.borrow_and_update().clone();
+                for link in shared.links.reconcile(&urls, &shared.shutdown) {
+                    match hubs::endpoint(&link.url, keepalive, tls.as_ref()) {
+                        Ok(endpoint) => tasks.push(tokio::spawn(hubs::run(link, endpoint, shared.clone()))),
+                        Err(e) => tracing::error!(hub = %link.url, error = %e, "cannot link to hub"),
+                    }
+                }
+                shared.attached.set_total(&shared, shared.links.len());
+                tokio::select! {
+                    changed = hub_set.changed() => if changed.is_err() { break },
+                    _ = shared.shutdown.cancelled() => break,
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
         let grace_shared = shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace_shared.attached.grace()).await;
@@ -142,9 +160,7 @@ impl Gateway {
         while shared.registry.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for t in tasks {
-            let _ = t.await;
-        }
+        let _ = linker.await;
         tracing::info!("gateway stopped");
         Ok(())
     }
