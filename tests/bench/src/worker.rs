@@ -280,6 +280,13 @@ async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>
     let work = async {
         let sock = TcpSocket::new_v4()?;
         sock.set_reuseaddr(true)?;
+        // Choose the source port at connect, by the whole 4-tuple: bind(addr:0)
+        // would reserve a port per address, and once about half the range of
+        // an address is taken each such bind costs milliseconds (measured:
+        // 12 µs at 2,000 ports, 1–5 ms past 8,000), which made 50,000
+        // connects take 46 s.
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .context("IP_BIND_ADDRESS_NO_PORT")?;
         sock.bind(SocketAddr::new(source.into(), 0)).with_context(|| format!("bind {source}:0"))?;
         let mut s = sock.connect(target).await.with_context(|| format!("connect {target}"))?;
         s.set_nodelay(true)?;
