@@ -363,3 +363,47 @@ async fn a_killed_hub_fails_over_and_publishing_goes_on() -> anyhow::Result<()> 
 async fn a_hung_hub_is_detected_by_keepalive_and_rejoins_when_it_resumes() -> anyhow::Result<()> {
     failover_under_steady_publishing("STOP").await
 }
+
+/// A gateway that stops reading its hub stream and then dies: what the hub
+/// had accepted and queued for it is counted, none of it silently lost.
+#[tokio::test]
+async fn deliveries_queued_for_a_gateway_that_dies_are_counted() -> anyhow::Result<()> {
+    let sys = System::start_with(1, 1, &[], &[]).await?;
+    let hub_admin = sys.hubs[0].addr("admin");
+    let dropped = |reason: &'static str| async move {
+        anyhow::Ok(sample(&metrics(hub_admin).await?, "pushmesh_hub_dropped_total", &[("reason", reason)]))
+    };
+    assert_eq!(dropped("gateway_gone").await?, 0.0);
+    let mut sys = sys;
+    sys.gateways[0].signal("STOP");
+    // Broadcasts pile up behind the frozen gateway: HTTP/2 windows, then the hub's queue.
+    publish_numbered_broadcasts(sys.api(), 6000, 200, 1024).await?;
+    sys.gateways[0].kill().await;
+    let gone = eventually("the hub to count what it held for the dead gateway", || async move {
+        let n = dropped("gateway_gone").await.ok()?;
+        (n > 0.0).then_some(n)
+    })
+    .await?;
+    let full = dropped("gateway_queue_full").await?;
+    eprintln!(
+        "FIGURES gateway death with a backlog: {gone} deliveries counted gateway_gone, {full} gateway_queue_full"
+    );
+    Ok(())
+}
+
+async fn publish_numbered_broadcasts(
+    api: std::net::SocketAddr,
+    n: usize,
+    per_batch: usize,
+    pad: usize,
+) -> anyhow::Result<()> {
+    let filler = "x".repeat(pad);
+    for start in (0..n).step_by(per_batch) {
+        let cmds: Vec<Value> = (start..(start + per_batch).min(n))
+            .map(|k| json!({ "op": "broadcast", "data": { "n": k, "pad": filler } }))
+            .collect();
+        let (code, body) = post(api, "/batch", &Value::Array(cmds)).await?;
+        assert_eq!(code, 200, "{body}");
+    }
+    Ok(())
+}

@@ -109,6 +109,9 @@ async fn read(
     // queue; the forwarder then flushes and ends the response stream.
 }
 
+/// Drain the gateway's queue into the response stream until either ends.
+/// If the stream ends first (the gateway left), what was queued for it is
+/// counted as dropped: accepted messages are never lost uncounted.
 async fn forward(
     mut queue: mpsc::Receiver<Outbound>,
     resp: mpsc::Sender<Result<AttachResponse, Status>>,
@@ -116,6 +119,28 @@ async fn forward(
     batch_max: usize,
 ) {
     let mut items = Vec::new();
+    let lost = forward_until_gone(&mut queue, &resp, &metrics, batch_max, &mut items).await;
+    if let Some(in_flight) = lost {
+        queue.close();
+        let mut n = in_flight;
+        while let Ok(item) = queue.try_recv() {
+            n += usize::from(matches!(item, Outbound::Delivery(_)));
+        }
+        if n > 0 {
+            metrics.dropped.with_label_values(&["gateway_gone"]).inc_by(n as u64);
+        }
+    }
+}
+
+/// `None` when the queue ended (all forwarded); `Some(n)` when the stream
+/// went away with `n` deliveries in the batch that could not be sent.
+async fn forward_until_gone(
+    queue: &mut mpsc::Receiver<Outbound>,
+    resp: &mpsc::Sender<Result<AttachResponse, Status>>,
+    metrics: &HubMetrics,
+    batch_max: usize,
+    items: &mut Vec<pushmesh_common::proto::Delivery>,
+) -> Option<usize> {
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {
@@ -128,8 +153,8 @@ async fn forward(
                 }
                 Outbound::Ack(_) | Outbound::Query(_) => {
                     // Deliveries queued before it go out before it.
-                    if !flush(&mut items, &resp, &metrics).await {
-                        return;
+                    if let Err(n) = flush(items, resp, metrics).await {
+                        return Some(n);
                     }
                     let kind = match item {
                         Outbound::Ack(request_id) => attach_response::Kind::TopicsAck(TopicsAck { request_id }),
@@ -137,28 +162,30 @@ async fn forward(
                         Outbound::Delivery(_) => unreachable!("matched above"),
                     };
                     if resp.send(Ok(AttachResponse { kind: Some(kind) })).await.is_err() {
-                        return;
+                        return Some(0);
                     }
                     next = queue.try_recv().ok();
                 }
             }
         }
-        if !flush(&mut items, &resp, &metrics).await {
-            return;
+        if let Err(n) = flush(items, resp, metrics).await {
+            return Some(n);
         }
     }
+    None
 }
 
 async fn flush(
     items: &mut Vec<pushmesh_common::proto::Delivery>,
     resp: &mpsc::Sender<Result<AttachResponse, Status>>,
     metrics: &HubMetrics,
-) -> bool {
+) -> Result<(), usize> {
     if items.is_empty() {
-        return true;
+        return Ok(());
     }
+    let n = items.len();
     let batch =
         AttachResponse { kind: Some(attach_response::Kind::Deliveries(Deliveries { items: std::mem::take(items) })) };
     metrics.batches.inc();
-    resp.send(Ok(batch)).await.is_ok()
+    resp.send(Ok(batch)).await.map_err(|_| n)
 }

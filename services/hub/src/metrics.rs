@@ -46,7 +46,7 @@ impl HubMetrics {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "pushmesh_hub_dropped_total",
-                "Deliveries the hub accepted but could not queue to a gateway, by reason.",
+                "Deliveries the hub accepted but could not hand to a gateway stream, by reason (gateway_queue_full: its queue was full; gateway_gone: its stream ended with them queued).",
             ),
             &["reason"],
         )
@@ -90,7 +90,9 @@ impl HubMetrics {
         for t in ["channel", "broadcast", "connection", "user", "relay"] {
             publishes.with_label_values(&[t]);
         }
-        dropped.with_label_values(&["gateway_queue_full"]);
+        for r in ["gateway_queue_full", "gateway_gone"] {
+            dropped.with_label_values(&[r]);
+        }
         for r in ["unknown_gateway", "invalid"] {
             rejected.with_label_values(&[r]);
         }
