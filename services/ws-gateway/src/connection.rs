@@ -36,9 +36,8 @@ use crate::server::Shared;
 /// Serve one upgraded connection: `read_buf` holds what the client sent
 /// right behind its upgrade request, if anything.
 pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: bool, token: Option<String>) {
-    let socket = Arc::new(stream);
-    let tx = Arc::new(OutQueue::new(socket.clone(), shared.config.outbound_queue.max(2)));
-    let mut inbound = Inbound::new(socket, read_buf, tx.clone(), &shared);
+    let tx = Arc::new(OutQueue::new(stream, shared.config.outbound_queue.max(2)));
+    let mut inbound = Inbound::new(read_buf, tx.clone(), &shared);
     // Boxed: cold paths stay out of the connection task's resident state.
     let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut inbound)).await {
         Ok(g) => g,
@@ -132,35 +131,35 @@ fn count_dropped(shared: &Shared, reason: &'static str, lost: u64) {
 /// frame.
 struct Inbound {
     ctx: WebSocketContext,
-    rd: Arc<TcpStream>,
+    /// Owns the socket; the reader only reads it.
     out: Arc<OutQueue>,
     /// The connection was closed or failed: nothing more to read.
     ended: bool,
 }
 
 impl Inbound {
-    fn new(rd: Arc<TcpStream>, read_buf: Bytes, out: Arc<OutQueue>, shared: &Shared) -> Self {
+    fn new(read_buf: Bytes, out: Arc<OutQueue>, shared: &Shared) -> Self {
         let config = Some(shared.ws_config);
         let ctx = if read_buf.is_empty() {
             WebSocketContext::new(Role::Server, config)
         } else {
             WebSocketContext::from_partially_read(read_buf.to_vec(), Role::Server, config)
         };
-        Self { ctx, rd, out, ended: false }
+        Self { ctx, out, ended: false }
     }
 
     /// The next message; `None` once the connection is closed (as
     /// `tokio_tungstenite::WebSocketStream` would say it).
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
         while !self.ended {
-            match self.ctx.read(&mut SocketIo { rd: &self.rd, out: &self.out }) {
+            match self.ctx.read(&mut SocketIo { out: &self.out }) {
                 Ok(m) => return Some(Ok(m)),
                 // Waits in the socket's reader slot, not its waiter list:
                 // that replaces the waker hyper's connection task left
                 // there, which would otherwise keep that finished task's
                 // memory (1.5 KB) alive for the connection's lifetime.
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if std::future::poll_fn(|cx| self.rd.poll_read_ready(cx)).await.is_err() {
+                    if std::future::poll_fn(|cx| self.out.socket().poll_read_ready(cx)).await.is_err() {
                         self.ended = true;
                     }
                 }
@@ -179,13 +178,12 @@ impl Inbound {
 /// tungstenite's view of the socket: non-blocking reads; writes (whole
 /// frames: pongs) into the outbound queue.
 struct SocketIo<'a> {
-    rd: &'a TcpStream,
     out: &'a OutQueue,
 }
 
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.rd.try_read(buf)
+        self.out.socket().try_read(buf)
     }
 }
 

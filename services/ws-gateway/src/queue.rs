@@ -25,8 +25,6 @@ use std::io::{self, IoSlice};
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes};
-use std::sync::Arc;
-
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -42,8 +40,9 @@ pub enum SendError {
 }
 
 pub struct OutQueue {
-    /// The socket, shared with the connection's reader (which only reads).
-    wire: Arc<TcpStream>,
+    /// The socket itself (one pointer less to chase per recipient on the
+    /// fan-out path); the connection's reader reads it through `socket`.
+    wire: TcpStream,
     state: Mutex<State>,
     notify: Notify,
     bound: usize,
@@ -66,8 +65,13 @@ struct Chunk {
 }
 
 impl OutQueue {
-    pub fn new(wire: Arc<TcpStream>, bound: usize) -> Self {
+    pub fn new(wire: TcpStream, bound: usize) -> Self {
         Self { wire, state: Mutex::default(), notify: Notify::new(), bound: bound.max(1) }
+    }
+
+    /// The socket, for the connection's reader (which only reads).
+    pub fn socket(&self) -> &TcpStream {
+        &self.wire
     }
 
     /// Queue (or write at once) a text frame for this connection only.
@@ -225,7 +229,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        (OutQueue::new(Arc::new(server), bound), client)
+        (OutQueue::new(server, bound), client)
     }
 
     async fn read_exactly(c: &mut TcpStream, n: usize) -> Vec<u8> {
@@ -273,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_is_told_when_something_is_queued() {
         let (q, _client) = pair(4).await;
-        let q = Arc::new(q);
+        let q = std::sync::Arc::new(q);
         let q2 = q.clone();
         let t = tokio::spawn(async move { q2.queued().await });
         tokio::task::yield_now().await;
