@@ -1,25 +1,27 @@
 //! One client WebSocket, from authentication and welcome to close.
 //!
-//! A connection is one task running two halves under `select!`: the reader
-//! (client commands, in order; a subscribe waits for the hubs' confirmation
-//! before its reply) and the writer (drains the bounded outbound queue,
-//! feeding every waiting frame into tungstenite's write buffer and flushing
-//! once, so a burst costs one `write` system call, not one per frame).
+//! A connection is one task running two halves under `select!` over the
+//! kernel's own halves of the TCP socket (no lock between them): the reader
+//! (tungstenite's protocol state over the read half: client commands, in
+//! order; a subscribe waits for the hubs' confirmation before its reply)
+//! and the writer. Frames are written by whoever sends them, straight into
+//! the socket when nothing is queued (see `queue`); the writer only drains
+//! what the socket did not take at once, runs the heartbeat and writes the
+//! close frame.
 //!
 //! Either side can end the connection: the client (close frame, EOF,
 //! protocol error), the fan-out (slow consumer), the server API
 //! (disconnect), or shutdown (1012). Frames still queued when it ends are
 //! counted as dropped with the reason.
 
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
+use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use pushmesh_common::ids::{Channel, ConnectionId};
@@ -31,17 +33,13 @@ use crate::queue::{OutQueue, SendError};
 use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
 use crate::server::Shared;
 
-/// Most frames written per flush, so one busy connection cannot hog its
-/// worker thread.
-const MAX_FRAMES_PER_WRITE: usize = 256;
-
-pub async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, raw: bool, token: Option<String>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut sink, mut stream) = ws.split();
+/// Serve one upgraded connection: `read_buf` holds what the client sent
+/// right behind its upgrade request, if anything.
+pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: bool, token: Option<String>) {
+    let tx = Arc::new(OutQueue::new(stream, shared.config.outbound_queue.max(2)));
+    let mut inbound = Inbound::new(read_buf, tx.clone(), &shared);
     // Boxed: cold paths stay out of the connection task's resident state.
-    let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut stream)).await {
+    let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut inbound)).await {
         Ok(g) => g,
         Err(e) => {
             let (code, label) = match e {
@@ -51,28 +49,31 @@ where
             };
             shared.metrics.auth_failures.with_label_values(&[label]).inc();
             shared.metrics.disconnects.with_label_values(&["auth"]).inc();
-            let _ = close_with(&mut sink, code, &e.to_string()).await;
+            Box::pin(close_with(&tx, code, &e.to_string())).await;
             return;
         }
     };
 
     let seq = shared.next_seq();
     let id = ConnectionId::new(shared.gateway.clone(), seq);
-    let tx = Arc::new(OutQueue::new(shared.config.outbound_queue.max(2)));
-    let rx = tx.clone();
     let close = Arc::new(CloseSignal::default());
-    // The queue is empty: these always fit, and go first.
+    // Held in the queue, not written yet: they go first, and the writer
+    // writes them once the connection is live (below); anything sent to
+    // the connection meanwhile queues behind them.
     if let Some(reply_id) = auth_reply_id {
-        let _ = tx.try_send(Frame { text: protocol::reply_frame(Some(reply_id), &Reply::Ok), is_delivery: false });
+        tx.hold(protocol::wire_text(protocol::reply_frame(Some(reply_id), &Reply::Ok)));
     }
-    let welcome = protocol::welcome_frame(&id.to_string(), shared.gateway.as_str(), grant.user.as_ref());
-    let _ = tx.try_send(Frame { text: welcome, is_delivery: false });
+    tx.hold(protocol::wire_text(protocol::welcome_frame(
+        &id.to_string(),
+        shared.gateway.as_str(),
+        grant.user.as_ref(),
+    )));
     let entry = ConnEntry::new(tx.clone(), raw, close.clone(), grant.user.clone());
     let waits = match shared.registry.insert(seq, entry, shared.config.max_connections_per_user) {
         Ok(w) => w,
         Err(e) => {
             shared.metrics.disconnects.with_label_values(&["user_limit"]).inc();
-            let _ = close_with(&mut sink, close::TOO_MANY_CONNECTIONS, &e.to_string()).await;
+            Box::pin(close_with(&tx, close::TOO_MANY_CONNECTIONS, &e.to_string())).await;
             return;
         }
     };
@@ -86,10 +87,11 @@ where
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let conn = Conn { raw, seq, shared: shared.clone(), tx, close: close.clone(), grant, heard: Heard::default() };
+    let conn =
+        Conn { raw, seq, shared: shared.clone(), tx: tx.clone(), close: close.clone(), grant, heard: Heard::default() };
     let reason = {
-        let reader = conn.read(stream);
-        let writer = write(sink, &rx, &close, &shared, &conn.heard);
+        let reader = conn.read(&mut inbound);
+        let writer = write(&tx, &close, &shared, &conn.heard);
         tokio::pin!(reader, writer);
         tokio::select! {
             biased;
@@ -105,33 +107,107 @@ where
             }
         }
     };
+    // Anything still queued will never be written.
+    let lost = tx.abandon();
     shared.registry.remove(seq);
     shared.metrics.connections.dec();
     shared.metrics.disconnects.with_label_values(&[reason]).inc();
-    // Anything still queued will never be written.
-    rx.close();
-    let mut lost = 0u64;
-    while let Some(f) = rx.try_recv() {
-        lost += u64::from(f.is_delivery);
-    }
+    count_dropped(&shared, reason, lost);
+    tracing::debug!(connection = %id, reason, "client disconnected");
+}
+
+/// Frames that will never be written, counted under the reason the
+/// connection ended for (a client that left: "client_gone").
+fn count_dropped(shared: &Shared, reason: &'static str, lost: u64) {
     if lost > 0 {
         let drop_reason = if reason == "client" { "client_gone" } else { reason };
         shared.metrics.dropped.with_label_values(&[drop_reason]).inc_by(lost);
     }
-    tracing::debug!(connection = %id, reason, "client disconnected");
+}
+
+/// The read side: tungstenite's protocol state (frame parsing, size limits,
+/// UTF-8 checks, the automatic pong) over the socket, reading only. What
+/// it writes (pongs) goes through the outbound queue like every other
+/// frame.
+struct Inbound {
+    ctx: WebSocketContext,
+    /// Owns the socket; the reader only reads it.
+    out: Arc<OutQueue>,
+    /// The connection was closed or failed: nothing more to read.
+    ended: bool,
+}
+
+impl Inbound {
+    fn new(read_buf: Bytes, out: Arc<OutQueue>, shared: &Shared) -> Self {
+        let config = Some(shared.ws_config);
+        let ctx = if read_buf.is_empty() {
+            WebSocketContext::new(Role::Server, config)
+        } else {
+            WebSocketContext::from_partially_read(read_buf.to_vec(), Role::Server, config)
+        };
+        Self { ctx, out, ended: false }
+    }
+
+    /// The next message; `None` once the connection is closed (as
+    /// `tokio_tungstenite::WebSocketStream` would say it).
+    async fn next(&mut self) -> Option<Result<Message, WsError>> {
+        while !self.ended {
+            match self.ctx.read(&mut SocketIo { out: &self.out }) {
+                Ok(m) => return Some(Ok(m)),
+                // Waits in the socket's reader slot, not its waiter list:
+                // that replaces the waker hyper's connection task left
+                // there, which would otherwise keep that finished task's
+                // memory (1.5 KB) alive for the connection's lifetime.
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if std::future::poll_fn(|cx| self.out.socket().poll_read_ready(cx)).await.is_err() {
+                        self.ended = true;
+                    }
+                }
+                Err(e) => {
+                    self.ended = true;
+                    if !matches!(e, WsError::AlreadyClosed | WsError::ConnectionClosed) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// tungstenite's view of the socket: non-blocking reads; writes (whole
+/// frames: pongs) into the outbound queue.
+struct SocketIo<'a> {
+    out: &'a OutQueue,
+}
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.out.socket().try_read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.out.send_wire(Bytes::copy_from_slice(buf), false, false) {
+            Ok(_) => Ok(buf.len()),
+            Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// With auth configured: the token from `?token=`, or from a first
 /// `{"op":"auth","token":…}` within the auth timeout. Returns the grant and
 /// the id of the auth command to reply to.
-async fn authenticate<R>(
+async fn authenticate(
     shared: &Shared,
     token: Option<String>,
-    stream: &mut R,
-) -> Result<(Grant, Option<u64>), AuthError>
-where
-    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
-{
+    inbound: &mut Inbound,
+) -> Result<(Grant, Option<u64>), AuthError> {
     let Some(auth) = &shared.auth else {
         return Ok((Grant::anonymous(), None));
     };
@@ -141,7 +217,7 @@ where
     let wait = Duration::from_secs(shared.config.auth_timeout_secs.max(1));
     let first = tokio::time::timeout(wait, async {
         loop {
-            match stream.next().await {
+            match inbound.next().await {
                 Some(Ok(Message::Text(t))) => return Some(t),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 _ => return None,
@@ -159,111 +235,83 @@ where
     }
 }
 
-async fn close_with<K>(sink: &mut K, code: u16, reason: &str) -> Result<(), WsError>
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let frame = CloseFrame { code: CloseCode::from(code), reason: protocol::close_reason(reason).into() };
-    tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame))))
-        .await
-        .unwrap_or(Err(WsError::ConnectionClosed))
+/// Write a close frame behind whatever frame is half written, dropping
+/// what else is queued, and give it a second to go out. Returns the
+/// deliveries dropped.
+async fn close_with(out: &OutQueue, code: u16, reason: &str) -> u64 {
+    let lost = out.close(Some(protocol::wire_close(code, reason)));
+    let _ = tokio::time::timeout(Duration::from_secs(1), out.flush()).await;
+    lost
 }
 
 /// The writer half. Returns the metric reason the connection ended for.
-async fn write<K>(mut sink: K, rx: &OutQueue, close: &CloseSignal, shared: &Shared, heard: &Heard) -> &'static str
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
+async fn write(out: &OutQueue, close: &CloseSignal, shared: &Shared, heard: &Heard) -> &'static str {
     // Built once, not per loop turn: each fresh `notified()`/`cancelled()`
     // future would register on (and unregister from) a shared waiter list,
-    // twice per batch, contended by every connection (measured: ~3% of the
-    // gateway's CPU under fan-out load).
+    // contended by every connection (measured: ~3% of the gateway's CPU
+    // under fan-out load).
     let closed = close.fired();
     let stop = shared.shutdown.cancelled();
     tokio::pin!(closed, stop);
     // Heartbeat: a ping every interval; a peer heard from in none of the
     // last two intervals is gone without a FIN (a dead NAT, a pulled cable)
     // and is dropped, so it stops holding a slot, presence and memory.
-    let interval = std::time::Duration::from_secs(shared.config.ping_interval_secs.max(1));
+    let pings = shared.config.ping_interval_secs > 0;
+    let interval = Duration::from_secs(shared.config.ping_interval_secs.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             (code, reason, metric) = &mut closed => {
-                let _ = Box::pin(close_with(&mut sink, *code, reason)).await;
+                let lost = Box::pin(close_with(out, *code, reason)).await;
+                count_dropped(shared, metric, lost);
                 return metric;
             }
             _ = &mut stop => {
-                let _ = Box::pin(close_with(&mut sink, close::SERVICE_RESTART, "server restarting: reconnect")).await;
+                let lost = Box::pin(close_with(out, close::SERVICE_RESTART, "server restarting: reconnect")).await;
+                count_dropped(shared, "shutdown", lost);
                 return "shutdown";
             }
             // Before the queue: under a steady stream of frames the
             // heartbeat must still run.
-            _ = ticks.tick(), if shared.config.ping_interval_secs > 0 => {
+            _ = ticks.tick(), if pings => {
                 if heard.since() > interval * 2 {
-                    let _ = Box::pin(close_with(&mut sink, close::IDLE_TIMEOUT, "idle timeout: no answer to pings")).await;
+                    let lost = Box::pin(close_with(out, close::IDLE_TIMEOUT, "idle timeout: no answer to pings")).await;
+                    count_dropped(shared, "idle", lost);
                     return "idle";
                 }
-                if tokio::time::timeout(interval, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    return "idle";
-                }
+                let _ = out.send_wire(protocol::wire_ping(), false, false);
                 continue;
             }
-            frame = rx.recv() => match frame {
-                Some(f) => f,
-                None => return "client",
-            },
-        };
-        // Write everything waiting as one batch. A client that stopped
+            () = out.queued() => {}
+        }
+        // Write what the socket did not take at once. A client that stopped
         // reading leaves this stuck on a full socket: a close request (the
-        // slow-consumer policy) or shutdown then abandons the socket, since
-        // not even a close frame could get through.
-        let mut taken = 0u64;
-        let outcome = {
-            let batch = write_batch(&mut sink, first, rx, &mut taken);
-            tokio::pin!(batch);
+        // slow-consumer policy), shutdown or a silent peer then abandons the
+        // socket, since not even a close frame could get through.
+        let flush = out.flush();
+        tokio::pin!(flush);
+        let outcome = loop {
             tokio::select! {
                 biased;
-                r = &mut batch => Ok(r),
-                (_, _, metric) = &mut closed => Err(*metric),
-                _ = &mut stop => Err("shutdown"),
+                r = &mut flush => break r.map_err(|_| "client"),
+                (_, _, metric) = &mut closed => break Err(*metric),
+                _ = &mut stop => break Err("shutdown"),
+                _ = ticks.tick(), if pings => {
+                    if heard.since() > interval * 2 {
+                        break Err("idle");
+                    }
+                    // Behind the backlog: a client that keeps reading answers it.
+                    let _ = out.send_wire(protocol::wire_ping(), false, false);
+                }
             }
         };
         match outcome {
-            Ok(true) => shared.metrics.deliveries.inc_by(taken),
-            Ok(false) => {
-                shared.metrics.dropped.with_label_values(&["client_gone"]).inc_by(taken);
-                return "client";
-            }
-            Err(metric) => {
-                let reason = if metric == "client" { "client_gone" } else { metric };
-                shared.metrics.dropped.with_label_values(&[reason]).inc_by(taken);
-                return metric;
-            }
+            Ok(written) => shared.metrics.deliveries.inc_by(written),
+            Err(metric) => return metric,
         }
     }
-}
-
-/// Feed `first` and whatever else is queued (up to a bound) into the
-/// socket's write buffer, then flush once. `taken` counts the deliveries
-/// among them. False when the socket failed.
-async fn write_batch<K>(sink: &mut K, first: Frame, rx: &OutQueue, taken: &mut u64) -> bool
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    *taken += u64::from(first.is_delivery);
-    if sink.feed(Message::Text(first.text)).await.is_err() {
-        return false;
-    }
-    for _ in 1..MAX_FRAMES_PER_WRITE {
-        let Some(frame) = rx.try_recv() else { break };
-        *taken += u64::from(frame.is_delivery);
-        if sink.feed(Message::Text(frame.text)).await.is_err() {
-            return false;
-        }
-    }
-    sink.flush().await.is_ok()
 }
 
 fn join_error(e: JoinError) -> Reply {
@@ -312,13 +360,10 @@ struct Conn {
 impl Conn {
     /// The reader half: returns when the client is gone or must be closed
     /// (in which case `close` has been fired).
-    async fn read<R>(&self, mut stream: R)
-    where
-        R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
-    {
+    async fn read(&self, inbound: &mut Inbound) {
         let cfg = &self.shared.config;
         let mut budget = CommandBudget::new(cfg.client_commands_per_sec, cfg.client_commands_burst);
-        while let Some(msg) = stream.next().await {
+        while let Some(msg) = inbound.next().await {
             self.heard.now();
             match msg {
                 Ok(Message::Text(text)) => {
@@ -475,5 +520,37 @@ impl Conn {
 
     fn count(&self, op: &str, result: &str) {
         self.shared.metrics.commands.with_label_values(&[op, result]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn shared() -> Arc<Shared> {
+        let config = crate::config::Config::ephemeral(vec!["http://127.0.0.1:1".into()]);
+        let gw = crate::server::Gateway::bind(config, tokio_util::sync::CancellationToken::new()).await.unwrap();
+        gw.shared().clone()
+    }
+
+    async fn socket() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, c)
+    }
+
+    /// An idle connection's memory is mostly this future (it lives in the
+    /// task for the connection's lifetime): the gateway's budget is 4 KiB
+    /// per idle connection in all. Measured 1,616 bytes (release; 1,624
+    /// debug; rustc 1.95), in a 2,048-byte task allocation; cold paths are
+    /// boxed to keep it so.
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let shared = shared().await;
+        let (s, _c) = socket().await;
+        let fut = run(s, Bytes::new(), shared, false, None);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1792, "connection::run's future grew to {size} bytes");
     }
 }

@@ -2,14 +2,19 @@
 //!
 //! The client frame is encoded once per delivery (JSON envelope, and the
 //! bare content for `?format=raw` connections, each only if some recipient
-//! needs it) and the same `Utf8Bytes` is handed to every recipient's
-//! bounded queue with `try_send`: no copy, no await, no lock held across an
-//! await. A full queue means a slow consumer: the frame is dropped, counted,
-//! and the connection is told to close with 1013 (it cannot catch up by
-//! itself, and keeping it would grow memory without bound).
+//! needs it), and so is its WebSocket framing: server frames are unmasked,
+//! so the same header-and-payload `Bytes` goes to every recipient. Each
+//! recipient's outbound queue writes it straight into the socket when
+//! nothing is waiting there (one non-blocking `write`, no wake-up of the
+//! connection's task) and queues it otherwise, bounded: no copy, no await,
+//! no lock held across an await. A full queue means a slow consumer: the
+//! frame is dropped, counted, and the connection is told to close with
+//! 1013 (it cannot catch up by itself, and keeping it would grow memory
+//! without bound).
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use pushmesh_common::ids::{ConnectionId, topic};
@@ -17,15 +22,19 @@ use pushmesh_common::proto::Delivery;
 
 use crate::protocol::close;
 use crate::queue::SendError;
-use crate::registry::{Buffered, ConnEntry, Frame};
+use crate::registry::{Buffered, ConnEntry};
 use crate::server::Shared;
 
-/// The frames for one delivery, built on first use.
+/// The frames for one delivery, built on first use, and how many were
+/// written at once.
 struct Frames<'a> {
     delivery: &'a Delivery,
     data: &'a str,
     json: Option<Utf8Bytes>,
     raw: Option<Utf8Bytes>,
+    json_wire: Option<Bytes>,
+    raw_wire: Option<Bytes>,
+    written: u64,
 }
 
 impl<'a> Frames<'a> {
@@ -35,6 +44,17 @@ impl<'a> Frames<'a> {
         } else {
             self.json.get_or_insert_with(|| json_frame(self.delivery, self.data)).clone()
         }
+    }
+
+    /// The WebSocket frame (header and payload), the same for every client.
+    fn wire(&mut self, raw: bool) -> Bytes {
+        let cached = if raw { &self.raw_wire } else { &self.json_wire };
+        if let Some(w) = cached {
+            return w.clone();
+        }
+        let w = crate::protocol::wire_text(self.get(raw));
+        *(if raw { &mut self.raw_wire } else { &mut self.json_wire }) = Some(w.clone());
+        w
     }
 }
 
@@ -79,7 +99,7 @@ pub fn deliver(shared: &Shared, d: Delivery) {
         metrics.dropped.with_label_values(&["invalid_payload"]).inc();
         return;
     };
-    let mut frames = Frames { delivery: &d, data, json: None, raw: None };
+    let mut frames = Frames { delivery: &d, data, json: None, raw: None, json_wire: None, raw_wire: None, written: 0 };
     let excluded: HashSet<u64> = d
         .exclude
         .iter()
@@ -154,12 +174,16 @@ pub fn deliver(shared: &Shared, d: Delivery) {
     } else {
         tracing::debug!(topic = %d.topic, "delivery on a topic this gateway does not route");
     }
+    drop(inner);
+    if frames.written > 0 {
+        metrics.deliveries.inc_by(frames.written);
+    }
 }
 
 fn send(shared: &Shared, conn: &ConnEntry, frames: &mut Frames<'_>) {
-    let frame = Frame { text: frames.get(conn.raw), is_delivery: true };
-    match conn.tx.try_send(frame) {
-        Ok(()) => {}
+    match conn.tx.send_wire(frames.wire(conn.raw), true, true) {
+        Ok(true) => frames.written += 1,
+        Ok(false) => {}
         Err(SendError::Full) => {
             shared.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
             conn.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");

@@ -13,10 +13,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use pushmesh_common::admin;
 
@@ -162,16 +160,16 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = shared.ws_config;
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                connection::run(ws, shared, raw, token).await;
-                drop(slot);
-            }
+        // The connection gets the TCP socket itself back from hyper: its
+        // read and write halves are then independent, and the fan-out can
+        // write frames into it directly (see `queue`).
+        match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+            Ok(Ok(parts)) => connection::run(parts.io.into_inner(), parts.read_buf, shared, raw, token).await,
+            Ok(Err(_)) => tracing::warn!("websocket upgrade: the connection is not a TCP socket"),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
+        drop(slot);
     });
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -3,9 +3,13 @@
 //! gateway builds for it. Frames that go to many connections are encoded
 //! once (see `fanout`); these helpers build the per-connection ones.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 
 /// Close codes the gateway uses (RFC 6455 and pushmesh's own 4000–4999).
 pub mod close {
@@ -40,6 +44,29 @@ pub mod close {
 /// A close reason must fit in a control frame (123 bytes of UTF-8).
 pub fn close_reason(reason: &str) -> String {
     pushmesh_common::ids::truncate(reason, 120)
+}
+
+/// A text frame as it goes on the wire (header and payload). Server frames
+/// are unmasked, so these bytes are the same for every client: a delivery
+/// is encoded once for all its recipients.
+pub fn wire_text(text: impl Into<Bytes>) -> Bytes {
+    wire(WsFrame::message(text, OpCode::Data(OpData::Text), true))
+}
+
+/// A close frame with `code` and `reason` (cut to fit a control frame).
+pub fn wire_close(code: u16, reason: &str) -> Bytes {
+    wire(WsFrame::close(Some(CloseFrame { code: CloseCode::from(code), reason: close_reason(reason).into() })))
+}
+
+/// The heartbeat's ping (empty payload).
+pub fn wire_ping() -> Bytes {
+    Bytes::from_static(&[0x89, 0x00])
+}
+
+fn wire(frame: WsFrame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).expect("formatting into a Vec cannot fail");
+    out.into()
 }
 
 /// A command from the client.
@@ -126,6 +153,19 @@ pub fn membership_frame(subscribed: bool, channel: &str) -> Utf8Bytes {
 /// reply can still be matched to it.
 pub fn salvage_id(text: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.get("id")?.as_u64()
+}
+
+#[cfg(test)]
+mod wire {
+    #[test]
+    fn frames_are_encoded_unmasked() {
+        assert_eq!(&super::wire_text("hi")[..], b"\x81\x02hi");
+        let long = super::wire_text("x".repeat(300));
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(long.len(), 304);
+        assert_eq!(&super::wire_close(1013, "slow")[..], b"\x88\x06\x03\xf5slow");
+        assert_eq!(&super::wire_ping()[..], b"\x89\x00");
+    }
 }
 
 #[cfg(test)]
