@@ -377,7 +377,7 @@ async fn deliveries_queued_for_a_gateway_that_dies_are_counted() -> anyhow::Resu
     let mut sys = sys;
     sys.gateways[0].signal("STOP");
     // Broadcasts pile up behind the frozen gateway: HTTP/2 windows, then the hub's queue.
-    publish_numbered_broadcasts(sys.api(), 6000, 200, 1024).await?;
+    publish_numbered_broadcasts(sys.api(), 10_000, 250, 1024).await?;
     sys.gateways[0].kill().await;
     let gone = eventually("the hub to count what it held for the dead gateway", || async move {
         let n = dropped("gateway_gone").await.ok()?;

@@ -331,11 +331,12 @@ impl HubPool {
             .values()
             .filter(|l| !l.hub_ids.is_empty() && live.iter().any(|(_, id)| !l.hub_ids.contains(id)))
             .count();
-        self.metrics.partitioned_gateways.set(partitioned as i64);
         if !plan.is_empty() {
             tracing::info!(?plan, "relaying for gateways cut off from hubs");
         }
         let old = std::mem::replace(&mut *self.plan.write().expect("plan lock"), Arc::new(plan.clone()));
+        // After the plan is in force: whoever reads the gauge sees it applied.
+        self.metrics.partitioned_gateways.set(partitioned as i64);
         self.replay_to_newly_cut(&old, &plan, &declared);
     }
 
