@@ -61,6 +61,10 @@ pub struct HubPool {
     plan: RwLock<Arc<RelayPlan>>,
     metrics: IngressMetrics,
     replay: ReplayRing,
+    /// (owner hub id, gateway) being replayed to: live relays to that
+    /// gateway wait until its replay has caught up, so it gets the owner's
+    /// messages in order (they are kept, and the replay sends them).
+    replaying: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Why no hub took a publish.
@@ -82,7 +86,15 @@ impl HubPool {
         metrics: IngressMetrics,
         replay: ReplayRing,
     ) -> anyhow::Result<Self> {
-        let pool = Self { hubs: RwLock::default(), timeout, tls, plan: RwLock::default(), metrics, replay };
+        let pool = Self {
+            hubs: RwLock::default(),
+            timeout,
+            tls,
+            plan: RwLock::default(),
+            metrics,
+            replay,
+            replaying: Mutex::default(),
+        };
         pool.set_hubs(urls)?;
         Ok(pool)
     }
@@ -171,11 +183,18 @@ impl HubPool {
         let Some(owner_id) = owner.hub_id.lock().expect("hub id lock").clone() else { return 0 };
         let plan = self.plan.read().expect("plan lock").clone();
         let Some(routes) = plan.get(&owner_id) else { return 0 };
+        let replaying = self.replaying.lock().expect("replaying lock").clone();
         let calls = routes.iter().filter(|(via, _)| *via != owner.url).filter_map(|(via, gateways)| {
             let via = self.by_url(via)?;
+            let mut gateways = gateways.clone();
+            if !replaying.is_empty() {
+                gateways.retain(|g| !replaying.contains(&(owner_id.clone(), g.clone())));
+                if gateways.is_empty() {
+                    return None;
+                }
+            }
             let mut req = req.clone();
-            req.relay =
-                Some(Relay { gateways: gateways.clone(), epoch: accepted.epoch.clone(), offset: accepted.offset });
+            req.relay = Some(Relay { gateways, epoch: accepted.epoch.clone(), offset: accepted.offset });
             Some(async move {
                 let mut client = HubClient::new(via.channel.clone());
                 let url = &via.url;
@@ -334,17 +353,25 @@ impl HubPool {
         if !plan.is_empty() {
             tracing::info!(?plan, "relaying for gateways cut off from hubs");
         }
-        let old = std::mem::replace(&mut *self.plan.write().expect("plan lock"), Arc::new(plan.clone()));
+        // Gateways new to the plan are marked as replaying *before* the plan
+        // is in force, so no live relay overtakes their replay.
+        let old = self.plan.read().expect("plan lock").clone();
+        let replays = self.newly_cut(&old, &plan, &declared);
+        *self.plan.write().expect("plan lock") = Arc::new(plan);
         // After the plan is in force: whoever reads the gauge sees it applied.
         self.metrics.partitioned_gateways.set(partitioned as i64);
-        self.replay_to_newly_cut(&old, &plan, &declared);
+        for r in replays {
+            self.replay_to(r);
+        }
     }
 
     /// Gateways that joined the plan for an owner hub since the last poll
     /// missed what that hub accepted while the partition went unnoticed:
     /// send them this ingress's kept publishes of that hub, in order, on a
     /// task of their own (the poll goes on).
-    fn replay_to_newly_cut(self: &Arc<Self>, old: &RelayPlan, new: &RelayPlan, declared: &HashMap<String, Links>) {
+    fn newly_cut(&self, old: &RelayPlan, new: &RelayPlan, declared: &HashMap<String, Links>) -> Vec<Replay> {
+        let mut replays = Vec::new();
+        let mut replaying = self.replaying.lock().expect("replaying lock");
         for (owner_id, routes) in new {
             let Some(owner) = self
                 .current()
@@ -358,31 +385,89 @@ impl HubPool {
                 old.get(owner_id).map(|r| r.iter().flat_map(|(_, g)| g).collect()).unwrap_or_default();
             for (via, gateways) in routes {
                 for gateway in gateways.iter().filter(|g| !had.contains(g)) {
+                    // Not twice at once: a replay to it may still be running.
+                    if !replaying.insert((owner_id.clone(), gateway.clone())) {
+                        continue;
+                    }
                     // From when it may have missed messages (0: unknown, all kept).
                     let since = declared.get(gateway).and_then(|l| l.lost_since.get(owner_id)).copied().unwrap_or(0);
-                    self.replay_to(gateway.clone(), &owner.url, owner_id, via, since);
+                    replays.push(Replay {
+                        gateway: gateway.clone(),
+                        owner: owner.url.clone(),
+                        owner_id: owner_id.clone(),
+                        via: via.clone(),
+                        since,
+                    });
                 }
             }
         }
+        replays
     }
 
-    fn replay_to(self: &Arc<Self>, gateway: String, owner: &str, owner_id: &str, via: &str, since: u64) {
-        let Some(via) = self.by_url(via) else { return };
-        let kept = self.replay.of(owner, since);
-        tracing::info!(%gateway, hub = %owner_id, publishes = kept.len(), "replaying to a gateway cut off from a hub");
+    /// Replay, in order, what `owner` accepted since `since`, then what it
+    /// accepts meanwhile, until caught up; only then do live relays to the
+    /// gateway start, and a last pass sends what slipped in between.
+    /// (The gateway is already marked as replaying, by `newly_cut`.)
+    fn replay_to(self: &Arc<Self>, r: Replay) {
+        let Replay { gateway, owner, owner_id, via, since } = r;
+        let key = (owner_id.clone(), gateway.clone());
+        let Some(via) = self.by_url(&via) else {
+            self.replaying.lock().expect("replaying lock").remove(&key);
+            return;
+        };
+        // Positions up to `top` older than `since` are not for this gateway.
+        let top = self.replay.top();
+        let first = self.replay.of(&owner, since);
+        tracing::info!(%gateway, hub = %owner_id, publishes = first.len(), "replaying to a gateway cut off from a hub");
         let pool = self.clone();
         tokio::spawn(async move {
             let mut client = HubClient::new(via.channel.clone());
-            for mut req in kept {
-                if let Some(r) = req.relay.as_mut() {
-                    r.gateways = vec![gateway.clone()];
+            let mut last = top;
+            let mut batch = first;
+            // Catch up (bounded: at most 100 passes, each shorter than the last).
+            for _ in 0..100 {
+                if batch.is_empty() {
+                    break;
                 }
-                let ok = client.publish(req).await.is_ok();
-                pool.metrics.replayed.inc();
-                pool.metrics.relays.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+                last = pool.send_replay(&mut client, &gateway, batch, last).await;
+                batch = pool.replay.after(&owner, last);
             }
+            pool.replaying.lock().expect("replaying lock").remove(&key);
+            // Accepted between the last pass and the line above: sent live
+            // or here (the gateway drops a second copy by id).
+            let rest = pool.replay.after(&owner, last);
+            pool.send_replay(&mut client, &gateway, rest, last).await;
         });
     }
+
+    async fn send_replay(
+        &self,
+        client: &mut HubClient<Channel>,
+        gateway: &str,
+        batch: Vec<(u64, PublishRequest)>,
+        mut last: u64,
+    ) -> u64 {
+        for (seq, mut req) in batch {
+            if let Some(r) = req.relay.as_mut() {
+                r.gateways = vec![gateway.to_owned()];
+            }
+            let ok = client.publish(req).await.is_ok();
+            self.metrics.replayed.inc();
+            self.metrics.relays.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+            last = last.max(seq);
+        }
+        last
+    }
+}
+
+/// A replay to start: to `gateway`, of what hub `owner` (URL; id
+/// `owner_id`) accepted since `since` (unix ns), through hub `via` (URL).
+struct Replay {
+    gateway: String,
+    owner: String,
+    owner_id: String,
+    via: String,
+    since: u64,
 }
 
 /// Owner hub id → [(relay hub URL, gateways)]: for each live hub (URL, id),

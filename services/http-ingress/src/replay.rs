@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use pushmesh_common::proto::PublishRequest;
 
 pub struct Kept {
+    /// Position in this ring, counting up from 1: replay resumes after one.
+    seq: u64,
     at: Instant,
     /// Wall clock at acceptance (unix ns), compared with the gateway's
     /// "missing since".
@@ -38,6 +40,7 @@ pub struct ReplayRing {
 struct Inner {
     items: VecDeque<Kept>,
     bytes: usize,
+    next_seq: u64,
 }
 
 impl ReplayRing {
@@ -56,18 +59,31 @@ impl ReplayRing {
         let mut inner = self.inner.lock().expect("replay lock");
         let wall =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        inner.items.push_back(Kept { at: now, wall, owner: owner.to_owned(), req, bytes });
+        inner.next_seq += 1;
+        let seq = inner.next_seq;
+        inner.items.push_back(Kept { seq, at: now, wall, owner: owner.to_owned(), req, bytes });
         inner.bytes += bytes;
         self.trim(&mut inner, now);
         inner.bytes
     }
 
     /// The kept publishes of hub `owner` accepted at or after `since`
-    /// (unix ns), oldest first.
-    pub fn of(&self, owner: &str, since: u64) -> Vec<PublishRequest> {
+    /// (unix ns), oldest first, with their ring positions.
+    pub fn of(&self, owner: &str, since: u64) -> Vec<(u64, PublishRequest)> {
         let mut inner = self.inner.lock().expect("replay lock");
         self.trim(&mut inner, Instant::now());
-        inner.items.iter().filter(|k| k.owner == owner && k.wall >= since).map(|k| k.req.clone()).collect()
+        inner.items.iter().filter(|k| k.owner == owner && k.wall >= since).map(|k| (k.seq, k.req.clone())).collect()
+    }
+
+    /// The newest ring position handed out so far.
+    pub fn top(&self) -> u64 {
+        self.inner.lock().expect("replay lock").next_seq
+    }
+
+    /// The kept publishes of hub `owner` after ring position `seq`.
+    pub fn after(&self, owner: &str, seq: u64) -> Vec<(u64, PublishRequest)> {
+        let inner = self.inner.lock().expect("replay lock");
+        inner.items.iter().filter(|k| k.owner == owner && k.seq > seq).map(|k| (k.seq, k.req.clone())).collect()
     }
 
     fn trim(&self, inner: &mut Inner, now: Instant) {
@@ -96,8 +112,8 @@ mod tests {
             ring.keep(["a", "b"][usize::from(n % 2)], req(n, 100));
         }
         // Four kept, the bound holds three: the oldest (1) went.
-        assert_eq!(ring.of("a", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4]);
-        assert_eq!(ring.of("b", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [3]);
+        assert_eq!(ring.of("a", 0).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(ring.of("b", 0).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
@@ -106,7 +122,7 @@ mod tests {
         ring.keep("a", req(1, 10));
         std::thread::sleep(Duration::from_millis(80));
         ring.keep("a", req(2, 10));
-        assert_eq!(ring.of("a", 0).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(ring.of("a", 0).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
     }
 
     #[test]
@@ -116,6 +132,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         ring.keep("a", req(2, 10));
-        assert_eq!(ring.of("a", since).iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(ring.of("a", since).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
+        // Resuming after the first one's position finds the second.
+        let first = ring.of("a", 0)[0].0;
+        assert_eq!(ring.after("a", first).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
+        assert!(ring.after("b", 0).is_empty());
     }
 }
