@@ -402,8 +402,8 @@ def test_a_partition_between_a_gateway_and_a_hub_loses_nothing(cluster):
     def partitioned(n):
         return all(metric(scrape(metrics_url(i)), "pushmesh_ingress_partitioned_gateways") == n for i in ingresses)
 
-    async def publish_until(tag, done):
-        sent, n = [], 0
+    async def publish_until(tag, done, n=0):
+        sent = []
         while True:
             ch = CHANNELS[n % len(CHANNELS)]
             code, body = await publish(ingresses[n % 2], ch, {"tag": tag, "n": n})
@@ -413,12 +413,16 @@ def test_a_partition_between_a_gateway_and_a_hub_loses_nothing(cluster):
             if n % len(CHANNELS) == 0 and await asyncio.to_thread(done):
                 return sent
 
-    async def everyone_got_exactly(clients, tag, sent):
+    async def everyone_got_exactly(clients, tag, sent, in_order=False):
         for c in clients:
             await c.wait(lambda: len(c.messages(tag)) >= len(sent), f"{len(sent)} messages tagged {tag}", timeout=30)
             assert sorted(c.messages(tag)) == sorted(sent), \
                 f"{c.gateway.name}: not exactly once: missing {sorted(set(sent) - set(c.messages(tag)))[:10]}, " \
                 f"{len(c.messages(tag)) - len(set(c.messages(tag)))} duplicates"
+            if in_order:  # each channel is published through one ingress, which replays in order
+                for ch in CHANNELS:
+                    got = [n for cc, n in c.messages(tag) if cc == ch]
+                    assert got == sorted(got), f"{ch} out of order on {c.gateway.name}: {got}"
 
     async def scenario():
         clients = await open_clients(cluster)
@@ -433,12 +437,12 @@ def test_a_partition_between_a_gateway_and_a_hub_loses_nothing(cluster):
             sent = await publish_until("cut", lambda: partitioned(1) and metric(
                 scrape(metrics_url(gw)), "pushmesh_gateway_hubs_attached") == 2)
             noticed = time.monotonic() - started
-            sent += await publish_until("cut", lambda: True)  # and a round on the relayed path
+            sent += await publish_until("cut", lambda: True, n=len(sent))  # and a round on the relayed path
             assert gw.ready, "a gateway that still has two hubs stays ready"
-            await everyone_got_exactly(clients, "cut", sent)
+            await everyone_got_exactly(clients, "cut", sent, in_order=True)
             replayed = sum(metric(scrape(metrics_url(i)), "pushmesh_ingress_replayed_total") for i in ingresses)
             print(f"FIGURES cluster partition: noticed and relaying after {noticed:.1f}s, {len(sent)} publishes "
-                  f"during the cut, {replayed:.0f} replayed, 0 lost, 0 duplicates on {len(clients)} clients")
+                  f"during the cut, {replayed:.0f} replayed, 0 lost, 0 duplicates, each channel in order on {len(clients)} clients")
             blackhole(gw, hub, on=False)
             blackhole(hub, gw, on=False)
             cut = False
