@@ -84,12 +84,7 @@ impl HubSource {
         }
         let (tx, rx) = watch::channel(current.iter().cloned().collect());
         if self.dns.is_none() {
-            // Nothing will change; keep the sender alive until stop so
-            // receivers do not see a closed channel.
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                drop(tx);
-            });
+            // Nothing will change: the closed channel tells followers so.
             return rx;
         }
         tokio::spawn(async move {

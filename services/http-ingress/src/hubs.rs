@@ -180,8 +180,12 @@ impl HubPool {
     /// Send relay copies of a publish hub `owner` accepted; answers how
     /// many gateway streams they were queued to.
     async fn relay(&self, owner: &HubHandle, req: PublishRequest, accepted: &PublishResponse) -> u32 {
-        let Some(owner_id) = owner.hub_id.lock().expect("hub id lock").clone() else { return 0 };
+        // Without a partition the plan is empty: nothing to look up or copy.
         let plan = self.plan.read().expect("plan lock").clone();
+        if plan.is_empty() {
+            return 0;
+        }
+        let Some(owner_id) = owner.hub_id.lock().expect("hub id lock").clone() else { return 0 };
         let Some(routes) = plan.get(&owner_id) else { return 0 };
         let replaying = self.replaying.lock().expect("replaying lock").clone();
         let calls = routes.iter().filter(|(via, _)| *via != owner.url).filter_map(|(via, gateways)| {
@@ -195,29 +199,25 @@ impl HubPool {
             }
             let mut req = req.clone();
             req.relay = Some(Relay { gateways, epoch: accepted.epoch.clone(), offset: accepted.offset });
-            Some(async move {
-                let mut client = HubClient::new(via.channel.clone());
-                let url = &via.url;
-                match client.publish(req).await {
-                    Ok(r) => Some(r.into_inner().gateways),
-                    Err(status) => {
-                        tracing::warn!(hub = %url, error = %status.message(), "relay failed");
-                        None
-                    }
-                }
-            })
+            Some(async move { self.send_relay(&via, req).await })
         });
-        let mut queued = 0;
-        for r in futures_util::future::join_all(calls).await {
-            match r {
-                Some(n) => {
-                    queued += n;
-                    self.metrics.relays.with_label_values(&["ok"]).inc();
-                }
-                None => self.metrics.relays.with_label_values(&["failed"]).inc(),
+        futures_util::future::join_all(calls).await.into_iter().flatten().sum()
+    }
+
+    /// Send one relay (or replayed) copy through `via`, counting the
+    /// outcome; answers how many gateway streams it was queued to.
+    async fn send_relay(&self, via: &HubHandle, req: PublishRequest) -> Option<u32> {
+        match HubClient::new(via.channel.clone()).publish(req).await {
+            Ok(r) => {
+                self.metrics.relays.with_label_values(&["ok"]).inc();
+                Some(r.into_inner().gateways)
+            }
+            Err(status) => {
+                self.metrics.relays.with_label_values(&["failed"]).inc();
+                tracing::warn!(hub = %via.url, error = %status.message(), "relay failed");
+                None
             }
         }
-        queued
     }
 
     pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
@@ -421,7 +421,6 @@ impl HubPool {
         tracing::info!(%gateway, hub = %owner_id, publishes = first.len(), "replaying to a gateway cut off from a hub");
         let pool = self.clone();
         tokio::spawn(async move {
-            let mut client = HubClient::new(via.channel.clone());
             let mut last = top;
             let mut batch = first;
             // Catch up (bounded: at most 100 passes, each shorter than the last).
@@ -429,20 +428,20 @@ impl HubPool {
                 if batch.is_empty() {
                     break;
                 }
-                last = pool.send_replay(&mut client, &gateway, batch, last).await;
+                last = pool.send_replay(&via, &gateway, batch, last).await;
                 batch = pool.replay.after(&owner, last);
             }
             pool.replaying.lock().expect("replaying lock").remove(&key);
             // Accepted between the last pass and the line above: sent live
             // or here (the gateway drops a second copy by id).
             let rest = pool.replay.after(&owner, last);
-            pool.send_replay(&mut client, &gateway, rest, last).await;
+            pool.send_replay(&via, &gateway, rest, last).await;
         });
     }
 
     async fn send_replay(
         &self,
-        client: &mut HubClient<Channel>,
+        via: &HubHandle,
         gateway: &str,
         batch: Vec<(u64, PublishRequest)>,
         mut last: u64,
@@ -451,9 +450,8 @@ impl HubPool {
             if let Some(r) = req.relay.as_mut() {
                 r.gateways = vec![gateway.to_owned()];
             }
-            let ok = client.publish(req).await.is_ok();
+            self.send_relay(via, req).await;
             self.metrics.replayed.inc();
-            self.metrics.relays.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
             last = last.max(seq);
         }
         last
