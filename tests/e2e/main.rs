@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod faults;
 mod grpc_api;
+mod logs;
 mod metrics;
 mod openapi;
 mod partition;
