@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 .PHONY: run test build lint fmt bench bench-smoke clean tools image helm-test browser-test
 
-## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
+## run: build and start hub + ws-gateway + http-ingress on localhost, restarting any that dies (Ctrl-C stops)
 run:
 	scripts/run.sh
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod faults;
 mod grpc_api;
 mod logs;
+mod make_run;
 mod metrics;
 mod openapi;
 mod partition;

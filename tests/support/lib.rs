@@ -38,6 +38,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A loopback address no other live test process uses: 127.A.B.C with
+/// A.B.C taken from this process's pid (unique among live processes; nextest
+/// runs each test in its own process) and `n` (0–2) picking one of three
+/// addresses per test. A is never 0, so these never meet the 127.0.0.1 that
+/// everything else binds. On it a test may use fixed ports, or re-bind a
+/// port after killing its owner, with no other test able to take the port
+/// in between.
+pub fn unique_loopback(n: u8) -> std::net::IpAddr {
+    assert!(n < 3, "three addresses per test process");
+    let pid = std::process::id();
+    // pid_max is at most 2^22 on Linux: 6 bits, then 8 and 8. A: 1..=192.
+    let a = 1 + n + 3 * ((pid >> 16) & 0x3f) as u8;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, (pid >> 8) as u8, pid as u8))
+}
+
 /// One running service process.
 pub struct Proc {
     pub name: String,
