@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod faults;
 mod grpc_api;
+mod image;
 mod logs;
 mod make_run;
 mod metrics;
