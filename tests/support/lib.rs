@@ -133,19 +133,25 @@ pub async fn hub() -> Result<Proc> {
     Proc::start("hub", &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await
 }
 
-/// A hub on a given gRPC address (to restart one where gateways expect it).
+/// A hub on a given gRPC address (to start or restart one where gateways
+/// expect it). The address must be on this test's own loopback address
+/// (`free_addr_on(unique_loopback(n))`): there no other test can have taken
+/// the port since it was learned or since its last owner was killed.
 pub async fn hub_at(grpc: SocketAddr) -> Result<Proc> {
+    assert!(
+        grpc.ip() != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        "hub_at({grpc}): use an address of this test's own (unique_loopback), where no other test can take the port"
+    );
     let grpc = grpc.to_string();
-    // The old socket may linger for a moment after a kill; retry briefly.
-    let mut last = None;
-    for _ in 0..50 {
-        match Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await {
-            Ok(p) => return Ok(p),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last.expect("tried"))
+    Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await
+}
+
+/// A port free now on `ip`, one of this test's own loopback addresses
+/// (`unique_loopback`). Learning a free port and binding it later is a race
+/// on a shared address (another test may take it in between); on an
+/// address only this test process uses, nobody else can.
+pub fn free_addr_on(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
 }
 
 pub fn hub_url(hub: &Proc) -> String {
