@@ -164,14 +164,16 @@ async fn publish_and_listen_round_trip_with_exit_codes() -> Result<()> {
 
 #[tokio::test]
 async fn nothing_running_means_exit_3_and_a_hint_to_start_it() -> Result<()> {
-    // A port nothing listens on: bind one and drop it at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let p = run(&["publish", "--ingress", &format!("http://127.0.0.1:{port}"), "--broadcast", "x"], None).await?;
+    // A port nothing listens on, on this test's own loopback address (so no
+    // other test can start listening there meanwhile).
+    let free = pushmesh_tests::free_addr_on(pushmesh_tests::unique_loopback(0))?;
+    let (ip, port) = (free.ip(), free.port());
+    let p = run(&["publish", "--ingress", &format!("http://{free}"), "--broadcast", "x"], None).await?;
     assert_eq!(p.code, 3, "{}", p.stderr);
     assert!(p.stderr.contains("pushmesh dev"), "{}", p.stderr);
-    let l = run(&["listen", "--gateway", &format!("127.0.0.1:{port}"), "--connect-timeout", "1500ms"], None).await?;
+    let l = run(&["listen", "--gateway", &format!("{ip}:{port}"), "--connect-timeout", "1500ms"], None).await?;
     assert_eq!(l.code, 3, "{}", l.stderr);
-    assert!(l.stderr.contains("waiting for the gateway at ws://127.0.0.1:"), "progress line: {}", l.stderr);
+    assert!(l.stderr.contains(&format!("waiting for the gateway at ws://{ip}:{port}")), "progress line: {}", l.stderr);
     assert!(l.stderr.contains("hint: is pushmesh running?"), "{}", l.stderr);
     Ok(())
 }
@@ -378,7 +380,8 @@ async fn broadcasts_api_key_hints_and_a_gateway_that_is_not_ready() -> Result<()
     // A broadcast is labelled as one of the channel-less deliveries, not as "(direct)".
     let mut l = Listener::start(&["--gateway", &gw, "--count", "1", "--timeout", "10s"]).await?;
     l.wait_for("no --channel").await?;
-    let p = run(&["publish", "--ingress", &api, "--api-key", "right-key-0123456789", "--broadcast", "all"], None).await?;
+    let p =
+        run(&["publish", "--ingress", &api, "--api-key", "right-key-0123456789", "--broadcast", "all"], None).await?;
     assert_eq!(p.code, 0, "{}", p.stderr);
     let out = l.finish().await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -389,7 +392,8 @@ async fn broadcasts_api_key_hints_and_a_gateway_that_is_not_ready() -> Result<()
     assert_eq!(none.code, 1, "{}", none.stderr);
     assert!(none.stderr.contains("hint: this ingress requires an API key: pass --api-key"), "{}", none.stderr);
     // A wrong key: the hint says the key given was refused, not "pass --api-key".
-    let wrong = run(&["publish", "--ingress", &api, "--api-key", "wrong-key-0123456789", "--broadcast", "x"], None).await?;
+    let wrong =
+        run(&["publish", "--ingress", &api, "--api-key", "wrong-key-0123456789", "--broadcast", "x"], None).await?;
     assert_eq!(wrong.code, 1, "{}", wrong.stderr);
     assert!(wrong.stderr.contains("did not accept the API key given"), "{}", wrong.stderr);
     assert!(!wrong.stderr.contains("pass --api-key"), "{}", wrong.stderr);
