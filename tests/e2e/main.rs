@@ -16,4 +16,5 @@ mod pipeline;
 mod reliability;
 mod security;
 mod sockets;
+mod sse;
 mod tls;

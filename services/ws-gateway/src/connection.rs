@@ -33,7 +33,7 @@ use crate::auth::{AuthError, Authenticator, Grant};
 use crate::config::Config;
 use crate::metrics::GatewayMetrics;
 use crate::protocol::{self, Command, Reply, close};
-use crate::queue::{CloseSignal, Frame, OutQueue, SendError};
+use crate::queue::{CloseSignal, Frame, OutQueue, Outbound, SendError};
 use crate::recovery::{Recovery, Subscriber};
 use crate::registry::{ConnEntry, JoinError, Registry};
 
@@ -107,7 +107,7 @@ impl Clients {
         self
     }
 
-    fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -143,7 +143,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
         tx.hold(protocol::wire_text(protocol::reply_frame(Some(reply_id), &Reply::Ok)));
     }
     tx.hold(protocol::wire_text(protocol::welcome_frame(&id, grant.user.as_ref(), raw)));
-    let entry = ConnEntry::new(tx.clone(), raw, close.clone(), grant.user.clone());
+    let entry = ConnEntry::new(Outbound::Ws(tx.clone()), raw, close.clone(), grant.user.clone());
     let confirmation = match shared.registry.insert(seq, entry, shared.settings.max_connections_per_user) {
         Ok(w) => w,
         Err(e) => {
@@ -553,9 +553,11 @@ impl Conn {
                 Err(e) => join_error(e),
             };
         };
-        let who = Subscriber { seq: self.seq, out: &self.tx, close: &self.close, raw: self.raw };
+        let out = Outbound::Ws(self.tx.clone());
+        let who = Subscriber { seq: self.seq, out: &out, close: &self.close, raw: self.raw };
         let since = (since.epoch.as_str(), since.offset);
-        match self.shared.recovery.subscribe(who, &channel, since, cmd.id, max, timeout).await {
+        let reply = |r: &Reply| protocol::reply_frame(cmd.id, r);
+        match self.shared.recovery.subscribe(who, &channel, since, reply, max, timeout).await {
             Ok(()) => Reply::AlreadySent,
             Err(e) => join_error(e),
         }

@@ -7,6 +7,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 pub struct GatewayMetrics {
     pub registry: Registry,
     pub connections: IntGauge,
+    /// Server-Sent Events streams open now.
+    pub sse_connections: IntGauge,
     pub accepted: IntCounter,
     pub disconnects: IntCounterVec,
     /// Message frames written to client sockets.
@@ -35,9 +37,14 @@ impl GatewayMetrics {
         let registry = pushmesh_common::admin::registry();
         let connections =
             IntGauge::new("pushmesh_gateway_connections", "Client WebSocket connections open now.").expect("metric");
-        let accepted =
-            IntCounter::new("pushmesh_gateway_connections_accepted_total", "Client WebSocket connections accepted.")
+        let sse_connections =
+            IntGauge::new("pushmesh_gateway_sse_connections", "Server-Sent Events streams open now (GET /sse).")
                 .expect("metric");
+        let accepted = IntCounter::new(
+            "pushmesh_gateway_connections_accepted_total",
+            "Client connections accepted (WebSocket and Server-Sent Events).",
+        )
+        .expect("metric");
         let disconnects = IntCounterVec::new(
             Opts::new("pushmesh_gateway_disconnects_total", "Client connections ended, by reason."),
             &["reason"],
@@ -97,6 +104,7 @@ impl GatewayMetrics {
             Box::new(auth_failures.clone()),
             Box::new(queries.clone()),
             Box::new(connections.clone()),
+            Box::new(sse_connections.clone()),
             Box::new(accepted.clone()),
             Box::new(disconnects.clone()),
             Box::new(deliveries.clone()),
@@ -130,6 +138,7 @@ impl GatewayMetrics {
         Self {
             registry,
             connections,
+            sse_connections,
             accepted,
             disconnects,
             deliveries,
