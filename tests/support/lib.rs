@@ -265,7 +265,14 @@ impl Client {
             .await
             .map_err(|_| anyhow!("connect to {addr} timed out"))??;
         let mut c = Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 };
-        let welcome = c.next_json().await?;
+        let first = c.next_text().await?;
+        if let Some((gateway, seq)) = seed_welcome(&first) {
+            // `?format=raw`: the seed's own welcome line.
+            c.connection = format!("{gateway}:{seq}");
+            c.gateway = gateway;
+            return Ok(c);
+        }
+        let welcome: Value = serde_json::from_str(&first).with_context(|| format!("frame is not JSON: {first}"))?;
         if welcome["type"] != "welcome" {
             bail!("expected a welcome frame first, got {welcome}");
         }
@@ -353,6 +360,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The seed's welcome line, `worker id:GATEWAY connection id:N connected`
+/// (what `?format=raw` clients get first): (gateway, N).
+pub fn seed_welcome(line: &str) -> Option<(String, u64)> {
+    let rest = line.strip_prefix("worker id:")?;
+    let (gateway, rest) = rest.split_once(" connection id:")?;
+    let seq = rest.strip_suffix(" connected")?.parse().ok()?;
+    Some((gateway.to_owned(), seq))
 }
 
 /// A whole local system: hubs, gateways (each attached to every hub) and

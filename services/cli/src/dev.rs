@@ -37,7 +37,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     gw_cfg.hubs = vec![hub_url.clone()];
     gw_cfg.gateway_id = Some(args.gateway_id.clone());
     gw_cfg.jwt_secret = args.jwt_secret.clone();
-    let gateway = pushmesh_ws_gateway::Gateway::bind(gw_cfg, shutdown.clone())
+    let gateway = pushmesh_ws_gateway::Gateway::bind(gw_cfg)
         .await
         .map_err(|e| in_use(format!("cannot start the ws-gateway on {}: {e:#}", args.gateway_addr)))?;
     let gw = gateway.local_addr();
@@ -62,7 +62,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut tasks = JoinSet::new();
     let t = shutdown.clone();
     tasks.spawn(async move { ("hub", hub.run(t).await) });
-    tasks.spawn(async move { ("ws-gateway", gateway.run().await) });
+    let t = shutdown.clone();
+    tasks.spawn(async move { ("ws-gateway", gateway.run(t).await) });
     let t = shutdown.clone();
     tasks.spawn(async move { ("http-ingress", ingress.run(t).await) });
 

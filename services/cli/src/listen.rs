@@ -225,6 +225,12 @@ impl Session<'_> {
     }
 
     fn on_text(&mut self, text: &str) -> Result<bool> {
+        if self.args.raw
+            && !self.welcomed
+            && let Some(welcome) = seed_welcome(text)
+        {
+            return self.on_control("welcome", &welcome).map(|()| false);
+        }
         let parsed: Option<Value> = serde_json::from_str(text).ok();
         let kind = parsed.as_ref().and_then(|v| v["type"].as_str()).unwrap_or("").to_owned();
         let kind = kind.as_str();
@@ -455,6 +461,17 @@ fn redacted(url: &reqwest::Url) -> String {
     }
     u.query_pairs_mut().clear().extend_pairs(pairs);
     u.to_string()
+}
+
+/// A raw-format client's welcome, the seed's own line
+/// (`worker id:GATEWAY connection id:N connected`), as the JSON welcome's
+/// fields.
+fn seed_welcome(text: &str) -> Option<Value> {
+    let rest = text.strip_prefix("worker id:")?;
+    let (gateway, rest) = rest.split_once(" connection id:")?;
+    let seq = rest.strip_suffix(" connected")?;
+    seq.parse::<u64>().ok()?;
+    Some(serde_json::json!({ "type": "welcome", "gateway": gateway, "connection": format!("{gateway}:{seq}") }))
 }
 
 #[cfg(test)]
