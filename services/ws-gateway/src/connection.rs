@@ -11,8 +11,9 @@
 //!
 //! Either side can end the connection: the client (close frame, EOF,
 //! protocol error), the fan-out (slow consumer), the server API
-//! (disconnect), or shutdown (1012). Frames still queued when it ends are
-//! counted as dropped with the reason.
+//! (disconnect), shutdown (1012), or the token's expiry (4002: the reader
+//! holds a timer for `exp` that a `refresh` command moves). Frames still
+//! queued when it ends are counted as dropped with the reason.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -162,8 +163,15 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let conn =
-        Conn { raw, seq, shared: shared.clone(), tx: tx.clone(), close: close.clone(), grant, heard: Heard::default() };
+    let conn = Conn {
+        raw,
+        seq,
+        shared: shared.clone(),
+        tx: tx.clone(),
+        close: close.clone(),
+        grant: std::sync::Mutex::new(grant),
+        heard: Heard::default(),
+    };
     let reason = {
         let reader = conn.read(&mut inbound);
         let writer = write(&tx, &close, &shared, &conn.heard);
@@ -429,8 +437,21 @@ struct Conn {
     shared: Arc<Clients>,
     tx: Arc<OutQueue>,
     close: Arc<CloseSignal>,
-    grant: Grant,
+    /// Replaced by a `refresh`; locked only briefly, never across an await.
+    grant: std::sync::Mutex<Grant>,
     heard: Heard,
+}
+
+/// The live token's deadline: boxed (a `Sleep` is large, and only
+/// connections with a token have one).
+type Expiry = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
+
+/// Resolves when the token's deadline passes; never without one.
+async fn expired(expiry: &mut Expiry) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -439,7 +460,20 @@ impl Conn {
     async fn read(&self, inbound: &mut Inbound) {
         let cfg = &self.shared.settings;
         let mut budget = CommandBudget::new(cfg.commands_per_sec, cfg.commands_burst);
-        while let Some(msg) = inbound.next().await {
+        let (mut expires, mut expiry) = self.expiry();
+        loop {
+            let msg = tokio::select! {
+                msg = inbound.next() => msg,
+                () = expired(&mut expiry) => {
+                    self.close.fire(
+                        close::TOKEN_EXPIRED,
+                        "token expired: send {\"op\":\"refresh\",\"token\":…} with a new one before exp",
+                        "token_expired",
+                    );
+                    return;
+                }
+            };
+            let Some(msg) = msg else { return };
             self.heard.now();
             match msg {
                 Ok(Message::Text(text)) => {
@@ -454,7 +488,11 @@ impl Conn {
                     // Boxed: a command's future (a subscribe with recovery
                     // is large) would otherwise sit in every idle
                     // connection's task; commands are rare, the box cheap.
-                    Box::pin(self.command(text.as_str())).await
+                    Box::pin(self.command(text.as_str())).await;
+                    // A refresh moved the deadline.
+                    if self.grant.lock().expect("grant lock").expires != expires {
+                        (expires, expiry) = self.expiry();
+                    }
                 }
                 Ok(Message::Binary(_)) => {
                     self.close.fire(
@@ -491,6 +529,12 @@ impl Conn {
         }
     }
 
+    /// The current token's `exp`, and a timer for it.
+    fn expiry(&self) -> (Option<u64>, Expiry) {
+        let grant = self.grant.lock().expect("grant lock");
+        (grant.expires, grant.expires_in().map(|d| Box::pin(tokio::time::sleep(d))))
+    }
+
     async fn command(&self, text: &str) {
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
@@ -506,13 +550,16 @@ impl Conn {
             "subscribe" => ("subscribe", self.subscribe(&cmd).await),
             "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
             "ping" => ("ping", Reply::Ok),
-            "auth" => ("auth", Reply::error("bad_request", "already authenticated")),
+            "refresh" => ("refresh", self.refresh(&cmd)),
+            "auth" => {
+                ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
+            }
             other => (
                 "unknown",
                 Reply::error(
                     "unknown_op",
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe or ping",
+                        "unknown op {:?}; expected subscribe, unsubscribe, ping or refresh",
                         pushmesh_common::ids::truncate(other, 40)
                     ),
                 ),
@@ -539,7 +586,7 @@ impl Conn {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if !self.grant.may_subscribe(channel.as_str()) {
+        if !self.grant.lock().expect("grant lock").may_subscribe(channel.as_str()) {
             return Reply::error(
                 "permission_denied",
                 format!("your token does not allow channel {:?}", channel.as_str()),
@@ -559,6 +606,38 @@ impl Conn {
             Ok(()) => Reply::AlreadySent,
             Err(e) => join_error(e),
         }
+    }
+
+    /// A new token for the live connection: checked like one at connect,
+    /// for the same user; it replaces the grant (its `channels` govern
+    /// later subscribes; channels already joined stay) and its `exp` the
+    /// deadline. A refused one changes nothing.
+    fn refresh(&self, cmd: &Command) -> Reply {
+        let Some(auth) = &self.shared.auth else {
+            return Reply::error(
+                "bad_request",
+                "this gateway checks no tokens (no JWT key configured): there is nothing to refresh",
+            );
+        };
+        let Some(token) = cmd.token.as_deref() else {
+            return Reply::error("bad_request", "refresh needs a \"token\": the new JWT");
+        };
+        let new = match auth.check(token) {
+            Ok(g) => g,
+            Err(AuthError::Expired) => {
+                return Reply::error("token_expired", "the new token has expired already; the current token stays");
+            }
+            Err(e) => return Reply::error("invalid_token", format!("{e}; the current token stays")),
+        };
+        let mut grant = self.grant.lock().expect("grant lock");
+        if new.user != grant.user {
+            return Reply::error(
+                "permission_denied",
+                "the new token is for another user (sub): a refresh must keep the connection's user; the current token stays",
+            );
+        }
+        *grant = new;
+        Reply::Ok
     }
 
     fn unsubscribe(&self, cmd: &Command) -> Reply {
