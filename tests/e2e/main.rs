@@ -11,4 +11,5 @@ mod partition;
 mod pipeline;
 mod reliability;
 mod security;
+mod sockets;
 mod tls;

@@ -135,9 +135,10 @@ impl Ingress {
             .add_service(pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(
                 state.clone(),
             )))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
-                grpc_shutdown.cancelled().await
-            });
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move { grpc_shutdown.cancelled().await },
+            );
         tasks.spawn(async move {
             if let Err(e) = grpc_server.await {
                 tracing::warn!(error = %e, "gRPC API server failed");
