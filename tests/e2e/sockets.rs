@@ -18,6 +18,9 @@ use pushmesh_tests::*;
 use rustix::net::SocketType;
 use serde_json::json;
 
+/// A kind of connection a process must have, to be checked.
+type Kind = (&'static str, Box<dyn Fn(&Conn) -> bool>);
+
 /// One connected TCP socket of a process: (local, peer, TCP_NODELAY).
 #[derive(Debug)]
 struct Conn {
@@ -81,7 +84,7 @@ async fn every_connection_on_the_publish_path_has_tcp_nodelay() -> anyhow::Resul
     let hub = sys.hubs[0].addr("grpc");
     let gw = sys.gw(0);
     let (api, api_grpc) = (sys.api(), sys.ingress.addr("grpc"));
-    let checks: [(&Proc, Vec<(&str, Box<dyn Fn(&Conn) -> bool>)>); 3] = [
+    let checks: [(&Proc, Vec<Kind>); 3] = [
         (
             &sys.hubs[0],
             vec![("accepted from a gateway or an ingress", Box::new(move |c: &Conn| c.local.port() == hub.port()))],
