@@ -12,4 +12,5 @@ mod pipeline;
 mod refresh;
 mod reliability;
 mod security;
+mod sockets;
 mod tls;

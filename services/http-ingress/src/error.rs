@@ -1,5 +1,5 @@
-//! Every way an API request can fail, mapped once to an HTTP status and
-//! the JSON body `{"error":{"code":"…","message":"…"}}`.
+//! Every way an API request can fail, mapped once to an HTTP status, a
+//! gRPC code and the JSON body `{"error":{"code":"…","message":"…"}}`.
 
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -75,6 +75,32 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status code for the same failure.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::MalformedJson(_)
+            | Self::InvalidRequest(_)
+            | Self::InvalidChannel(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::MethodNotAllowed(_) => Code::InvalidArgument,
+            Self::PayloadTooLarge { .. } | Self::LimitExceeded(_) | Self::RateLimited(_) => Code::ResourceExhausted,
+            Self::UnknownConnection(_) | Self::NotFound(_) => Code::NotFound,
+            Self::Unauthorized(_) => Code::Unauthenticated,
+            Self::Forbidden(_) => Code::PermissionDenied,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The gRPC status: the HTTP API's message, and its error code in the
+    /// `pushmesh-error-code` metadata.
+    pub fn into_status(self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        status.metadata_mut().insert("pushmesh-error-code", tonic::metadata::MetadataValue::from_static(self.code()));
+        status
+    }
+
     /// Classify a serde error: broken JSON vs. JSON of the wrong shape.
     pub fn from_json(e: serde_json::Error) -> Self {
         use serde_json::error::Category;
@@ -85,8 +111,8 @@ impl ApiError {
     }
 
     /// `{"error":{"code":…,"message":…}}`
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } }
     }
 
     pub fn into_response(self) -> Response {
@@ -107,6 +133,18 @@ impl ApiError {
         }
         resp
     }
+}
+
+/// The JSON body of an error.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
 }
 
 use warp::Reply as _;
