@@ -219,6 +219,13 @@ struct Inbound {
     out: Arc<OutQueue>,
     /// The connection was closed or failed: nothing more to read.
     ended: bool,
+    /// The token's deadline: reading ends when it passes (`expired`).
+    /// Kept here, checked where the reader waits anyway, rather than in a
+    /// `select!` around every read, which would grow every idle
+    /// connection's task.
+    deadline: Expiry,
+    /// Reading ended because the deadline passed.
+    expired: bool,
 }
 
 impl Inbound {
@@ -229,13 +236,23 @@ impl Inbound {
         } else {
             WebSocketContext::from_partially_read(read_buf.to_vec(), Role::Server, config)
         };
-        Self { ctx, out, ended: false }
+        Self { ctx, out, ended: false, deadline: None, expired: false }
+    }
+
+    /// Whether the token's deadline has passed (checked before every read,
+    /// so a client that never lets the socket go quiet is cut off too).
+    fn past_deadline(&mut self) -> bool {
+        if self.deadline.as_ref().is_some_and(|d| tokio::time::Instant::now() >= d.deadline()) {
+            self.ended = true;
+            self.expired = true;
+        }
+        self.expired
     }
 
     /// The next message; `None` once the connection is closed (as
     /// `tokio_tungstenite::WebSocketStream` would say it).
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
-        while !self.ended {
+        while !self.ended && !self.past_deadline() {
             match self.ctx.read(&mut SocketIo { out: &self.out }) {
                 Ok(m) => return Some(Ok(m)),
                 // Waits in the socket's reader slot, not its waiter list:
@@ -243,7 +260,17 @@ impl Inbound {
                 // there, which would otherwise keep that finished task's
                 // memory (1.5 KB) alive for the connection's lifetime.
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if std::future::poll_fn(|cx| self.out.socket().poll_read_ready(cx)).await.is_err() {
+                    let (out, deadline) = (&self.out, &mut self.deadline);
+                    let ready = std::future::poll_fn(|cx| {
+                        if let Some(d) = deadline.as_mut() {
+                            // Ready: the loop's check ends the reading.
+                            if d.as_mut().poll(cx).is_ready() {
+                                return std::task::Poll::Ready(Ok(()));
+                            }
+                        }
+                        out.socket().poll_read_ready(cx)
+                    });
+                    if ready.await.is_err() {
                         self.ended = true;
                     }
                 }
@@ -446,34 +473,14 @@ struct Conn {
 /// connections with a token have one).
 type Expiry = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
 
-/// Resolves when the token's deadline passes; never without one.
-async fn expired(expiry: &mut Expiry) {
-    match expiry {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Conn {
     /// The reader half: returns when the client is gone or must be closed
     /// (in which case `close` has been fired).
     async fn read(&self, inbound: &mut Inbound) {
         let cfg = &self.shared.settings;
         let mut budget = CommandBudget::new(cfg.commands_per_sec, cfg.commands_burst);
-        let (mut expires, mut expiry) = self.expiry();
-        loop {
-            let msg = tokio::select! {
-                msg = inbound.next() => msg,
-                () = expired(&mut expiry) => {
-                    self.close.fire(
-                        close::TOKEN_EXPIRED,
-                        "token expired: send {\"op\":\"refresh\",\"token\":…} with a new one before exp",
-                        "token_expired",
-                    );
-                    return;
-                }
-            };
-            let Some(msg) = msg else { return };
+        inbound.deadline = self.expiry();
+        while let Some(msg) = inbound.next().await {
             self.heard.now();
             match msg {
                 Ok(Message::Text(text)) => {
@@ -488,10 +495,9 @@ impl Conn {
                     // Boxed: a command's future (a subscribe with recovery
                     // is large) would otherwise sit in every idle
                     // connection's task; commands are rare, the box cheap.
-                    Box::pin(self.command(text.as_str())).await;
-                    // A refresh moved the deadline.
-                    if self.grant.lock().expect("grant lock").expires != expires {
-                        (expires, expiry) = self.expiry();
+                    if Box::pin(self.command(text.as_str())).await {
+                        // A refresh moved the deadline.
+                        inbound.deadline = self.expiry();
                     }
                 }
                 Ok(Message::Binary(_)) => {
@@ -527,15 +533,22 @@ impl Conn {
                 Err(_) => return,
             }
         }
+        if inbound.expired {
+            self.close.fire(
+                close::TOKEN_EXPIRED,
+                "token expired: send {\"op\":\"refresh\",\"token\":…} with a new one before exp",
+                "token_expired",
+            );
+        }
     }
 
-    /// The current token's `exp`, and a timer for it.
-    fn expiry(&self) -> (Option<u64>, Expiry) {
-        let grant = self.grant.lock().expect("grant lock");
-        (grant.expires, grant.expires_in().map(|d| Box::pin(tokio::time::sleep(d))))
+    /// A timer for the current token's deadline.
+    fn expiry(&self) -> Expiry {
+        self.grant.lock().expect("grant lock").expires_in().map(|d| Box::pin(tokio::time::sleep(d)))
     }
 
-    async fn command(&self, text: &str) {
+    /// Handle one command; true when it replaced the grant (a refresh).
+    async fn command(&self, text: &str) -> bool {
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
             Err(e) => {
@@ -543,7 +556,7 @@ impl Conn {
                 let msg =
                     format!("invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}");
                 self.reply(protocol::salvage_id(text), Reply::error("bad_request", msg));
-                return;
+                return false;
             }
         };
         let (op, reply) = match cmd.op.as_str() {
@@ -571,6 +584,7 @@ impl Conn {
         if !matches!(reply, Reply::AlreadySent) && (!ok || cmd.id.is_some()) {
             self.reply(cmd.id, reply);
         }
+        ok && op == "refresh"
     }
 
     fn channel(cmd: &Command) -> Result<Channel, Reply> {
