@@ -112,7 +112,7 @@ async fn every_connection_on_the_publish_path_has_tcp_nodelay() -> anyhow::Resul
         }
         // Not vacuous: each kind of connection is there to be checked.
         for (what, is) in kinds {
-            assert!(conns.iter().any(|c| is(c)), "{}: no connection {what} among {conns:?}", proc.name);
+            assert!(conns.iter().any(&is), "{}: no connection {what} among {conns:?}", proc.name);
         }
     }
     drop(http);
