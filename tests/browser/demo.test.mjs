@@ -176,7 +176,7 @@ test("a refused subscribe shows the gateway's error reply", async () => {
 
 test("server-side subscribe from the API shows up on the page", async () => {
   const connection = await page.textContent("#connection");
-  const r = await curl("-d", JSON.stringify({ connection, channel: "from-api" }), `http://${api}/subscribe`);
+  const r = await curl("-H", "content-type: application/json", "-d", JSON.stringify({ connection, channel: "from-api" }), `http://${api}/subscribe`);
   assert.equal(JSON.parse(r).ok, true);
   await page.locator('#channels .chip[data-channel="from-api"]').waitFor();
   await publish("from-api", "pushed by the server");
