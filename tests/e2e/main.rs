@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod partition;
 mod pipeline;
+mod refresh;
 mod reliability;
 mod security;
 mod sockets;

@@ -1,7 +1,8 @@
 //! The gateway's HTTP front: one hyper HTTP/1 server on one port answering
 //! `/ws` (the WebSocket upgrade, done here so the handshake, the upgrade
-//! checks and the socket's buffer sizes are ours), and `/healthz`,
-//! `/readyz`, `/metrics`.
+//! checks and the socket's buffer sizes are ours), `/healthz`, `/readyz`,
+//! `/metrics`, and the demo page (`/`) with the client SDK it runs on
+//! (`/pushmesh.js`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,8 +39,14 @@ pub struct Front {
     pub tasks: TaskTracker,
 }
 
-/// The demo page (`GET /`): plain HTML and JS, no build step.
+/// The demo page (`GET /`): plain HTML and CSS, on the client SDK.
 const DEMO_PAGE: &str = include_str!("../static/index.html");
+
+/// The client SDK's bundle (`GET /pushmesh.js`), as the npm package ships
+/// it. Built by npm tools (clients/js, `make sdk-bundle`), which cargo
+/// cannot run, so the build output is committed here; the SDK's tests fail
+/// when it differs from a fresh build.
+const SDK_BUNDLE: &str = include_str!("../static/pushmesh.js");
 
 /// Accept until shutdown; an HTTP connection still open then finishes its
 /// request and closes (an upgraded one is the connection task's to close).
@@ -97,6 +104,14 @@ fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Re
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
             r
         }
+        (&Method::GET, "/pushmesh.js") => {
+            let mut r = text(StatusCode::OK, SDK_BUNDLE);
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+            // Revalidated on every load: a gateway upgrade brings its own SDK.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let (code, body) = admin::readyz(&shared.health);
@@ -107,14 +122,14 @@ fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Re
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(admin::METRICS_CONTENT_TYPE));
             r
         }
-        (_, "/" | "/ws" | "/sse" | "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/" | "/pushmesh.js" | "/ws" | "/sse" | "/healthz" | "/readyz" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is allowed here")
         }
         (_, path) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!(
-                "no route {}; the gateway serves / (demo page), /ws, /sse, /healthz, /readyz and /metrics",
+                "no route {}; the gateway serves / (demo page), /pushmesh.js (client SDK), /ws, /sse (Server-Sent Events), /healthz, /readyz and /metrics",
                 pushmesh_common::ids::truncate(path, 100)
             ),
         ),

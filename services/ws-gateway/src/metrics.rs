@@ -29,8 +29,18 @@ pub struct GatewayMetrics {
 
 pub const DROP_REASONS: &[&str] =
     &["slow_consumer", "client_gone", "shutdown", "unknown_connection", "protocol_error", "invalid_payload"];
-pub const DISCONNECT_REASONS: &[&str] =
-    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server", "rate_limited", "idle"];
+pub const DISCONNECT_REASONS: &[&str] = &[
+    "client",
+    "slow_consumer",
+    "protocol_error",
+    "shutdown",
+    "auth",
+    "user_limit",
+    "server",
+    "rate_limited",
+    "idle",
+    "token_expired",
+];
 
 impl GatewayMetrics {
     pub fn new() -> Self {
@@ -127,7 +137,7 @@ impl GatewayMetrics {
             disconnects.with_label_values(&[r]);
         }
         // Every series a dashboard or alert may read exists from the start, at 0.
-        for op in ["subscribe", "unsubscribe", "ping", "auth", "unknown", "invalid"] {
+        for op in ["subscribe", "unsubscribe", "ping", "auth", "refresh", "unknown", "invalid"] {
             for result in ["ok", "error"] {
                 commands.with_label_values(&[op, result]);
             }

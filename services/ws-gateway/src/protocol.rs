@@ -36,7 +36,8 @@ pub mod close {
     /// Authentication required, or the token is invalid (bad signature,
     /// malformed, algorithm not allowed, missing `exp`).
     pub const UNAUTHORIZED: u16 = 4001;
-    /// The token's `exp` has passed: get a fresh token and reconnect.
+    /// The token's `exp` has passed (at connect, or on the live connection
+    /// with no `refresh` in time): get a fresh token and reconnect.
     pub const TOKEN_EXPIRED: u16 = 4002;
     /// The user already has the maximum number of connections here.
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
@@ -144,7 +145,7 @@ pub struct Command {
     /// `subscribe` only: the last stream position the client saw; the
     /// messages after it are recovered from the hub's history.
     pub since: Option<Since>,
-    /// `auth` only: the JWT.
+    /// `auth` and `refresh`: the JWT.
     pub token: Option<String>,
 }
 
