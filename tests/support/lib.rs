@@ -155,10 +155,20 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
-    /// Send a signal by name (TERM, STOP, CONT…).
+    /// Send a signal by name (TERM, STOP, CONT…). STOP returns only once
+    /// every thread of the process is stopped: kill(2) returns before a
+    /// thread running on another CPU has stopped, and a request sent in
+    /// that window would still be answered.
     pub fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {} failed", self.pid());
+        if sig == "STOP" {
+            let deadline = std::time::Instant::now() + WAIT;
+            while !all_threads_stopped(self.pid()) {
+                assert!(std::time::Instant::now() < deadline, "{} did not stop within {WAIT:?}", self.name);
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Wait for the process to exit; its exit status.
@@ -172,6 +182,16 @@ impl Proc {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Every thread of `pid` is in the stopped state (or the process is gone).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('T' | 't') | None)
+    })
 }
 
 pub async fn hub() -> Result<Proc> {

@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -35,8 +35,26 @@ export class Proc {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Send `sig`. For SIGSTOP, return only once every thread of the
+   * process is stopped: kill(2) returns before a thread running on another
+   * CPU has stopped, and a command sent in that window is still answered. */
   signal(sig) {
     this.child.kill(sig);
+    if (sig !== "SIGSTOP") return;
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      let states = [];
+      try {
+        states = readdirSync(`/proc/${this.child.pid}/task`).map((t) => {
+          const stat = readFileSync(`/proc/${this.child.pid}/task/${t}/stat`, "utf8");
+          return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+        });
+      } catch {
+        return; // gone
+      }
+      if (states.every((s) => s === "T" || s === "t")) return;
+      if (Date.now() > deadline) throw new Error(`${this.name} did not stop: thread states ${states.join("")}`);
+    }
   }
 
   /** SIGKILL, and wait until it is gone. */
