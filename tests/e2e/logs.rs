@@ -20,3 +20,56 @@ async fn logs_redirected_to_a_file_carry_no_colour_codes() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// `--log trace` turns on every library's tracing, some of which prints
+/// message contents and headers: secrets must still not reach the log.
+#[tokio::test]
+async fn trace_logging_writes_no_token_or_api_key() -> anyhow::Result<()> {
+    const KEY: &str = "api-key-that-must-not-be-logged-0123";
+    let hub = hub().await?;
+    let url = hub_url(&hub);
+    let gw = Proc::start(
+        "ws-gateway",
+        &["--listen-addr", "127.0.0.1:0", "--hub", &url, "--jwt-secret", SECRET, "--log", "trace"],
+    )
+    .await?;
+    let ing = Proc::start(
+        "http-ingress",
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--hub",
+            &url,
+            "--api-key",
+            KEY,
+            "--log",
+            "trace",
+        ],
+    )
+    .await?;
+    wait_ready(gw.addr("http")).await?;
+    wait_ready(ing.addr("http")).await?;
+    // A token in an auth frame, and an API key in a header.
+    let jwt = token(SECRET, "alice", &["news"], 60);
+    let mut c = Client::connect_raw(gw.addr("http"), "").await?;
+    c.send_json(&serde_json::json!({ "id": 1, "op": "auth", "token": jwt })).await?;
+    c.next_json().await?;
+    let r = http()
+        .post(format!("http://{}/broadcast", ing.addr("http")))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({ "data": "x" }))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    for (p, secret) in [(&gw, jwt.as_str()), (&ing, KEY)] {
+        let log = p.logs();
+        assert!(log.contains("TRACE"), "{} logs at trace", p.name);
+        // The token's signature part alone would be enough to forge nothing,
+        // but any part of a secret is one too many.
+        let tail = &secret[secret.len() - 16..];
+        assert!(!log.contains(tail), "{} logged a secret at trace level", p.name);
+    }
+    Ok(())
+}

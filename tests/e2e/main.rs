@@ -4,6 +4,7 @@
 mod api;
 mod api_abuse;
 mod bad_input;
+mod client_abuse;
 mod faults;
 mod grpc_api;
 mod image;

@@ -713,3 +713,137 @@ impl SseClient {
         }
     }
 }
+
+/// A WebSocket client at the frame level, over a plain TCP socket: for
+/// tests that send what a well-behaved client library never would
+/// (floods, pipelined commands, bad close codes, endless fragments) and
+/// must see exactly what the server answers, byte for byte.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// A close frame's (code, reason).
+    pub fn close(&self) -> Option<(u16, String)> {
+        (self.opcode == 8 && self.payload.len() >= 2).then(|| {
+            (u16::from_be_bytes([self.payload[0], self.payload[1]]), String::from_utf8_lossy(&self.payload[2..]).into())
+        })
+    }
+}
+
+impl RawWs {
+    /// Connect, upgrade and read the welcome frame.
+    pub async fn connect(addr: SocketAddr) -> Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await??;
+            if n == 0 {
+                bail!("closed during the handshake");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            bail!("upgrade refused: {}", String::from_utf8_lossy(&buf));
+        }
+        buf.drain(..head_end);
+        let mut ws = RawWs { stream, buf };
+        let welcome = ws.read_frame().await?.ok_or_else(|| anyhow!("closed before the welcome"))?;
+        if welcome.opcode != 1 {
+            bail!("expected the welcome text frame, got {welcome:?}");
+        }
+        Ok(ws)
+    }
+
+    /// One client frame: masked, as RFC 6455 requires of clients.
+    pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Write raw bytes (one frame, or many at once).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The next frame from the server; `None` at a clean EOF. A reset
+    /// (the server closed with unread input) is an error.
+    pub async fn read_frame(&mut self) -> Result<Option<RawFrame>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let (b0, b1) = (self.buf[0], self.buf[1]);
+                let (len, head) = match b1 & 0x7f {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().expect("8 bytes")) as usize, 10)
+                    }
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= head + len {
+                    let payload = self.buf[head..head + len].to_vec();
+                    self.buf.drain(..head + len);
+                    return Ok(Some(RawFrame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, payload }));
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| anyhow!("no frame within {WAIT:?}"))??;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Read until the server's close frame: its (code, reason). Fails if the
+    /// connection ends (EOF or reset) without one.
+    pub async fn expect_close(&mut self) -> Result<(u16, String)> {
+        loop {
+            match self.read_frame().await? {
+                Some(f) if f.opcode == 8 => {
+                    return f.close().ok_or_else(|| anyhow!("a close frame without a code: {f:?}"));
+                }
+                Some(_) => continue,
+                None => bail!("the connection ended without a close frame"),
+            }
+        }
+    }
+}

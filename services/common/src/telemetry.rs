@@ -23,11 +23,34 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// Libraries whose trace output carries message contents and headers (a
+/// client's auth frame with its JWT, an `authorization` header with an API
+/// key): capped at `debug` unless the filter names them itself, so
+/// `--log trace` never writes a secret to the log.
+const SECRET_BEARING: &[&str] = &["tungstenite", "tokio_tungstenite", "h2", "hyper", "hyper_util", "tonic", "warp"];
+
+/// `filter` with the caps on `SECRET_BEARING` crates it does not name,
+/// when its default level is `trace` (a cap never makes a crate louder).
+pub fn with_secret_caps(filter: &str) -> String {
+    let mut out = filter.to_owned();
+    let default_trace = filter.split(',').any(|d| d.trim().eq_ignore_ascii_case("trace"));
+    if !default_trace {
+        return out;
+    }
+    for krate in SECRET_BEARING {
+        let named = filter.split(',').any(|d| d.trim().split(['=', ':']).next() == Some(krate));
+        if !named {
+            out.push_str(&format!(",{krate}=debug"));
+        }
+    }
+    out
+}
+
 /// Install the global subscriber. Safe to call more than once (later calls
 /// are ignored), so tests that start services in-process can call it too.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(with_secret_caps(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
@@ -50,5 +73,18 @@ pub struct LogArgs {
 impl LogArgs {
     pub fn init(&self) {
         init(&self.filter, self.format);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trace_never_reaches_the_crates_that_log_contents_unless_named() {
+        let f = super::with_secret_caps("trace");
+        assert!(f.starts_with("trace,") && f.contains(",tungstenite=debug") && f.contains(",h2=debug"), "{f}");
+        let named = super::with_secret_caps("trace,h2=trace");
+        assert!(named.contains("h2=trace") && !named.contains("h2=debug"), "{named}");
+        assert_eq!(super::with_secret_caps("warn"), "warn", "never louder than asked");
+        assert_eq!(super::with_secret_caps("info,pushmesh_hub=debug"), "info,pushmesh_hub=debug");
     }
 }

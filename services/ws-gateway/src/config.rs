@@ -44,6 +44,14 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_READ_BUFFER_BYTES", default_value_t = 256)]
     pub read_buffer_bytes: usize,
 
+    /// Most bytes of missed messages one recovering subscribe (`since`, or
+    /// an SSE Last-Event-ID) may replay; past it the answer is
+    /// `recovered: false` (the client reloads its state). Also what one
+    /// connection may recover per second, so recovery cannot be used to
+    /// make the gateway send far more than it is asked.
+    #[arg(long, env = "PUSHMESH_MAX_RECOVERY_BYTES", default_value_t = 1 << 20)]
+    pub max_recovery_bytes: usize,
+
     /// Most channels one connection may subscribe to.
     #[arg(long, env = "PUSHMESH_MAX_CHANNELS_PER_CONNECTION", default_value_t = 256)]
     pub max_channels_per_connection: usize,

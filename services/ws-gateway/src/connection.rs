@@ -130,6 +130,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
             shared.metrics.auth_failures.with_label_values(&[label]).inc();
             shared.metrics.disconnects.with_label_values(&["auth"]).inc();
             Box::pin(close_with(&tx, code, &e.to_string())).await;
+            Box::pin(linger(&tx)).await;
             return;
         }
     };
@@ -150,6 +151,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
         Err(e) => {
             shared.metrics.disconnects.with_label_values(&["user_limit"]).inc();
             Box::pin(close_with(&tx, close::TOO_MANY_CONNECTIONS, &e.to_string())).await;
+            Box::pin(linger(&tx)).await;
             return;
         }
     };
@@ -190,14 +192,25 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
             }
         }
     };
+    // Boxed, and taking everything: nothing stays live in this task's
+    // state across the end's await.
+    Box::pin(end(shared, tx, id, reason)).await;
+}
+
+/// The connection is over: it leaves the registry and the counts at once;
+/// then, if this side closed it, the socket lingers (see `linger`).
+async fn end(shared: Arc<Clients>, tx: Arc<OutQueue>, id: ConnectionId, reason: &'static str) {
     // Anything still queued will never be written.
     let lost = tx.abandon();
-    shared.registry.remove(seq);
-    shared.recovery.forget_connection(seq);
+    shared.registry.remove(id.seq());
+    shared.recovery.forget_connection(id.seq());
     shared.metrics.connections.dec();
     shared.metrics.disconnects.with_label_values(&[reason]).inc();
     count_dropped(&shared, reason, lost);
     tracing::debug!(connection = %id, reason, "client disconnected");
+    if reason != "client" {
+        linger(&tx).await;
+    }
 }
 
 /// Frames that will never be written, counted under the reason the
@@ -226,6 +239,22 @@ struct Inbound {
     deadline: Expiry,
     /// Reading ended because the deadline passed.
     expired: bool,
+    /// Bytes read since the last complete message (frame headers count):
+    /// a message that never ends (empty continuation frames forever) is
+    /// cut off at `unfinished_limit` although its payload never grows.
+    unfinished: u32,
+    unfinished_limit: u32,
+    /// Why reading failed, when it was this side's doing.
+    refused: Option<Refused>,
+}
+
+/// Reading stopped for a reason of ours (not the client's socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// The client does not read: not even a pong fits in its queue.
+    PongQueueFull,
+    /// A message went on past `unfinished_limit` bytes.
+    Endless,
 }
 
 impl Inbound {
@@ -236,7 +265,11 @@ impl Inbound {
         } else {
             WebSocketContext::from_partially_read(read_buf.to_vec(), Role::Server, config)
         };
-        Self { ctx, out, ended: false, deadline: None, expired: false }
+        // A message may take its payload limit plus room for the headers of
+        // many fragments.
+        let unfinished_limit =
+            u32::try_from(shared.settings.max_message_bytes.saturating_add(64 << 10)).unwrap_or(u32::MAX);
+        Self { ctx, out, ended: false, deadline: None, expired: false, unfinished: 0, unfinished_limit, refused: None }
     }
 
     /// Whether the token's deadline has passed (checked before every read,
@@ -253,8 +286,22 @@ impl Inbound {
     /// `tokio_tungstenite::WebSocketStream` would say it).
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
         while !self.ended && !self.past_deadline() {
-            match self.ctx.read(&mut SocketIo { out: &self.out }) {
-                Ok(m) => return Some(Ok(m)),
+            // Scoped: nothing of it may live across the await below (it
+            // would sit in every idle connection's task).
+            let read = {
+                let mut io = SocketIo {
+                    out: &self.out,
+                    unfinished: &mut self.unfinished,
+                    limit: self.unfinished_limit,
+                    refused: &mut self.refused,
+                };
+                self.ctx.read(&mut io)
+            };
+            match read {
+                Ok(m) => {
+                    self.unfinished = 0;
+                    return Some(Ok(m));
+                }
                 // Waits in the socket's reader slot, not its waiter list:
                 // that replaces the waker hyper's connection task left
                 // there, which would otherwise keep that finished task's
@@ -286,23 +333,38 @@ impl Inbound {
     }
 }
 
-/// tungstenite's view of the socket: non-blocking reads; writes (whole
-/// frames: pongs) into the outbound queue.
+/// tungstenite's view of the socket: non-blocking reads (counted, see
+/// `Inbound::unfinished`); writes (whole frames: pongs, a close reply)
+/// into the outbound queue, bounded like every frame: a client that does
+/// not read cannot grow it with pongs.
 struct SocketIo<'a> {
     out: &'a OutQueue,
+    unfinished: &'a mut u32,
+    limit: u32,
+    refused: &'a mut Option<Refused>,
 }
 
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.out.socket().try_read(buf)
+        if *self.unfinished > self.limit {
+            *self.refused = Some(Refused::Endless);
+            return Err(io::Error::other("a message that never ends"));
+        }
+        let n = self.out.socket().try_read(buf)?;
+        *self.unfinished = self.unfinished.saturating_add(n as u32);
+        Ok(n)
     }
 }
 
 impl Write for SocketIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.out.send_wire(Bytes::copy_from_slice(buf), false, false) {
+        match self.out.send_wire(Bytes::copy_from_slice(buf), false, true) {
             Ok(_) => Ok(buf.len()),
-            Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
+            Err(SendError::Full) => {
+                *self.refused = Some(Refused::PongQueueFull);
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            Err(SendError::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
         }
     }
 
@@ -353,6 +415,14 @@ async fn close_with(out: &OutQueue, code: u16, reason: &str) -> u64 {
     let lost = out.close(Some(protocol::wire_close(code, reason)));
     let _ = tokio::time::timeout(Duration::from_secs(1), out.flush()).await;
     lost
+}
+
+/// After this side closed: shut down writing and take what the client still
+/// sends until it closes too (bounded), so the socket ends with a FIN, not
+/// a reset: a reset can make the client's TCP stack drop the close frame it
+/// already received. The connection is out of the registry by then.
+async fn linger(out: &OutQueue) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), out.shutdown_and_drain()).await;
 }
 
 /// The writer half. Returns the metric reason the connection ended for.
@@ -508,8 +578,35 @@ impl Conn {
                     );
                     return;
                 }
-                Ok(Message::Close(_)) => return,
-                Ok(_) => {} // ping/pong: tungstenite answers pings itself
+                // Answered here, through the writer (close frame, then a
+                // clean shutdown): tungstenite's own reply would be written
+                // only on its next read, which never comes.
+                Ok(Message::Close(frame)) => {
+                    let (code, reason, metric) = match frame.map(|f| f.code) {
+                        Some(code) if !code.is_allowed() => (
+                            close::PROTOCOL_ERROR,
+                            format!("protocol error: close code {} may not be sent", u16::from(code)),
+                            "protocol_error",
+                        ),
+                        Some(code) => (u16::from(code), String::new(), "client"),
+                        None => (close::NORMAL, String::new(), "client"),
+                    };
+                    self.close.fire(code, reason, metric);
+                    return;
+                }
+                // A ping costs a command: a client cannot make the gateway
+                // answer an unbounded flood of pongs.
+                Ok(Message::Ping(_)) => {
+                    if !budget.take() {
+                        self.close.fire(
+                            close::POLICY_VIOLATION,
+                            format!("rate limit exceeded: at most {} commands per second", cfg.commands_per_sec),
+                            "rate_limited",
+                        );
+                        return;
+                    }
+                }
+                Ok(_) => {} // pong, or a frame tungstenite handled itself
                 Err(WsError::Capacity(e)) => {
                     let limit = cfg.max_message_bytes;
                     tracing::debug!(error = %e, "client message over the limit");
@@ -530,7 +627,18 @@ impl Conn {
                     self.close.fire(close::PROTOCOL_ERROR, format!("protocol error: {e}"), "protocol_error");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    match inbound.refused {
+                        Some(Refused::PongQueueFull) => self.close.slow_consumer(),
+                        Some(Refused::Endless) => self.close.fire(
+                            close::MESSAGE_TOO_BIG,
+                            format!("message too big: {} bytes of frames without an end", inbound.unfinished_limit),
+                            "protocol_error",
+                        ),
+                        None => {}
+                    }
+                    return;
+                }
             }
         }
         if inbound.expired {

@@ -16,6 +16,8 @@ use pushmesh_common::proto::Delivery;
 
 /// Close codes the gateway uses (RFC 6455 and pushmesh's own 4000–4999).
 pub mod close {
+    /// A normal close (the echo of a client's close without a code).
+    pub const NORMAL: u16 = 1000;
     /// The client sent a binary frame; the protocol is JSON text.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A text frame that is not valid UTF-8.

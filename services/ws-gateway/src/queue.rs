@@ -203,6 +203,33 @@ impl OutQueue {
         }
     }
 
+    /// The end of a connection this side closes: write what is queued
+    /// (the close frame last), shut down writing (FIN), then read and
+    /// discard what the client still sends until it closes too. Closing a
+    /// socket with unread input makes the kernel send a reset, and some
+    /// clients' TCP stacks drop data already received (the close frame
+    /// with its code) when a reset follows it. Bounded by the caller.
+    pub async fn finish(&self) -> io::Result<()> {
+        self.flush().await?;
+        self.shutdown_and_drain().await
+    }
+
+    /// Shut down writing (FIN) and read and discard until the client closes.
+    pub async fn shutdown_and_drain(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.wire).shutdown(std::net::Shutdown::Write)?;
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.wire.try_read(&mut scratch) {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|cx| self.wire.poll_read_ready(cx)).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// One `writev` of the queue's head; true when the queue is empty.
     fn write_some(&self, written: &mut u64) -> io::Result<bool> {
         let mut st = self.state.lock().expect("queue lock");

@@ -78,11 +78,39 @@ pub struct Recovery {
     /// Most live deliveries held back per (connection, channel): the
     /// outbound queue's bound.
     hold_limit: usize,
+    /// Most bytes one recovery replays, and one connection per second.
+    max_bytes: usize,
+    /// Per connection that recovered: its byte budget (tokens, last refill).
+    budgets: Mutex<HashMap<u64, (f64, std::time::Instant)>>,
 }
 
 impl Recovery {
-    pub fn new(registry: Arc<Registry>, links: Arc<HubLinks>, hold_limit: usize) -> Self {
-        Self { registry, links, states: Mutex::default(), hold_limit: hold_limit.max(1) }
+    pub fn new(registry: Arc<Registry>, links: Arc<HubLinks>, hold_limit: usize, max_bytes: usize) -> Self {
+        Self {
+            registry,
+            links,
+            states: Mutex::default(),
+            hold_limit: hold_limit.max(1),
+            max_bytes,
+            budgets: Mutex::default(),
+        }
+    }
+
+    /// Take `bytes` from connection `seq`'s recovery budget (`max_bytes`
+    /// per second, at most `max_bytes` at once); false when it is short.
+    fn spend(&self, seq: u64, bytes: usize) -> bool {
+        let now = std::time::Instant::now();
+        let rate = self.max_bytes as f64;
+        let mut budgets = self.budgets.lock().expect("budget lock");
+        let (tokens, last) = budgets.entry(seq).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if bytes as f64 <= *tokens {
+            *tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
     }
 
     /// Subscribe `who` to `channel`, recovering what it missed after
@@ -107,7 +135,16 @@ impl Recovery {
         }
         let (epoch, offset) = since;
         let hist = self.links.history(channel.as_str(), epoch, offset).await;
-        let recovered = hist.as_ref().is_some_and(|h| h.recovered && h.epoch == epoch);
+        let mut recovered = hist.as_ref().is_some_and(|h| h.recovered && h.epoch == epoch);
+        if recovered {
+            // Bounded: past the limit (or the connection's budget) the
+            // client is told recovery was not possible, and reloads.
+            let bytes: usize = hist.iter().flat_map(|h| &h.messages).map(|d| d.data.len() + 64).sum();
+            if bytes > self.max_bytes || !self.spend(who.seq, bytes) {
+                tracing::debug!(seq = who.seq, channel = %channel, bytes, "recovery over its byte bound");
+                recovered = false;
+            }
+        }
         let (current, top) = hist.as_ref().map_or((None, 0), |h| (Some(h.epoch.clone()), h.top));
         let mut frames = Vec::new();
         let mut last = offset;
@@ -190,6 +227,7 @@ impl Recovery {
     /// The connection is gone.
     pub fn forget_connection(&self, seq: u64) {
         self.states.lock().expect("recovery lock").remove(&seq);
+        self.budgets.lock().expect("budget lock").remove(&seq);
     }
 
     fn set(&self, seq: u64, channel: &Channel, state: State) {

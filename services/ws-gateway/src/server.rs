@@ -110,7 +110,8 @@ impl Gateway {
         let tasks = TaskTracker::new();
         let links = Arc::new(HubLinks::new(config.recent_ids));
         let registry = Arc::new(Registry::new(links.clone(), metrics.topics.clone()));
-        let recovery = Arc::new(Recovery::new(registry.clone(), links.clone(), config.outbound_queue));
+        let recovery =
+            Arc::new(Recovery::new(registry.clone(), links.clone(), config.outbound_queue, config.max_recovery_bytes));
         let attached = Arc::new(AttachedCount::new(
             hub_set.borrow().len(),
             Duration::from_secs(config.startup_grace_secs),
@@ -236,7 +237,7 @@ mod tests {
         let links = Arc::new(HubLinks::new(0));
         let metrics = GatewayMetrics::new();
         let registry = Arc::new(Registry::new(links.clone(), metrics.topics.clone()));
-        let recovery = Arc::new(Recovery::new(registry.clone(), links, 16));
+        let recovery = Arc::new(Recovery::new(registry.clone(), links, 16, 1 << 20));
         let clients = Arc::new(Clients::new(
             GatewayId::new("gw").unwrap(),
             Settings::from_config(&config),
