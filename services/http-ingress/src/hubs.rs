@@ -67,6 +67,10 @@ pub struct HubPool {
     replaying: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
+/// Set by a hub on an UNAVAILABLE that comes from its channel state engine
+/// (the hub's `service::ENGINE_ERROR_HEADER`).
+const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
+
 /// Why no hub took a publish.
 #[derive(Debug)]
 pub enum PublishError {
@@ -251,6 +255,13 @@ impl HubPool {
                     // The target's gateway may still be re-attaching to this
                     // hub: ask the next before saying "not found".
                     Code::NotFound => not_found = Some(status.message().to_owned()),
+                    // The hub is fine, its channel state engine is not (it
+                    // still takes broadcasts and sends): do not mark it down;
+                    // the next hub may reach the engine.
+                    Code::Unavailable if status.metadata().contains_key(ENGINE_ERROR_HEADER) => {
+                        tracing::warn!(hub = %hub.url, error = %status.message(), "{what} refused: channel state engine unavailable");
+                        last_error = format!("hub {}: {}", hub.url, status.message());
+                    }
                     _ => {
                         hub.up.store(false, Ordering::Relaxed);
                         tracing::warn!(hub = %hub.url, code = ?status.code(), error = %status.message(), "{what} failed; trying the next hub");
