@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod engine;
 mod faults;
 mod grpc_api;
 mod metrics;

@@ -338,6 +338,17 @@ impl Client {
         Ok(reply)
     }
 
+    /// Subscribe with a `since` position (recovery), require `ok`; the reply.
+    pub async fn subscribe_since(&mut self, channel: &str, epoch: &str, offset: u64) -> Result<Value> {
+        let r = self
+            .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
+            .await?;
+        if r["ok"] != json!(true) {
+            bail!("subscribe to {channel} with since failed: {r}");
+        }
+        Ok(r)
+    }
+
     /// Subscribe and require `ok`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
         let r = self.command(json!({"op": "subscribe", "channel": channel})).await?;
@@ -415,6 +426,28 @@ impl System {
 
     pub fn gw(&self, i: usize) -> SocketAddr {
         self.gateways[i].addr("http")
+    }
+
+    /// Which hub (index) owns `channel`: publish a `"probe"` once and see
+    /// whose counter moved.
+    pub async fn owner_of(&self, channel: &str) -> Result<usize> {
+        let mut before = Vec::new();
+        for h in &self.hubs {
+            before.push(sample(
+                &metrics(h.addr("admin")).await?,
+                "pushmesh_hub_publishes_total",
+                &[("target", "channel")],
+            ));
+        }
+        post(self.api(), "/publish", &json!({ "channel": channel, "data": "probe" })).await?;
+        for (i, h) in self.hubs.iter().enumerate() {
+            let now =
+                sample(&metrics(h.addr("admin")).await?, "pushmesh_hub_publishes_total", &[("target", "channel")]);
+            if now > before[i] {
+                return Ok(i);
+            }
+        }
+        bail!("no hub counted the probe publish")
     }
 
     pub fn hub_urls(&self) -> Vec<String> {
