@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use pushmesh_common::ids::{Channel, ConnectionId, UserId, topic};
 use pushmesh_common::proto::{
-    Broadcast, ConnectionChannel, Disconnect, PublishRequest, QueryOp, QueryRequest, QueryResponse, StatsQuery,
-    publish_request::Target, query_op,
+    Broadcast, ConnectionChannel, Disconnect, HistoryRequest, PublishRequest, QueryOp, QueryRequest, QueryResponse,
+    StatsQuery, publish_request::Target, query_op,
 };
 
 use crate::error::ApiError;
@@ -279,6 +279,39 @@ impl Commands {
             "clients": clients,
             "partial": partial(&resp),
         }))
+    }
+
+    /// A channel's kept messages after `since` (or from the oldest kept),
+    /// at most `limit` (0 or none: all kept), oldest first.
+    pub async fn history(
+        &self,
+        name: String,
+        since: Option<(String, u64)>,
+        limit: Option<u32>,
+    ) -> Result<Value, ApiError> {
+        let ch = channel(name)?;
+        let req = HistoryRequest {
+            channel: ch.as_str().to_owned(),
+            from_oldest: since.is_none(),
+            limit: limit.unwrap_or(0),
+            epoch: since.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+            offset: since.as_ref().map_or(0, |s| s.1),
+        };
+        let resp = self.hubs.history(&ch.topic(), req).await?;
+        let messages: Vec<Value> = resp
+            .messages
+            .iter()
+            .map(|d| {
+                let data = serde_json::from_slice::<Value>(&d.data)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into_owned()));
+                json!({ "offset": d.offset, "data": data })
+            })
+            .collect();
+        let mut v = json!({ "channel": ch.as_str(), "epoch": resp.epoch, "offset": resp.top, "messages": messages });
+        if since.is_some() {
+            v["recovered"] = json!(resp.recovered);
+        }
+        Ok(v)
     }
 
     pub async fn stats(&self) -> Result<Value, ApiError> {

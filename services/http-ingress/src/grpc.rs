@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use pushmesh_common::proto::push_api_server::PushApi;
 use pushmesh_common::proto::{
     ApiBroadcastRequest, ApiClient, ApiDisconnectRequest, ApiDisconnectResponse, ApiEmpty, ApiGatewayStats,
-    ApiMembershipRequest, ApiPresenceRequest, ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse,
-    ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
+    ApiHistoryMessage, ApiHistoryRequest, ApiHistoryResponse, ApiMembershipRequest, ApiPresenceRequest,
+    ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse, ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
 };
 
 use crate::commands::{BroadcastBody, DisconnectBody, MembershipBody, PublishBody, SendBody};
@@ -192,6 +192,40 @@ impl PushApi for GrpcApi {
             channels: v["channels"].as_u64().unwrap_or(0),
             gateways,
             partial: v["partial"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    async fn history(&self, req: Request<ApiHistoryRequest>) -> Result<Response<ApiHistoryResponse>, Status> {
+        self.authorize(&req, Scope::Admin)?;
+        let r = req.into_inner();
+        if r.limit > 10_000 {
+            return Err(to_status(ApiError::InvalidRequest(format!(
+                "limit {} must be a whole number from 0 to 10000",
+                r.limit
+            ))));
+        }
+        let since = r.since.map(|p| (p.epoch, p.offset));
+        if since.as_ref().is_some_and(|s| s.0.is_empty()) {
+            return Err(to_status(ApiError::InvalidRequest("since.epoch is empty".to_owned())));
+        }
+        let with_since = since.is_some();
+        let v = self.state.commands.history(r.channel, since, Some(r.limit)).await.map_err(to_status)?;
+        let messages = v["messages"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| ApiHistoryMessage {
+                        offset: m["offset"].as_u64().unwrap_or(0),
+                        data_json: m["data"].to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(ApiHistoryResponse {
+            epoch: v["epoch"].as_str().unwrap_or_default().to_owned(),
+            offset: v["offset"].as_u64().unwrap_or(0),
+            recovered: !with_since || v["recovered"].as_bool().unwrap_or(false),
+            messages,
         }))
     }
 }

@@ -34,7 +34,8 @@ use tonic_health::pb::health_client::HealthClient;
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_client::HubClient;
 use pushmesh_common::proto::{
-    Links, Member, MembersRequest, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Relay,
+    HistoryRequest, HistoryResponse, Links, Member, MembersRequest, PublishRequest, PublishResponse, QueryRequest,
+    QueryResponse, Relay,
 };
 
 use crate::metrics::IngressMetrics;
@@ -222,6 +223,18 @@ impl HubPool {
                 None
             }
         }
+    }
+
+    /// A channel's history from its owner hub (or the next that answers:
+    /// with the Redis engine every hub reads the same streams).
+    pub async fn history(&self, key: &str, req: HistoryRequest) -> Result<HistoryResponse, PublishError> {
+        let (_, resp) = self
+            .call(key, "history", |mut c| {
+                let req = req.clone();
+                async move { c.history(req).await }
+            })
+            .await?;
+        Ok(resp)
     }
 
     pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
