@@ -304,3 +304,88 @@ async fn redis_engine_idempotency_keys_hold_across_a_hub_failover() -> anyhow::R
     c.expect_data(&json!("next")).await?;
     Ok(())
 }
+
+/// `GET /history`, the gRPC API's `History` and `pushmesh history` answer
+/// the same on either engine; with Redis, also after the owner hub died.
+async fn history_api(redis: Option<Redis>) -> anyhow::Result<()> {
+    use pushmesh_common::proto::push_api_client::PushApiClient;
+    use pushmesh_common::proto::{ApiHistoryRequest, ApiPosition};
+
+    let args = hub_args(redis.as_ref(), &[]);
+    let mut sys = System::start_full(2, &strs(&args), 1, &["--keepalive-secs", "1"], &[]).await?;
+    for i in 1..=5 {
+        publish(sys.api(), json!({ "channel": "hist", "data": { "n": i } })).await?;
+    }
+    let api = sys.api();
+    let get_json = |q: String| async move {
+        let (code, body) = get(api, &format!("/history?{q}")).await?;
+        anyhow::ensure!(code == 200, "/history?{q}: {code} {body}");
+        anyhow::Ok(serde_json::from_str::<Value>(&body)?)
+    };
+    let offsets = |v: &Value| -> Vec<u64> {
+        v["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect()
+    };
+    let all = get_json("channel=hist".into()).await?;
+    let epoch = all["epoch"].as_str().unwrap().to_owned();
+    assert_eq!((all["offset"].as_u64(), offsets(&all)), (Some(5), vec![1, 2, 3, 4, 5]), "{all}");
+    assert_eq!(all["messages"][0]["data"], json!({ "n": 1 }));
+    assert!(all.get("recovered").is_none(), "recovered is only said with since: {all}");
+    let after = get_json(format!("channel=hist&since={epoch}:3")).await?;
+    assert_eq!((after["recovered"].as_bool(), offsets(&after)), (Some(true), vec![4, 5]), "{after}");
+    let page = get_json(format!("channel=hist&since_epoch={epoch}&since_offset=1&limit=2")).await?;
+    assert_eq!(offsets(&page), vec![2, 3], "{page}");
+    let other = get_json("channel=hist&since=0123456789abcdef:1".into()).await?;
+    assert_eq!((other["recovered"].as_bool(), offsets(&other)), (Some(false), vec![]), "{other}");
+
+    let mut grpc = PushApiClient::connect(format!("http://{}", sys.ingress.addr("grpc"))).await?;
+    let r = grpc
+        .history(ApiHistoryRequest {
+            channel: "hist".into(),
+            since: Some(ApiPosition { epoch: epoch.clone(), offset: 3 }),
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    assert!(r.recovered);
+    assert_eq!((r.epoch.as_str(), r.offset), (epoch.as_str(), 5));
+    let got: Vec<(u64, &str)> = r.messages.iter().map(|m| (m.offset, m.data_json.as_str())).collect();
+    assert_eq!(got, vec![(4, r#"{"n":4}"#), (5, r#"{"n":5}"#)]);
+
+    let out = tokio::process::Command::new(bin("pushmesh"))
+        .args(["history", "--ingress", &format!("http://{}", sys.api()), "hist", "--since", &format!("{epoch}:3")])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pushmesh history failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.starts_with(&format!("channel hist: epoch {epoch}, offset 5, 2 messages shown\n"))
+            && stdout.contains("     4  {\"n\":4}\n")
+            && stdout.contains("     5  {\"n\":5}\n"),
+        "{stdout}"
+    );
+
+    if redis.is_some() {
+        // The owner dies; the other hub answers from the same stream.
+        let owner = sys.owner_of("hist").await?;
+        sys.hubs[owner].kill().await;
+        let api = sys.api();
+        let v = eventually("history from the other hub", || async move {
+            let (code, body) = get(api, "/history?channel=hist").await.ok()?;
+            (code == 200).then(|| serde_json::from_str::<Value>(&body).ok()).flatten()
+        })
+        .await?;
+        assert_eq!(v["epoch"], epoch.as_str());
+        assert_eq!(offsets(&v), vec![1, 2, 3, 4, 5, 6], "the probe is offset 6: {v}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_engine_history_api_over_http_grpc_and_cli() -> anyhow::Result<()> {
+    history_api(None).await
+}
+
+#[tokio::test]
+async fn redis_engine_history_api_over_http_grpc_and_cli() -> anyhow::Result<()> {
+    history_api(Some(Redis::start().await?)).await
+}
