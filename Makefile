@@ -3,14 +3,22 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench bench-smoke clean tools image helm-test browser-test
+.PHONY: run run-redis redis-server test build lint fmt bench bench-smoke clean tools image helm-test browser-test
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
 run:
 	scripts/run.sh
 
+## run-redis: the same, with the hubs' channel state in a local Redis (started on 127.0.0.1:6379, data in target/run-redis/)
+run-redis: redis-server
+	ENGINE=redis scripts/run.sh
+
+## redis-server: install Debian's redis-server when missing (the Redis engine's tests start their own)
+redis-server:
+	scripts/install-redis.sh
+
 ## test: every test (unit, end-to-end against the real binaries, then the Helm chart on a simulated cluster)
-test: build
+test: build redis-server
 	$(CARGO) nextest run --workspace --profile ci
 	$(MAKE) bench-smoke
 	$(MAKE) helm-test

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: build and start one hub, one ws-gateway and one http-ingress on
 # the local defaults, print how to use them, stop all three on Ctrl-C.
+# ENGINE=redis (`make run-redis`): the hub keeps channel state in Redis: the
+# one answering on $REDIS_URL (default redis://127.0.0.1:6379), or else a
+# redis-server started here with AOF, data in target/run-redis/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,17 +41,36 @@ wait_ready() { # name url
   exit 1
 }
 
-start hub
+HUB_ARGS=()
+ENGINE=${ENGINE:-memory}
+if [ "$ENGINE" = redis ]; then
+  REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+  if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+    command -v redis-server >/dev/null || { echo "ENGINE=redis needs redis-server: make redis-server" >&2; exit 1; }
+    hostport=${REDIS_URL#redis://}; hostport=${hostport%%/*}
+    mkdir -p target/run-redis
+    redis-server --bind "${hostport%:*}" --port "${hostport##*:}" --dir "$PWD/target/run-redis" \
+      --appendonly yes --save "" --daemonize no --logfile redis.log &
+    pids+=($!)
+    for _ in $(seq 1 100); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  HUB_ARGS=(--engine redis --redis-url "$REDIS_URL")
+elif [ "$ENGINE" != memory ]; then
+  echo "ENGINE must be memory or redis, not $ENGINE" >&2
+  exit 1
+fi
+
+start hub "${HUB_ARGS[@]}"
 wait_ready hub http://127.0.0.1:9090/readyz
 start ws-gateway --gateway-id gw-local
 start http-ingress --cors-allow-origin http://127.0.0.1:8080,http://localhost:8080
 wait_ready ws-gateway http://127.0.0.1:8080/readyz
 wait_ready http-ingress http://127.0.0.1:8081/readyz
 
-cat <<'TXT'
+sed "s|ENGINE_PLACEHOLDER|$ENGINE${REDIS_URL:+ at $REDIS_URL}|" <<'TXT'
 
 pushmesh is running:
-  hub           gRPC 127.0.0.1:50051   admin http://127.0.0.1:9090/metrics
+  hub           gRPC 127.0.0.1:50051   admin http://127.0.0.1:9090/metrics   (channel state: ENGINE_PLACEHOLDER)
   ws-gateway    ws://127.0.0.1:8080/ws           (add ?format=raw for bare content)
   http-ingress  http://127.0.0.1:8081
 
@@ -62,6 +84,7 @@ Publish:
   curl -d '{"channel":"news","data":{"text":"hi"}}' http://127.0.0.1:8081/publish
   curl -d '{"data":"to everyone"}' http://127.0.0.1:8081/broadcast
   curl -d '{"connection":"gw-local:1","data":"just you"}' http://127.0.0.1:8081/send
+  curl 'http://127.0.0.1:8081/history?channel=news'                             # what the channel keeps
 
 Metrics: curl http://127.0.0.1:8080/metrics   Logs: target/run-logs/
 Press Ctrl-C to stop.
