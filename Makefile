@@ -46,7 +46,7 @@ image:
 	deploy/build-image.sh
 
 ## helm-test: lint, render and validate the chart, then run it against the binaries on a simulated cluster (root)
-helm-test: tools build
+helm-test: tools build redis-server
 	.tools/venv/bin/python -m pytest tests/cluster
 
 ## browser-test: the demo page in headless Chromium against the real binaries (installs chromium and npm deps if missing)
