@@ -389,3 +389,61 @@ async fn memory_engine_history_api_over_http_grpc_and_cli() -> anyhow::Result<()
 async fn redis_engine_history_api_over_http_grpc_and_cli() -> anyhow::Result<()> {
     history_api(Some(Redis::start().await?)).await
 }
+
+/// Sentinel: the hub finds the master through a sentinel and, when the
+/// master dies and the sentinel promotes its replica, follows it by itself;
+/// the channel's stream goes on in the same epoch (the replica had it).
+#[tokio::test]
+async fn redis_engine_follows_a_sentinel_failover() -> anyhow::Result<()> {
+    let mut primary = Redis::start().await?;
+    let replica = Redis::start_replica_of(&primary).await?;
+    let sentinel = Redis::start_sentinel(&primary, "pm").await?;
+    let url = sentinel.url();
+    let args =
+        ["--engine", "redis", "--redis-url", &url, "--redis-sentinel-master", "pm", "--engine-timeout-ms", "300"];
+    let sys = System::start_full(1, &args, 1, &[], &[]).await?;
+    let mut epoch = String::new();
+    for i in 1..=3u64 {
+        let v = publish(sys.api(), json!({ "channel": "s", "data": i })).await?;
+        assert_eq!(v["offset"], i);
+        epoch = v["epoch"].as_str().unwrap().to_owned();
+    }
+    // The replica has caught up, and the sentinel knows it.
+    let rc = replica.connection().await?;
+    eventually("the replica to have the channel's stream", || {
+        let mut rc = rc.clone();
+        async move {
+            let top: Option<u64> = redis::cmd("HGET").arg("pushmesh:{s}:m").arg("t").query_async(&mut rc).await.ok()?;
+            (top == Some(3)).then_some(())
+        }
+    })
+    .await?;
+    let sc = sentinel.connection().await?;
+    eventually("the sentinel to know the replica", || {
+        let mut sc = sc.clone();
+        async move {
+            let replicas: Vec<redis::Value> =
+                redis::cmd("SENTINEL").arg("REPLICAS").arg("pm").query_async(&mut sc).await.ok()?;
+            (!replicas.is_empty()).then_some(())
+        }
+    })
+    .await?;
+    primary.kill().await;
+    // Failover: down after 1 s, then the replica is promoted.
+    let api = sys.api();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let (code, v) = post(api, "/publish", &json!({ "channel": "s", "data": 4 })).await?;
+        if code == 200 {
+            break v;
+        }
+        assert_eq!(code, 503, "while the master is gone: 503, not {code} {v}");
+        assert!(Instant::now() < deadline, "the hub never followed the failover: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((v["epoch"].as_str(), v["offset"].as_u64()), (Some(epoch.as_str()), Some(4)), "{v}");
+    // (The sentinel closes clients of a promoted replica: a new connection.)
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut replica.connection().await?).await?;
+    assert_eq!(role.first(), Some(&redis::Value::BulkString(b"master".to_vec())), "the replica was promoted");
+    Ok(())
+}

@@ -577,6 +577,12 @@ impl Drop for LinkProxy {
 /// of them); a start that fails (the address was taken after all) is
 /// retried on another. Data lives in a temporary directory, with AOF
 /// (fsync on every write) when the test needs durability. Killed on drop.
+enum Role {
+    Primary { aof: bool },
+    Replica(SocketAddr),
+    Sentinel(SocketAddr, String),
+}
+
 pub struct Redis {
     child: Child,
     pub addr: SocketAddr,
@@ -596,49 +602,83 @@ impl Redis {
     }
 
     async fn start_opts(aof: bool) -> Result<Redis> {
+        Self::start_role(Role::Primary { aof }).await
+    }
+
+    /// A replica of `primary` (no persistence).
+    pub async fn start_replica_of(primary: &Redis) -> Result<Redis> {
+        Self::start_role(Role::Replica(primary.addr)).await
+    }
+
+    /// A Sentinel watching `primary` as master `name` (quorum 1, down after
+    /// 1 s): it promotes a replica when the primary dies.
+    pub async fn start_sentinel(primary: &Redis, name: &str) -> Result<Redis> {
+        Self::start_role(Role::Sentinel(primary.addr, name.to_owned())).await
+    }
+
+    async fn start_role(role: Role) -> Result<Redis> {
         let mut last = None;
         for _ in 0..5 {
             let ip =
                 std::net::Ipv4Addr::new(127, rand::random_range(1..=254), rand::random(), rand::random_range(1..=254));
-            let addr = SocketAddr::new(ip.into(), 6379);
+            let port = if matches!(role, Role::Sentinel(..)) { 26379 } else { 6379 };
+            let addr = SocketAddr::new(ip.into(), port);
             let dir = bin_dir().parent().expect("target").join("test-redis").join(format!("{ip}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
-            match Self::spawn(addr, &dir, aof).await {
-                Ok(child) => return Ok(Redis { child, addr, dir, aof }),
+            match Self::spawn(addr, &dir, &role).await {
+                Ok(child) => {
+                    let aof = matches!(role, Role::Primary { aof: true });
+                    return Ok(Redis { child, addr, dir, aof });
+                }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.expect("tried"))
     }
 
-    async fn spawn(addr: SocketAddr, dir: &std::path::Path, aof: bool) -> Result<Child> {
+    async fn spawn(addr: SocketAddr, dir: &std::path::Path, role: &Role) -> Result<Child> {
         let server = which("redis-server").ok_or_else(|| {
             anyhow!("redis-server is not installed: run `apt-get install redis-server` (make test does it)")
         })?;
-        let port = addr.port().to_string();
-        let ip = addr.ip().to_string();
-        let mut args = vec![
-            "--bind",
-            &ip,
-            "--port",
-            &port,
-            "--dir",
-            dir.to_str().expect("utf-8 path"),
-            "--logfile",
-            "redis.log",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-        ];
-        if aof {
-            args.extend_from_slice(&["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            args.extend_from_slice(&["--appendonly", "no"]);
+        let mut args: Vec<String> = Vec::new();
+        if let Role::Sentinel(primary, name) = role {
+            // Sentinel rewrites its config file: it must be its own and writable.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor {name} {} {} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+                    primary.ip(),
+                    primary.port()
+                ),
+            )?;
+            args.extend([conf.to_str().expect("utf-8 path").to_owned(), "--sentinel".to_owned()]);
         }
+        let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+        let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
+        args.extend(["--bind", &ip, "--port", &port, "--dir", &dir_arg, "--logfile", "redis.log"].map(str::to_owned));
+        args.extend(["--daemonize", "no", "--protected-mode", "no"].map(str::to_owned));
+        let persistence: Vec<String> = match role {
+            Role::Primary { aof: true } => {
+                ["--save", "", "--appendonly", "yes", "--appendfsync", "always"].map(str::to_owned).to_vec()
+            }
+            Role::Primary { aof: false } => ["--save", "", "--appendonly", "no"].map(str::to_owned).to_vec(),
+            Role::Replica(p) => vec![
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+                "--replicaof".into(),
+                p.ip().to_string(),
+                p.port().to_string(),
+                // Its connections leave from 127.0.0.1: say where it listens.
+                "--replica-announce-ip".into(),
+                ip.clone(),
+            ],
+            Role::Sentinel(..) => Vec::new(),
+        };
+        args.extend(persistence);
         let mut child = Command::new(server)
             .args(&args)
             .stdin(Stdio::null())
@@ -686,13 +726,18 @@ impl Redis {
         assert!(status.is_ok_and(|s| s.success()), "kill -{sig} redis {} failed", self.pid());
     }
 
+    /// SIGKILL it (and reap).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGKILL it and start it again on the same address and directory
     /// (with AOF, everything acknowledged comes back).
     pub async fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill().await;
         let mut last = None;
         for _ in 0..50 {
-            match Self::spawn(self.addr, &self.dir, self.aof).await {
+            match Self::spawn(self.addr, &self.dir, &Role::Primary { aof: self.aof }).await {
                 Ok(child) => {
                     self.child = child;
                     return Ok(());
