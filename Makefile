@@ -3,9 +3,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run run-redis redis-server test build lint fmt bench bench-smoke clean tools image helm-test browser-test
+.PHONY: run run-redis redis-server test build lint fmt bench bench-smoke clean tools image image-docker image-tools helm-test browser-test
 
-## run: build and start hub + ws-gateway + http-ingress on localhost (Ctrl-C stops)
+## run: build and start hub + ws-gateway + http-ingress on localhost, restarting any that dies (Ctrl-C stops)
 run:
 	scripts/run.sh
 
@@ -18,7 +18,7 @@ redis-server:
 	scripts/install-redis.sh
 
 ## test: every test (unit, end-to-end against the real binaries, then the Helm chart on a simulated cluster)
-test: build redis-server
+test: build image-tools redis-server
 	$(CARGO) nextest run --workspace --profile ci
 	$(MAKE) bench-smoke
 	$(MAKE) helm-test
@@ -41,9 +41,17 @@ bench-smoke: build
 tools:
 	deploy/install-tools.sh
 
-## image: the container image with the three binaries, tagged as the chart's default (needs docker or podman)
+## image: the container image as an OCI archive in target/image/, no daemon needed (buildah); prints how to push it
 image:
 	deploy/build-image.sh
+
+## image-docker: the same image from deploy/Dockerfile, with docker or podman, into the local engine
+image-docker:
+	deploy/build-image-docker.sh
+
+## image-tools: buildah, skopeo, strip and CA certificates for `make image` and its test (apt, when missing)
+image-tools:
+	deploy/install-image-tools.sh
 
 ## helm-test: lint, render and validate the chart, then run it against the binaries on a simulated cluster (root)
 helm-test: tools build redis-server

@@ -439,8 +439,10 @@ def test_dockerfile_agrees_with_the_chart(default_manifests):
 
 
 def test_make_image_tags_the_chart_default_image(tmp_path):
-    # ENGINE=echo prints the build command make image would run.
-    proc = subprocess.run(["bash", str(ROOT / "deploy" / "build-image.sh")], capture_output=True, text=True,
+    # ENGINE=echo prints the build command make image-docker would run.
+    # (make image, the daemonless OCI archive, is built and checked by
+    # tests/e2e/image.rs.)
+    proc = subprocess.run(["bash", str(ROOT / "deploy" / "build-image-docker.sh")], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "ENGINE": "echo"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -474,7 +476,7 @@ def test_notes_print_the_commands_for_this_release():
     for ns, svc, local, remote in forwards:
         assert ns == "apps" and svc in services
     assert "helm test shop --namespace apps" in notes
-    assert re.search(r"curl .*-d '\{\"channel\":\"news\".*http://127\.0\.0\.1:8081/publish", notes)
+    assert re.search(r"curl .*--json '\{\"channel\":\"news\".*http://127\.0\.0\.1:8081/publish", notes)
     assert "ws://127.0.0.1:8080/ws" in notes
     assert 'Authorization: Bearer $API_KEY' in notes  # credentials are on in production values
     # The Secret lookup line runs as written: check it with kubectl's own jsonpath.

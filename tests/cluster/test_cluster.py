@@ -295,7 +295,7 @@ def test_user_path_websocket_publish_delivery_and_metrics(cluster, manifests):
             await publish_round(cluster, clients, "first")
             # Broadcast, both forms: every client gets each once.
             ingress = cluster.pods_of("http-ingress")[0]
-            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", "-d", json.dumps({"data": {"tag": "bc", "n": 0}}),
+            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", "--json", json.dumps({"data": {"tag": "bc", "n": 0}}),
                                     f"http://{ingress.ip}:8081/broadcast")
             assert code == 200, body
             code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", f"http://{ingress.ip}:8081/?content=seed-hello")
@@ -640,10 +640,12 @@ def test_notes_commands_work_as_printed(cluster, manifests):
     proc = helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
                 "--values", str(PRODUCTION_VALUES), *(a for v in WITH_REDIS for a in ("--set", v)))
     notes = proc.stdout.split("NOTES:", 1)[1]
-    commands = [l.strip() for l in notes.splitlines() if re.match(r"^\s+(kubectl |API_KEY=|curl )", l)]
+    commands = [l.strip() for l in notes.splitlines()
+                if re.match(r"^\s+(kubectl |API_KEY=|curl |export PUSHMESH_JWT_SECRET=|TOKEN=)", l)]
     ws_line = next(l.strip() for l in notes.splitlines() if l.strip().startswith("websocat "))
     subscribe = next(l.strip() for l in notes.splitlines() if l.strip().startswith('{"id":1,"op":"subscribe"'))
-    assert len(commands) >= 9, notes
+    assert len(commands) >= 11, notes
+    assert any(c.startswith("TOKEN=$(pushmesh token ") for c in commands), notes
 
     # What the shim answers from: Services → a ready pod, workloads, the Secret.
     services = {}
@@ -666,11 +668,19 @@ def test_notes_commands_work_as_printed(cluster, manifests):
     shim = d / "bin" / "kubectl"
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'kubectl_shim.py'} \"$@\"\n")
     shim.chmod(0o755)
+    # The NOTES mint the client's JWT with the pushmesh CLI, as a user would.
+    cli = ROOT / "target" / "debug" / "pushmesh"
+    if not cli.exists():
+        pytest.fail(f"{cli} missing: run `cargo build --bins` (make helm-test does)")
+    (d / "bin" / "pushmesh").unlink(missing_ok=True)
+    (d / "bin" / "pushmesh").symlink_to(cli)
     shutil.copy(CHART / "files" / "smoke-test.py", d / "smoke_client.py")
     (d / "client.py").write_text(NOTES_CLIENT)
-    # websocat is not installed here; its URL, with a real token for the
-    # placeholder, goes to a stdlib client that sends the printed subscribe line.
-    url = ws_line.split("'")[1].split("?")[0] + "?token=" + smoke.hs256_token(JWT_SECRET, "notes-user")
+    # websocat is not installed here; its URL (with the $TOKEN the NOTES
+    # minted, expanded by the shell) goes to a stdlib client that sends the
+    # printed subscribe line.
+    url = ws_line.split('"')[1]
+    assert url.endswith("?token=$TOKEN"), ws_line
 
     script = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT", "wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; exit 9; }"]
     for cmd in commands:
@@ -680,8 +690,8 @@ def test_notes_commands_work_as_printed(cluster, manifests):
             script += [f"echo {shlex.quote('>>> ' + cmd)}", cmd, "echo"]
         else:
             script += [f"echo {shlex.quote('>>> ' + cmd)}", cmd]
-        if cmd.startswith("API_KEY="):
-            script += [f"python3 {d / 'client.py'} {d} '{url}' '{subscribe}' {d / 'frames.jsonl'} & CLIENT=$!",
+        if cmd.startswith("TOKEN="):
+            script += [f"python3 {d / 'client.py'} {d} \"{url}\" '{subscribe}' {d / 'frames.jsonl'} & CLIENT=$!",
                        f"until [ -s {d / 'frames.jsonl'} ]; do sleep 0.05; done"]
     script += ["wait $CLIENT"]
     (d / "notes.sh").write_text("\n".join(script) + "\n")

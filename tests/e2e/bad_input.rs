@@ -138,7 +138,10 @@ async fn the_ingress_answers_bad_requests_clearly_and_keeps_serving() -> anyhow:
     // The seed form: content is required, and a half-addressed send is refused.
     let (code, body) = get(api, "/").await?;
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("content"), "{body}");
+    assert!(body.contains("missing query parameter `content`"), "{body}");
+    let (code, body) = get(api, "/?content=").await?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("`content` is empty") && !body.contains("missing"), "{body}");
     let (code, body) = get(api, "/?content=x&to_worker_id=gw-1").await?;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("go together"), "{body}");
@@ -196,5 +199,35 @@ async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() 
     // The bystander kept receiving.
     post(sys.api(), "/publish", &json!({ "channel": "news", "data": "fine" })).await?;
     bystander.expect_data(&json!("fine")).await?;
+    Ok(())
+}
+
+/// A service with a bad setting says what is wrong and exits before it
+/// binds anything or announces an address: no "listening" line, on stdout
+/// or in the log, for a service that was never going to serve.
+#[tokio::test]
+async fn bad_configuration_is_refused_before_any_port_is_bound() -> anyhow::Result<()> {
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("http-ingress", &["--api-key", "too-short"], "shorter than 16 characters"),
+        ("http-ingress", &["--api-keys-file", "/nonexistent/keys"], "--api-keys-file"),
+        ("ws-gateway", &["--jwt-algorithm", "none"], "unknown JWT algorithm"),
+    ];
+    for (binary, args, expected) in cases {
+        let out = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new(bin(binary))
+                .args(["--listen-addr", "127.0.0.1:0"])
+                .args(args)
+                .env("PUSHMESH_LOG", "info")
+                .output(),
+        )
+        .await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary} {args:?} must refuse to start");
+        assert!(stderr.contains(expected), "{binary} {args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(stdout.is_empty(), "{binary} {args:?} announced addresses it should never have bound: {stdout}");
+        assert!(!stderr.contains("listening") && !stderr.contains("serving"), "{binary} {args:?}:\n{stderr}");
+    }
     Ok(())
 }

@@ -9,10 +9,10 @@ use serde_json::json;
 
 #[tokio::test]
 async fn gateway_started_before_the_hub_becomes_ready_when_it_arrives_and_survives_a_hub_kill() -> anyhow::Result<()> {
-    // Learn a free port from a first hub, then take that hub away.
-    let mut first = hub().await?;
-    let grpc = first.addr("grpc");
-    first.kill().await;
+    // Where the hub will be: a port on this test's own loopback address, so
+    // no other test can take it while no hub is there (nor between the
+    // kill and the restart below).
+    let grpc = free_addr_on(unique_loopback(0))?;
     let url = format!("http://{grpc}");
 
     let gw = gateway(std::slice::from_ref(&url), &[]).await?;

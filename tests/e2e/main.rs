@@ -2,14 +2,19 @@
 //! ports the kernel picked, driven by real WebSocket and HTTP clients.
 
 mod api;
+mod api_abuse;
 mod bad_input;
 mod engine;
 mod faults;
 mod grpc_api;
+mod image;
+mod logs;
+mod make_run;
 mod metrics;
 mod openapi;
 mod partition;
 mod pipeline;
 mod reliability;
 mod security;
+mod sockets;
 mod tls;

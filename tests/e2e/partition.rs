@@ -5,6 +5,8 @@
 //! after the link heals it is back on the direct path with no duplicates.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pushmesh_tests::*;
@@ -37,23 +39,34 @@ async fn channel_owned_by_hub0(sys: &System) -> anyhow::Result<String> {
     anyhow::bail!("hub 0 owned none of 64 channels")
 }
 
-/// Publish `n` numbered messages at `per_sec` on `channel`, in order.
+/// Publish `n` numbered messages at `per_sec` on `channel`, in order; the
+/// answered count, for waiting on progress.
 fn publish_steadily(
     api: std::net::SocketAddr,
     channel: String,
     n: u64,
     per_sec: u64,
-) -> tokio::task::JoinHandle<anyhow::Result<u64>> {
-    tokio::spawn(async move {
+) -> (tokio::task::JoinHandle<anyhow::Result<u64>>, Arc<AtomicU64>) {
+    let answered = Arc::new(AtomicU64::new(0));
+    let progress = answered.clone();
+    let task = tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         let mut refused = 0;
         for i in 0..n {
             tokio::time::sleep_until(start + Duration::from_millis(1000 * i / per_sec)).await;
             let (code, _) = post(api, "/publish", &json!({ "channel": channel, "data": i })).await?;
             refused += u64::from(code != 200);
+            progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(refused)
-    })
+    });
+    (task, answered)
+}
+
+/// Wait until the publisher had `k` publishes answered.
+async fn published(answered: &AtomicU64, k: u64) -> anyhow::Result<()> {
+    eventually(&format!("{k} publishes answered"), || async { (answered.load(Ordering::Relaxed) >= k).then_some(()) })
+        .await
 }
 
 /// Read numbered messages until `last` arrives: number → times received,
@@ -102,10 +115,10 @@ async fn a_gateway_cut_off_from_one_hub_keeps_receiving_through_the_other() -> a
     a.subscribe(&channel).await?;
     b.subscribe(&channel).await?;
 
-    // Cut one second into 6 s of steady publishing at 200/s.
+    // Cut after 200 of 1200 publishes (one second into 6 s at 200/s).
     const N: u64 = 1200;
-    let publisher = publish_steadily(api, channel.clone(), N, 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (publisher, answered) = publish_steadily(api, channel.clone(), N, 200);
+    published(&answered, 200).await?;
     let cut_at = Instant::now();
     proxy.cut();
     eventually("the ingress to see gateway 0 cut off from hub 0", || async move {
@@ -142,8 +155,8 @@ async fn a_gateway_cut_off_from_one_hub_keeps_receiving_through_the_other() -> a
 
     // Heal while publishing: back on the direct path, nothing twice.
     const M: u64 = 600;
-    let publisher = publish_steadily(api, channel.clone(), M, 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (publisher, answered) = publish_steadily(api, channel.clone(), M, 200);
+    published(&answered, 100).await?;
     proxy.heal();
     eventually("gateway 0 back on hub 0 and nothing relayed", || async move {
         (gauge(g0, "pushmesh_gateway_hubs_attached").await? == 2.0

@@ -138,3 +138,18 @@ async fn client_ping_gets_a_reply() -> anyhow::Result<()> {
     assert_eq!(r["ok"], true, "{r}");
     Ok(())
 }
+
+#[tokio::test]
+async fn raw_clients_are_welcomed_with_the_seeds_own_line() -> anyhow::Result<()> {
+    let sys = System::start(1, 1).await?;
+    let mut raw = Client::connect_raw(sys.gw(0), "?format=raw").await?;
+    let line = raw.next_text().await?;
+    let (gateway, seq) =
+        pushmesh_tests::seed_welcome(&line).ok_or_else(|| anyhow::anyhow!("not the seed's welcome line: {line:?}"))?;
+    assert_eq!(line, format!("worker id:{gateway} connection id:{seq} connected"));
+    // The two ids in it are exactly what the seed's publish form takes.
+    let r = seed_get(sys.api(), "for the seed client", Some((&gateway, &seq.to_string()))).await?;
+    assert_eq!(r, (200, "ok".to_owned()));
+    assert_eq!(raw.next_text().await?, "for the seed client");
+    Ok(())
+}

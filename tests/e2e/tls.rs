@@ -3,7 +3,6 @@
 //! attach and publish; everything still flows end to end.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use pushmesh_tests::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
@@ -87,13 +86,19 @@ async fn mutual_tls_between_pods() -> anyhow::Result<()> {
     // Without a client certificate, or without TLS at all: never attached.
     let no_cert = gateway(std::slice::from_ref(&url), &["--hub-tls-ca", &p(&dir, "ca.pem")]).await?;
     let plain = gateway(&[format!("http://{}", hub.addr("grpc"))], &[]).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        get(no_cert.addr("http"), "/readyz").await?.0,
-        503,
-        "a gateway without a client certificate must not attach"
-    );
-    assert_eq!(get(plain.addr("http"), "/readyz").await?.0, 503, "a plain-text gateway must not attach");
+    // Not a sleep and a look: wait until each has tried and failed at least
+    // twice (its debug log says so for each attempt), then check it never
+    // attached.
+    for (g, what) in [(&no_cert, "a gateway without a client certificate"), (&plain, "a plain-text gateway")] {
+        let addr = g.addr("http");
+        eventually(&format!("{what} to fail attaching twice"), || async move {
+            (g.logs().matches("hub not reachable; retrying").count() >= 2).then_some(())
+        })
+        .await?;
+        assert_eq!(get(addr, "/readyz").await?.0, 503, "{what} must not attach");
+        let m = metrics(addr).await?;
+        assert_eq!(sample(&m, "pushmesh_gateway_hubs_attached", &[]), 0.0, "{what} must not attach");
+    }
     let m = metrics(hub.addr("admin")).await?;
     assert_eq!(sample(&m, "pushmesh_hub_gateways_attached", &[]), 1.0);
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,6 +38,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A loopback address no other live test process uses: 127.A.B.C with
+/// A.B.C taken from this process's pid (unique among live processes; nextest
+/// runs each test in its own process) and `n` (0–2) picking one of three
+/// addresses per test. A is never 0, so these never meet the 127.0.0.1 that
+/// everything else binds. On it a test may use fixed ports, or re-bind a
+/// port after killing its owner, with no other test able to take the port
+/// in between.
+pub fn unique_loopback(n: u8) -> std::net::IpAddr {
+    assert!(n < 3, "three addresses per test process");
+    let pid = std::process::id();
+    // pid_max is at most 2^22 on Linux: 6 bits, then 8 and 8. A: 1..=192.
+    let a = 1 + n + 3 * ((pid >> 16) & 0x3f) as u8;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, (pid >> 8) as u8, pid as u8))
+}
+
 /// One running service process.
 pub struct Proc {
     pub name: String,
@@ -46,40 +61,79 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// How `Proc::launch` starts a program.
+pub struct Launch<'a> {
+    /// The executable.
+    pub program: &'a Path,
+    /// The process's name in messages and `Proc::name`.
+    pub name: &'a str,
+    pub args: &'a [String],
+    /// Where its stderr (the log) goes; the file is created afresh.
+    pub log: PathBuf,
+    /// PUSHMESH_LOG for it.
+    pub log_filter: &'a str,
+    /// How long it may take to announce its addresses.
+    pub announce_within: Duration,
+}
+
 impl Proc {
-    /// Start `binary` with `args` and wait until it announces its addresses.
+    /// Start `binary` (from this build's target directory) with `args` and
+    /// wait until it announces its addresses; its log goes to
+    /// `target/test-logs/<binary>-<nonce>.log`.
     pub async fn start(binary: &str, args: &[&str]) -> Result<Proc> {
         let logs = bin_dir().parent().expect("target").join("test-logs");
         std::fs::create_dir_all(&logs)?;
         let nonce: u32 =
             std::process::id() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos());
-        let log = logs.join(format!("{binary}-{nonce:08x}.log"));
-        let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin(binary))
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::launch(Launch {
+            program: &bin(binary),
+            name: binary,
+            args: &args,
+            log: logs.join(format!("{binary}-{nonce:08x}.log")),
+            log_filter: "info,pushmesh_ws_gateway=debug",
+            announce_within: WAIT,
+        })
+        .await
+    }
+
+    /// Start a service process as `l` says and wait for its announce line
+    /// (`{"service":…,"listening":{name: addr…}}`, the first line on
+    /// stdout); the process is killed when the `Proc` is dropped. The one
+    /// way the e2e tests, the CLI tests and the benchmark start services.
+    pub async fn launch(l: Launch<'_>) -> Result<Proc> {
+        let Launch { program, name, args, log, log_filter, announce_within } = l;
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut child = Command::new(program)
             .args(args)
-            .env("PUSHMESH_LOG", "info,pushmesh_ws_gateway=debug")
+            .env("PUSHMESH_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("spawn {binary}"))?;
+            .with_context(|| format!("spawn {}", program.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
+        let line = tokio::time::timeout(announce_within, lines.next_line())
             .await
-            .map_err(|_| anyhow!("{binary} did not announce its addresses within {WAIT:?}; see {}", log.display()))??
-            .ok_or_else(|| anyhow!("{binary} exited before announcing its addresses; see {}", log.display()))?;
+            .map_err(|_| {
+                anyhow!("{name} did not announce its addresses within {announce_within:?}; see {}", log.display())
+            })??
+            .ok_or_else(|| anyhow!("{name} exited before announcing its addresses; see {}", log.display()))?;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("{name} announced {line:?}"))?;
         let addrs = v["listening"]
             .as_object()
-            .ok_or_else(|| anyhow!("no listening map in {line}"))?
+            .ok_or_else(|| anyhow!("{name}: no listening map in {line}"))?
             .iter()
             .map(|(k, v)| Ok((k.clone(), v.as_str().unwrap_or_default().parse()?)))
             .collect::<Result<_>>()?;
-        Ok(Proc { name: binary.to_owned(), child, addrs, log })
+        Ok(Proc { name: name.to_owned(), child, addrs, log })
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
@@ -88,6 +142,12 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// The pid, or 0 once the process was reaped (for sampling that must
+    /// not fail the run, as in the benchmark).
+    pub fn pid_or_zero(&self) -> u32 {
+        self.child.id().unwrap_or(0)
     }
 
     /// SIGKILL and reap.
@@ -125,19 +185,25 @@ pub async fn hub_with(extra: &[&str]) -> Result<Proc> {
     Proc::start("hub", &args).await
 }
 
-/// A hub on a given gRPC address (to restart one where gateways expect it).
+/// A hub on a given gRPC address (to start or restart one where gateways
+/// expect it). The address must be on this test's own loopback address
+/// (`free_addr_on(unique_loopback(n))`): there no other test can have taken
+/// the port since it was learned or since its last owner was killed.
 pub async fn hub_at(grpc: SocketAddr) -> Result<Proc> {
+    assert!(
+        grpc.ip() != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        "hub_at({grpc}): use an address of this test's own (unique_loopback), where no other test can take the port"
+    );
     let grpc = grpc.to_string();
-    // The old socket may linger for a moment after a kill; retry briefly.
-    let mut last = None;
-    for _ in 0..50 {
-        match Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await {
-            Ok(p) => return Ok(p),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last.expect("tried"))
+    Proc::start("hub", &["--grpc-addr", &grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await
+}
+
+/// A port free now on `ip`, one of this test's own loopback addresses
+/// (`unique_loopback`). Learning a free port and binding it later is a race
+/// on a shared address (another test may take it in between); on an
+/// address only this test process uses, nobody else can.
+pub fn free_addr_on(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
 }
 
 pub fn hub_url(hub: &Proc) -> String {
@@ -272,7 +338,14 @@ impl Client {
             .await
             .map_err(|_| anyhow!("connect to {addr} timed out"))??;
         let mut c = Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 };
-        let welcome = c.next_json().await?;
+        let first = c.next_text().await?;
+        if let Some((gateway, seq)) = seed_welcome(&first) {
+            // `?format=raw`: the seed's own welcome line.
+            c.connection = format!("{gateway}:{seq}");
+            c.gateway = gateway;
+            return Ok(c);
+        }
+        let welcome: Value = serde_json::from_str(&first).with_context(|| format!("frame is not JSON: {first}"))?;
         if welcome["type"] != "welcome" {
             bail!("expected a welcome frame first, got {welcome}");
         }
@@ -371,6 +444,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The seed's welcome line, `worker id:GATEWAY connection id:N connected`
+/// (what `?format=raw` clients get first): (gateway, N).
+pub fn seed_welcome(line: &str) -> Option<(String, u64)> {
+    let rest = line.strip_prefix("worker id:")?;
+    let (gateway, rest) = rest.split_once(" connection id:")?;
+    let seq = rest.strip_suffix(" connected")?.parse().ok()?;
+    Some((gateway.to_owned(), seq))
 }
 
 /// A whole local system: hubs, gateways (each attached to every hub) and

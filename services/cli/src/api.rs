@@ -61,7 +61,7 @@ impl Api {
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        Err(api_failure(self.base(), status, &body))
+        Err(api_failure(self.base(), status, &body, self.api_key.is_some()))
     }
 
     fn transport_failure(&self, e: &reqwest::Error) -> Failure {
@@ -99,8 +99,10 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// An error answer `{"error":{"code","message"}}` as a failure with a hint.
-pub fn api_failure(base: &str, status: u16, body: &Value) -> Failure {
+/// An error answer `{"error":{"code","message"}}` as a failure with a hint;
+/// `sent_key`: whether the request carried an API key (the 401/403 hint
+/// differs: a missing key versus one the ingress does not accept).
+pub fn api_failure(base: &str, status: u16, body: &Value, sent_key: bool) -> Failure {
     let code = body["error"]["code"].as_str().unwrap_or("");
     let message = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| match body {
         Value::String(s) if !s.is_empty() => crate::truncate(s, 200),
@@ -112,6 +114,10 @@ pub fn api_failure(base: &str, status: u16, body: &Value) -> Failure {
         (503, _) => f.hint(format!(
             "no hub could take the request; check `curl {base}/readyz` and the hub's logs, then retry (hubs come back within seconds)"
         )),
+        (401 | 403, _) if sent_key => f.hint(
+            "the ingress did not accept the API key given (--api-key / PUSHMESH_API_KEY): \
+             check it against the ingress's keys (its --api-key / PUSHMESH_API_KEYS or --api-keys-file)",
+        ),
         (401 | 403, _) => f.hint("this ingress requires an API key: pass --api-key KEY or set PUSHMESH_API_KEY"),
         (_, "invalid_channel") => f.hint(
             "channel names are 1–255 bytes of letters, digits and _ - : . @ # (e.g. news, chat:42, user@example.com)",
@@ -162,11 +168,20 @@ mod tests {
     #[test]
     fn error_answers_become_hints() {
         let body = serde_json::json!({"error":{"code":"invalid_channel","message":"channel name has a space"}});
-        let f = api_failure("http://x", 400, &body);
+        let f = api_failure("http://x", 400, &body, false);
         assert_eq!(f.exit, Exit::Failed);
         assert_eq!(f.message, "400 invalid_channel: channel name has a space");
         assert!(f.hint.unwrap().contains("1–255 bytes"));
-        let f = api_failure("http://x", 503, &serde_json::json!({"error":{"code":"unavailable","message":"no hub"}}));
+        let f = api_failure(
+            "http://x",
+            503,
+            &serde_json::json!({"error":{"code":"unavailable","message":"no hub"}}),
+            false,
+        );
         assert_eq!(f.exit, Exit::Unreachable);
+        let denied = serde_json::json!({"error":{"code":"forbidden","message":"bad key"}});
+        assert!(api_failure("http://x", 403, &denied, false).hint.unwrap().contains("pass --api-key"));
+        let hint = api_failure("http://x", 403, &denied, true).hint.unwrap();
+        assert!(hint.contains("did not accept the API key given") && !hint.contains("pass --api-key"), "{hint}");
     }
 }

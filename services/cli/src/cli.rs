@@ -56,7 +56,8 @@ pub enum Command {
             pushmesh dev --jwt-secret dev-secret            # clients need a token (pushmesh token)\n  \
             pushmesh dev --gateway-addr 0.0.0.0:8080        # reachable from a phone on your network\n  \
             pushmesh dev --hub-grpc-addr 127.0.0.1:0 --hub-admin-addr 127.0.0.1:0 \\\n    \
-            --gateway-addr 127.0.0.1:0 --ingress-addr 127.0.0.1:0 --announce   # any free ports, for scripts"
+            --gateway-addr 127.0.0.1:0 --ingress-addr 127.0.0.1:0 --ingress-grpc-addr 127.0.0.1:0 --announce\n    \
+            # any free ports, for scripts (the first stdout line names them)"
     )]
     Dev(DevArgs),
 
@@ -323,6 +324,10 @@ pub struct DevArgs {
     /// http-ingress address (the HTTP API, /metrics).
     #[arg(long, env = "PUSHMESH_DEV_INGRESS_ADDR", default_value = "127.0.0.1:8081")]
     pub ingress_addr: SocketAddr,
+
+    /// http-ingress gRPC API address (pushmesh.v1.PushApi).
+    #[arg(long, env = "PUSHMESH_DEV_INGRESS_GRPC_ADDR", default_value = "127.0.0.1:8082")]
+    pub ingress_grpc_addr: SocketAddr,
 
     /// The gateway's id: the prefix of every connection id.
     #[arg(long, default_value = "gw-local")]

@@ -37,32 +37,37 @@ pub async fn run(args: DevArgs) -> Result<()> {
     gw_cfg.hubs = vec![hub_url.clone()];
     gw_cfg.gateway_id = Some(args.gateway_id.clone());
     gw_cfg.jwt_secret = args.jwt_secret.clone();
-    let gateway = pushmesh_ws_gateway::Gateway::bind(gw_cfg, shutdown.clone())
+    let gateway = pushmesh_ws_gateway::Gateway::bind(gw_cfg)
         .await
         .map_err(|e| in_use(format!("cannot start the ws-gateway on {}: {e:#}", args.gateway_addr)))?;
     let gw = gateway.local_addr();
 
     let mut in_cfg = pushmesh_http_ingress::Config::parse_from(["http-ingress"]);
     in_cfg.listen_addr = args.ingress_addr;
+    in_cfg.grpc_addr = args.ingress_grpc_addr;
     in_cfg.hubs = vec![hub_url];
     in_cfg.cors_allow_origins = page_origins(gw);
     in_cfg.cors_allow_origins.extend(args.cors_allow_origin.iter().cloned());
-    let ingress = pushmesh_http_ingress::Ingress::bind(in_cfg)
-        .await
-        .map_err(|e| in_use(format!("cannot start the http-ingress on {}: {e:#}", args.ingress_addr)))?;
-    let api = ingress.local_addr();
+    let ingress = pushmesh_http_ingress::Ingress::bind(in_cfg).await.map_err(|e| {
+        in_use(format!(
+            "cannot start the http-ingress on {} (HTTP) and {} (gRPC): {e:#}",
+            args.ingress_addr, args.ingress_grpc_addr
+        ))
+    })?;
+    let (api, api_grpc) = (ingress.local_addr(), ingress.grpc_addr());
 
     if args.announce {
         pushmesh_common::announce::listening(
             "dev",
-            &[("grpc", grpc), ("admin", admin), ("gateway", gw), ("ingress", api)],
+            &[("grpc", grpc), ("admin", admin), ("gateway", gw), ("ingress", api), ("ingress_grpc", api_grpc)],
         );
     }
 
     let mut tasks = JoinSet::new();
     let t = shutdown.clone();
     tasks.spawn(async move { ("hub", hub.run(t).await) });
-    tasks.spawn(async move { ("ws-gateway", gateway.run().await) });
+    let t = shutdown.clone();
+    tasks.spawn(async move { ("ws-gateway", gateway.run(t).await) });
     let t = shutdown.clone();
     tasks.spawn(async move { ("http-ingress", ingress.run(t).await) });
 
@@ -78,7 +83,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         return Err(f);
     }
     if !shutdown.is_cancelled() {
-        println!("{}", banner(grpc, admin, gw, api, args.jwt_secret.is_some()));
+        println!("{}", banner(grpc, admin, gw, api, api_grpc, args.jwt_secret.is_some()));
     }
 
     let outcome = tokio::select! {
@@ -188,8 +193,15 @@ fn page_origins(gw: SocketAddr) -> Vec<String> {
     v
 }
 
-fn banner(grpc: SocketAddr, admin: SocketAddr, gw: SocketAddr, api: SocketAddr, auth: bool) -> String {
-    let (gw, api) = (reachable(gw), reachable(api));
+fn banner(
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    gw: SocketAddr,
+    api: SocketAddr,
+    api_grpc: SocketAddr,
+    auth: bool,
+) -> String {
+    let (gw, api, api_grpc) = (reachable(gw), reachable(api), reachable(api_grpc));
     let default_gw = gw == "127.0.0.1:8080".parse().expect("addr");
     let default_api = api == "127.0.0.1:8081".parse().expect("addr");
     let page = if api.port() == 8081 && api.ip() == gw.ip() {
@@ -203,7 +215,7 @@ fn banner(grpc: SocketAddr, admin: SocketAddr, gw: SocketAddr, api: SocketAddr, 
         "\npushmesh dev is running (hub, ws-gateway and http-ingress in this process):\n  \
          demo page   {page}\n  \
          WebSocket   ws://{gw}/ws   (add ?format=raw for bare content)\n  \
-         HTTP API    http://{api}\n  \
+         HTTP API    http://{api}   (gRPC API: {api_grpc})\n  \
          hub         gRPC {grpc}, metrics http://{admin}/metrics\n\n\
          Try, in another terminal:\n  \
          pushmesh listen{gw_flag} --channel news\n  \
@@ -234,6 +246,7 @@ mod tests {
             "127.0.0.1:9090".parse().unwrap(),
             "127.0.0.1:8080".parse().unwrap(),
             "127.0.0.1:8081".parse().unwrap(),
+            "127.0.0.1:8082".parse().unwrap(),
             false,
         );
         assert!(b.contains("demo page   http://127.0.0.1:8080/\n"), "{b}");
@@ -247,11 +260,13 @@ mod tests {
             "127.0.0.1:2".parse().unwrap(),
             "0.0.0.0:3000".parse().unwrap(),
             "127.0.0.1:3001".parse().unwrap(),
+            "127.0.0.1:3002".parse().unwrap(),
             true,
         );
         assert!(b.contains("http://127.0.0.1:3000/?ingress=http://127.0.0.1:3001"), "{b}");
         assert!(b.contains("pushmesh listen --gateway ws://127.0.0.1:3000/ws --channel news"), "{b}");
         assert!(b.contains("&token=$TOKEN"), "{b}");
+        assert!(b.contains("(gRPC API: 127.0.0.1:3002)"), "{b}");
         assert_eq!(
             page_origins("0.0.0.0:3000".parse().unwrap()),
             vec!["http://127.0.0.1:3000", "http://localhost:3000", "*"]

@@ -16,6 +16,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::cli::{ListenArgs, Output};
+
+/// The channel column of a delivery that has no channel: a broadcast, a
+/// send to this connection or a send to its user.
+const NO_CHANNEL: &str = "(broadcast or direct)";
 use crate::duration::human;
 use crate::failure::{Exit, Failure, Result};
 
@@ -225,6 +229,12 @@ impl Session<'_> {
     }
 
     fn on_text(&mut self, text: &str) -> Result<bool> {
+        if self.args.raw
+            && !self.welcomed
+            && let Some(welcome) = seed_welcome(text)
+        {
+            return self.on_control("welcome", &welcome).map(|()| false);
+        }
         let parsed: Option<Value> = serde_json::from_str(text).ok();
         let kind = parsed.as_ref().and_then(|v| v["type"].as_str()).unwrap_or("").to_owned();
         let kind = kind.as_str();
@@ -255,7 +265,9 @@ impl Session<'_> {
             (false, Output::Data) => println!("{}", parsed.as_ref().map(|v| v["data"].to_string()).unwrap_or_default()),
             (false, Output::Text) => {
                 let v = parsed.as_ref().expect("message frames are JSON");
-                let ch = v["channel"].as_str().unwrap_or("(direct)");
+                // Frames of broadcasts, user sends and connection sends all
+                // come without a channel, and nothing else tells them apart.
+                let ch = v["channel"].as_str().unwrap_or(NO_CHANNEL);
                 println!("{ch}: {}", v["data"]);
             }
         }
@@ -390,6 +402,9 @@ async fn connect(
             Err(_) => WsError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
         };
         match &err {
+            // 503: the gateway is there but not ready (no hub yet), draining or
+            // full. Retry like a gateway that is not up yet; exit 3 at the end.
+            WsError::Http(resp) if resp.status().as_u16() == 503 => {}
             WsError::Http(resp) => {
                 let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
                 let detail = serde_json::from_str::<Value>(&body)
@@ -415,10 +430,7 @@ async fn connect(
         }
         let now = Instant::now();
         if now >= give_up {
-            let what = match &err {
-                WsError::Io(e) => e.to_string(),
-                other => other.to_string(),
-            };
+            let what = describe(&err);
             return Err(Failure::unreachable(format!(
                 "cannot reach the gateway at {shown} ({what}) after {}",
                 human(now - started)
@@ -429,14 +441,28 @@ async fn connect(
             last_progress = now;
             status.say(format!(
                 "waiting for the gateway at {shown} ({}), {} so far…",
-                match &err {
-                    WsError::Io(e) => e.to_string(),
-                    other => other.to_string(),
-                },
+                describe(&err),
                 human(now - started)
             ));
         }
         tokio::time::sleep(Duration::from_millis(200).min(give_up.saturating_duration_since(now))).await;
+    }
+}
+
+/// Why a connection attempt failed, in a few words: the I/O error, or the
+/// status and the error message of an HTTP refusal.
+fn describe(err: &WsError) -> String {
+    match err {
+        WsError::Io(e) => e.to_string(),
+        WsError::Http(resp) => {
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let detail = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| crate::truncate(&body, 200));
+            format!("HTTP {}: {detail}", resp.status().as_u16())
+        }
+        other => other.to_string(),
     }
 }
 
@@ -455,6 +481,17 @@ fn redacted(url: &reqwest::Url) -> String {
     }
     u.query_pairs_mut().clear().extend_pairs(pairs);
     u.to_string()
+}
+
+/// A raw-format client's welcome, the seed's own line
+/// (`worker id:GATEWAY connection id:N connected`), as the JSON welcome's
+/// fields.
+fn seed_welcome(text: &str) -> Option<Value> {
+    let rest = text.strip_prefix("worker id:")?;
+    let (gateway, rest) = rest.split_once(" connection id:")?;
+    let seq = rest.strip_suffix(" connected")?;
+    seq.parse::<u64>().ok()?;
+    Some(serde_json::json!({ "type": "welcome", "gateway": gateway, "connection": format!("{gateway}:{seq}") }))
 }
 
 #[cfg(test)]

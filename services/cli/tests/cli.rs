@@ -5,6 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use pushmesh_common::proto::ApiStatsRequest;
+use pushmesh_common::proto::push_api_client::PushApiClient;
 use pushmesh_tests::{SECRET, System, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -162,14 +164,16 @@ async fn publish_and_listen_round_trip_with_exit_codes() -> Result<()> {
 
 #[tokio::test]
 async fn nothing_running_means_exit_3_and_a_hint_to_start_it() -> Result<()> {
-    // A port nothing listens on: bind one and drop it at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let p = run(&["publish", "--ingress", &format!("http://127.0.0.1:{port}"), "--broadcast", "x"], None).await?;
+    // A port nothing listens on, on this test's own loopback address (so no
+    // other test can start listening there meanwhile).
+    let free = pushmesh_tests::free_addr_on(pushmesh_tests::unique_loopback(0))?;
+    let (ip, port) = (free.ip(), free.port());
+    let p = run(&["publish", "--ingress", &format!("http://{free}"), "--broadcast", "x"], None).await?;
     assert_eq!(p.code, 3, "{}", p.stderr);
     assert!(p.stderr.contains("pushmesh dev"), "{}", p.stderr);
-    let l = run(&["listen", "--gateway", &format!("127.0.0.1:{port}"), "--connect-timeout", "1500ms"], None).await?;
+    let l = run(&["listen", "--gateway", &format!("{ip}:{port}"), "--connect-timeout", "1500ms"], None).await?;
     assert_eq!(l.code, 3, "{}", l.stderr);
-    assert!(l.stderr.contains("waiting for the gateway at ws://127.0.0.1:"), "progress line: {}", l.stderr);
+    assert!(l.stderr.contains(&format!("waiting for the gateway at ws://{ip}:{port}")), "progress line: {}", l.stderr);
     assert!(l.stderr.contains("hint: is pushmesh running?"), "{}", l.stderr);
     Ok(())
 }
@@ -205,7 +209,7 @@ async fn tokens_minted_by_the_cli_are_accepted_and_enforced() -> Result<()> {
     assert_eq!(p.code, 0, "{}", p.stderr);
     let out = l.finish().await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, "(direct): \"for alice\"\n");
+    assert_eq!(out.stdout, "(broadcast or direct): \"for alice\"\n");
 
     // A channel the token does not allow: refused, exit 1, with the fix.
     let r = run(&["listen", "--gateway", &gw, "--token", &token, "--channel", "news", "--timeout", "5s"], None).await?;
@@ -226,69 +230,184 @@ async fn tokens_minted_by_the_cli_are_accepted_and_enforced() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn dev_runs_the_whole_system_in_one_process_and_stops_on_sigterm() -> Result<()> {
-    let mut dev = pushmesh()
-        .args(["dev", "--hub-grpc-addr", "127.0.0.1:0", "--hub-admin-addr", "127.0.0.1:0"])
-        .args(["--gateway-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0", "--announce"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdout = BufReader::new(dev.stdout.take().expect("piped")).lines();
-    let line = tokio::time::timeout(WAIT, stdout.next_line()).await??.context("dev printed nothing")?;
-    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
-    let addr = |k: &str| v["listening"][k].as_str().unwrap_or_default().to_owned();
-    let (gw, api, admin) = (addr("gateway"), addr("ingress"), addr("admin"));
-    assert!(!gw.is_empty() && !api.is_empty() && !admin.is_empty(), "{line}");
-
-    // The banner comes once the gateway and ingress are ready.
-    let mut banner = String::new();
-    tokio::time::timeout(WAIT, async {
-        while let Some(l) = stdout.next_line().await? {
-            banner.push_str(&l);
-            banner.push('\n');
-            if l.starts_with("Ctrl-C stops") {
+/// The arguments of `pushmesh dev --help`'s "any free ports" example,
+/// exactly as a user would copy them.
+async fn free_ports_example() -> Result<Vec<String>> {
+    let help = run(&["dev", "--help"], None).await?;
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    // The example starts on the line that has `pushmesh dev --hub-grpc-addr`.
+    let all: Vec<&str> = help.stdout.lines().collect();
+    let first = all
+        .iter()
+        .position(|l| l.trim_start().starts_with("pushmesh dev --hub-grpc-addr"))
+        .with_context(|| format!("no free-ports example in pushmesh dev --help:\n{}", help.stdout))?;
+    let mut text = String::new();
+    for l in &all[first..] {
+        let l = l.split('#').next().unwrap_or_default().trim();
+        match l.strip_suffix('\\') {
+            Some(more) => text.push_str(more),
+            None => {
+                text.push_str(l);
                 break;
             }
         }
-        anyhow::Ok(())
-    })
-    .await
-    .context("no banner")??;
-    assert!(banner.contains(&format!("demo page   http://{gw}/?ingress=http://{api}")), "{banner}");
+        text.push(' ');
+    }
+    let args: Vec<String> = text.split_whitespace().skip(2).map(str::to_owned).collect();
+    assert!(args.contains(&"--announce".to_owned()), "the example announces its ports: {text}");
+    Ok(args)
+}
 
-    // It really works end to end, including the demo page and CORS for it.
-    let mut l = Listener::start(&["--gateway", &gw, "--channel", "news", "--count", "1", "--timeout", "10s"]).await?;
-    l.wait_for("subscribed to news").await?;
-    let p = run(&["publish", "--ingress", &api, "--channel", "news", "from dev"], None).await?;
+/// A `pushmesh dev` started with `args`: its announced addresses, once its
+/// banner said it is ready.
+struct Dev {
+    child: Child,
+    listening: serde_json::Value,
+    banner: String,
+}
+
+impl Dev {
+    async fn start(args: &[String]) -> Result<Dev> {
+        let mut child = pushmesh()
+            .arg("dev")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = tokio::time::timeout(WAIT, stdout.next_line()).await??.context("dev printed nothing")?;
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("announce line {line:?}"))?;
+        // The banner comes once the gateway and ingress are ready.
+        let mut banner = String::new();
+        tokio::time::timeout(WAIT, async {
+            while let Some(l) = stdout.next_line().await? {
+                banner.push_str(&l);
+                banner.push('\n');
+                if l.starts_with("Ctrl-C stops") {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("no banner")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        Ok(Dev { child, listening: v["listening"].clone(), banner })
+    }
+
+    fn addr(&self, k: &str) -> String {
+        let a = self.listening[k].as_str().unwrap_or_default().to_owned();
+        assert!(!a.is_empty(), "dev announced no {k:?}: {}", self.listening);
+        a
+    }
+
+    /// SIGTERM: exits 0 and says "stopped.".
+    async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status()?.success());
+        let status =
+            tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.context("dev did not stop")??;
+        let mut err = String::new();
+        self.child.stderr.take().expect("piped").read_to_string(&mut err).await?;
+        assert!(status.success(), "dev exits 0 on SIGTERM: {status:?}\n{err}");
+        assert!(err.contains("stopped."), "{err}");
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn two_devs_side_by_side_on_the_free_ports_of_the_help_example() -> Result<()> {
+    let args = free_ports_example().await?;
+    let a = Dev::start(&args).await?;
+    let b = Dev::start(&args).await?;
+    let ports = |d: &Dev| -> Vec<String> {
+        ["grpc", "admin", "gateway", "ingress", "ingress_grpc"].iter().map(|k| d.addr(k)).collect()
+    };
+    let (pa, pb) = (ports(&a), ports(&b));
+    for p in pa.iter().chain(&pb) {
+        assert!(!p.ends_with(":0") && p.starts_with("127.0.0.1:"), "a real bound port: {pa:?} {pb:?}");
+    }
+    assert!(pa.iter().all(|p| !pb.contains(p)), "no port shared: {pa:?} {pb:?}");
+
+    for dev in [&a, &b] {
+        let (gw, api, admin, api_grpc) =
+            (dev.addr("gateway"), dev.addr("ingress"), dev.addr("admin"), dev.addr("ingress_grpc"));
+        assert!(dev.banner.contains(&format!("demo page   http://{gw}/?ingress=http://{api}")), "{}", dev.banner);
+        assert!(dev.banner.contains(&format!("(gRPC API: {api_grpc})")), "{}", dev.banner);
+
+        // Each really works end to end, including the demo page and CORS for it.
+        let mut l =
+            Listener::start(&["--gateway", &gw, "--channel", "news", "--count", "1", "--timeout", "10s"]).await?;
+        l.wait_for("subscribed to news").await?;
+        let p = run(&["publish", "--ingress", &api, "--channel", "news", &format!("from dev {gw}")], None).await?;
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        let out = l.finish().await?;
+        assert_eq!(out.stdout, format!("news: \"from dev {gw}\"\n"), "{}", out.stderr);
+        let page = reqwest::get(format!("http://{gw}/")).await?;
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await?.contains("pushmesh"));
+        let preflight = reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("http://{api}/publish"))
+            .header("origin", format!("http://{gw}"))
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await?;
+        assert_eq!(
+            preflight.headers().get("access-control-allow-origin").and_then(|h| h.to_str().ok()),
+            Some(format!("http://{gw}").as_str()),
+            "the ingress allows the demo page's origin"
+        );
+        let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
+        assert!(metrics.contains("pushmesh_hub_publishes_total"), "hub admin serves metrics");
+        // The announced gRPC port is this dev's ingress gRPC API: it answers Stats.
+        let mut grpc = PushApiClient::connect(format!("http://{api_grpc}")).await?;
+        let stats = grpc.stats(ApiStatsRequest::default()).await?.into_inner();
+        assert_eq!(stats.gateways.len(), 1, "{stats:?}");
+    }
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn broadcasts_api_key_hints_and_a_gateway_that_is_not_ready() -> Result<()> {
+    let sys = System::start_with(1, 1, &[], &["--api-key", "right-key-0123456789"]).await?;
+    let gw = format!("ws://{}/ws", sys.gw(0));
+    let api = format!("http://{}", sys.api());
+
+    // A broadcast is labelled as one of the channel-less deliveries, not as "(direct)".
+    let mut l = Listener::start(&["--gateway", &gw, "--count", "1", "--timeout", "10s"]).await?;
+    l.wait_for("no --channel").await?;
+    let p =
+        run(&["publish", "--ingress", &api, "--api-key", "right-key-0123456789", "--broadcast", "all"], None).await?;
     assert_eq!(p.code, 0, "{}", p.stderr);
     let out = l.finish().await?;
-    assert_eq!(out.stdout, "news: \"from dev\"\n", "{}", out.stderr);
-    let page = reqwest::get(format!("http://{gw}/")).await?;
-    assert_eq!(page.status(), 200);
-    assert!(page.text().await?.contains("pushmesh"));
-    let preflight = reqwest::Client::new()
-        .request(reqwest::Method::OPTIONS, format!("http://{api}/publish"))
-        .header("origin", format!("http://{gw}"))
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
-        .send()
-        .await?;
-    assert_eq!(
-        preflight.headers().get("access-control-allow-origin").and_then(|h| h.to_str().ok()),
-        Some(format!("http://{gw}").as_str()),
-        "the ingress allows the demo page's origin"
-    );
-    let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
-    assert!(metrics.contains("pushmesh_hub_publishes_total"), "hub admin serves metrics");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "(broadcast or direct): \"all\"\n");
 
-    let pid = dev.id().expect("running").to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status()?.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), dev.wait()).await.context("dev did not stop")??;
-    let mut err = String::new();
-    dev.stderr.take().expect("piped").read_to_string(&mut err).await?;
-    assert!(status.success(), "dev exits 0 on SIGTERM: {status:?}\n{err}");
-    assert!(err.contains("stopped."), "{err}");
+    // No key: the hint says to pass one.
+    let none = run(&["publish", "--ingress", &api, "--broadcast", "x"], None).await?;
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    assert!(none.stderr.contains("hint: this ingress requires an API key: pass --api-key"), "{}", none.stderr);
+    // A wrong key: the hint says the key given was refused, not "pass --api-key".
+    let wrong =
+        run(&["publish", "--ingress", &api, "--api-key", "wrong-key-0123456789", "--broadcast", "x"], None).await?;
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("did not accept the API key given"), "{}", wrong.stderr);
+    assert!(!wrong.stderr.contains("pass --api-key"), "{}", wrong.stderr);
+
+    // A gateway with no hub to attach to is up but not ready (503 on the
+    // upgrade): listen keeps trying for --connect-timeout, then exits 3 as
+    // its help says, with the gateway's reason.
+    let unready = pushmesh_tests::gateway(&["http://127.0.0.1:1".to_owned()], &[]).await?;
+    let u = run(
+        &["listen", "--gateway", &format!("ws://{}/ws", unready.addr("http")), "--connect-timeout", "1500ms"],
+        None,
+    )
+    .await?;
+    assert_eq!(u.code, 3, "{}", u.stderr);
+    assert!(u.stderr.contains("HTTP 503: this gateway is not attached to any hub yet"), "{}", u.stderr);
     Ok(())
 }

@@ -38,6 +38,8 @@ pub enum NameError {
     UserChar(char),
     #[error("connection id {0:?} is malformed; expected <gateway>:<number> as sent in the welcome frame")]
     Connection(String),
+    #[error("topic {0:?} is malformed; expected b, c:<channel>, u:<user> or g:<gateway>")]
+    Topic(String),
 }
 
 fn channel_char_ok(c: char) -> bool {
@@ -94,6 +96,14 @@ impl Channel {
     }
 }
 
+/// Looked up by name in maps keyed by `Channel` (the derived `Hash` is the
+/// name's own, so this is sound).
+impl std::borrow::Borrow<str> for Channel {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -123,6 +133,12 @@ impl UserId {
     /// The hub topic that carries sends to this user.
     pub fn topic(&self) -> String {
         format!("{}{}", topic::USER_PREFIX, self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -217,8 +233,79 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Hub topic names. The hub routes on them as opaque strings; only the
-/// services at the edges build and read them, through these helpers.
+/// What a hub routes on: the target of a publish, and what a gateway
+/// subscribes to. Parsed (and its names validated) once where it enters a
+/// service; on the wire it is a short string (`b`, `c:<channel>`,
+/// `u:<user>`, `g:<gateway>`), see `topic`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Every gateway subscribes to it; broadcasts travel on it.
+    Broadcast,
+    Channel(Channel),
+    User(UserId),
+    /// A gateway's own topic: direct sends to one of its connections.
+    Gateway(GatewayId),
+}
+
+impl Topic {
+    /// Parse and validate a wire topic.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match TopicRef::of(s) {
+            TopicRef::Broadcast => Ok(Self::Broadcast),
+            TopicRef::Channel(c) => Channel::new(c).map(Self::Channel),
+            TopicRef::User(u) => UserId::new(u).map(Self::User),
+            TopicRef::Gateway(g) => GatewayId::new(g).map(Self::Gateway),
+            TopicRef::Unknown(t) => Err(NameError::Topic(truncate(t, 80))),
+        }
+    }
+
+    /// The topic as it travels between the services.
+    pub fn wire(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Broadcast => f.write_str(topic::BROADCAST),
+            Self::Channel(c) => write!(f, "{}{c}", topic::CHANNEL_PREFIX),
+            Self::User(u) => write!(f, "{}{u}", topic::USER_PREFIX),
+            Self::Gateway(g) => write!(f, "{}{g}", topic::GATEWAY_PREFIX),
+        }
+    }
+}
+
+/// A wire topic seen without copying or validating it: for the per-delivery
+/// path, where the topic was validated by whoever built the delivery and
+/// is only used to look up local recipients (an unknown name finds none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRef<'a> {
+    Broadcast,
+    Channel(&'a str),
+    User(&'a str),
+    Gateway(&'a str),
+    Unknown(&'a str),
+}
+
+impl<'a> TopicRef<'a> {
+    pub fn of(s: &'a str) -> Self {
+        if s == topic::BROADCAST {
+            Self::Broadcast
+        } else if let Some(c) = s.strip_prefix(topic::CHANNEL_PREFIX) {
+            Self::Channel(c)
+        } else if let Some(u) = s.strip_prefix(topic::USER_PREFIX) {
+            Self::User(u)
+        } else if let Some(g) = s.strip_prefix(topic::GATEWAY_PREFIX) {
+            Self::Gateway(g)
+        } else {
+            Self::Unknown(s)
+        }
+    }
+}
+
+/// Hub topic names on the wire. Services build and read them through
+/// `Topic` and `TopicRef`, never by hand.
 pub mod topic {
     /// Every gateway subscribes to it; broadcasts travel on it.
     pub const BROADCAST: &str = "b";
@@ -253,6 +340,19 @@ mod tests {
         assert!(ConnectionId::parse("gw:notanumber").is_err());
         assert!(ConnectionId::parse(":1").is_err());
         assert!(ConnectionId::parse("g w:1").is_err());
+    }
+
+    #[test]
+    fn topics_round_trip_and_are_validated() {
+        for wire in ["b", "c:news", "u:alice", "g:gw-1"] {
+            assert_eq!(Topic::parse(wire).unwrap().wire(), wire);
+        }
+        assert_eq!(Topic::parse("c:news").unwrap(), Topic::Channel(Channel::new("news").unwrap()));
+        assert!(matches!(Topic::parse("c:a b"), Err(NameError::ChannelChar(' '))));
+        assert!(matches!(Topic::parse("x:1"), Err(NameError::Topic(_))));
+        assert_eq!(TopicRef::of("c:news"), TopicRef::Channel("news"));
+        assert_eq!(TopicRef::of("g:gw"), TopicRef::Gateway("gw"));
+        assert_eq!(TopicRef::of("zz"), TopicRef::Unknown("zz"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Logging: `tracing` with a human format for terminals and JSON for
 //! clusters (where logs are collected and parsed). The filter comes from
-//! `--log` / `PUSHMESH_LOG` in `RUST_LOG` syntax.
+//! `--log` / `PUSHMESH_LOG` in `RUST_LOG` syntax. Colours only when stderr
+//! is a terminal: a log redirected to a file (`make run`, tests, systemd)
+//! stays plain text that grep and editors read.
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,7 +28,8 @@ impl std::str::FromStr for LogFormat {
 pub fn init(filter: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -1,25 +1,27 @@
 //! The server API's commands, independent of the transport: each parses and
-//! validates its input, calls the hubs, and answers a JSON value or an
-//! `ApiError`. The HTTP routes (and `/batch`) are thin adapters over these.
+//! validates its input, calls the hubs, and answers a typed result or an
+//! `ApiError`. The HTTP routes serialise the results as JSON (the shapes in
+//! docs/api.md); the gRPC adapter maps the same structs field by field, so
+//! a renamed field is a compile error, not a silent 0.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
-use pushmesh_common::ids::{Channel, ConnectionId, UserId, topic};
+use pushmesh_common::ids::{Channel, ConnectionId, Topic, UserId};
 use pushmesh_common::proto::{
     Broadcast, ConnectionChannel, Disconnect, HistoryRequest, PublishRequest, QueryOp, QueryRequest, QueryResponse,
     StatsQuery, publish_request::Target, query_op,
 };
 
-use crate::error::ApiError;
-use crate::hubs::{HubPool, PublishError};
+use crate::error::{ApiError, ErrorBody};
+use crate::hubs::PublishError;
 use crate::metrics::IngressMetrics;
+use crate::relay::Relays;
 
 /// Presence lists are cut to this many entries unless `limit` says fewer.
 pub const DEFAULT_PRESENCE_LIMIT: u32 = 100;
@@ -28,8 +30,132 @@ pub const DEFAULT_PRESENCE_LIMIT: u32 = 100;
 const PRESENCE_SCAN: u32 = 10_000;
 
 pub struct Commands {
-    pub hubs: Arc<HubPool>,
+    pub hubs: Arc<Relays>,
     pub metrics: IngressMetrics,
+}
+
+// Results. Each serialises to the JSON docs/api.md shows.
+
+/// The `"ok": true` of a success answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct True;
+
+impl Serialize for True {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(true)
+    }
+}
+
+/// A publish, broadcast or send a hub accepted.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Published {
+    pub ok: True,
+    /// Gateway streams the message was queued to.
+    pub gateways: u32,
+    /// Channel publishes: the message's stream position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The idempotency key matched an earlier publish: nothing was sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A command that answers nothing but success.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Done {
+    pub ok: True,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Disconnected {
+    pub ok: True,
+    pub disconnected: u32,
+    /// A user's connections: whether some gateway did not answer in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientEntry {
+    pub connection: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    pub channel: String,
+    pub connections: u64,
+    pub users: u64,
+    pub clients: Vec<ClientEntry>,
+    pub partial: bool,
+}
+
+/// One kept message of a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryMessage {
+    pub offset: u64,
+    /// The published JSON value, as it was published.
+    pub data: Box<RawValue>,
+}
+
+/// A channel's kept messages (`GET /history`).
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub channel: String,
+    /// The stream's epoch and current offset (empty epoch: no stream).
+    pub epoch: String,
+    pub offset: u64,
+    /// With `since`: whether `messages` are exactly those after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    pub messages: Vec<HistoryMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GatewayStats {
+    pub gateway: String,
+    pub connections: u64,
+    pub channels: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: u64,
+    pub channels: u64,
+    pub gateways: Vec<GatewayStats>,
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserPresence {
+    pub user: String,
+    pub online: bool,
+    pub connections: Vec<String>,
+    pub partial: bool,
+}
+
+/// What one command of a batch answered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Outcome {
+    Published(Published),
+    Done(Done),
+    Disconnected(Disconnected),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Ok(Outcome),
+    Err(ErrorBody),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResults {
+    pub results: Vec<BatchItem>,
 }
 
 // Bodies. `deny_unknown_fields` turns a typo into an error instead of a
@@ -141,7 +267,7 @@ fn one_of(connection: Option<String>, user: Option<String>, what: &str) -> Resul
 }
 
 impl Commands {
-    pub async fn publish(&self, b: PublishBody) -> Result<Value, ApiError> {
+    pub async fn publish(&self, b: PublishBody) -> Result<Published, ApiError> {
         let ch = channel(b.channel)?;
         let idempotency_key = b.idempotency_key.unwrap_or_default();
         if idempotency_key.len() > 128 {
@@ -153,10 +279,10 @@ impl Commands {
             idempotency_key,
             ..Default::default()
         };
-        self.route(&ch.topic(), "channel", req).await
+        self.route(&Topic::Channel(ch), "channel", req).await
     }
 
-    pub async fn broadcast(&self, b: BroadcastBody) -> Result<Value, ApiError> {
+    pub async fn broadcast(&self, b: BroadcastBody) -> Result<Published, ApiError> {
         let exclude = exclude_list(&b.exclude)?;
         let req = PublishRequest {
             target: Some(Target::Broadcast(Broadcast {})),
@@ -164,10 +290,10 @@ impl Commands {
             exclude,
             ..Default::default()
         };
-        self.route(topic::BROADCAST, "broadcast", req).await
+        self.route(&Topic::Broadcast, "broadcast", req).await
     }
 
-    pub async fn send(&self, b: SendBody) -> Result<Value, ApiError> {
+    pub async fn send(&self, b: SendBody) -> Result<Published, ApiError> {
         let exclude = exclude_list(&b.exclude)?;
         match one_of(b.connection, b.user, "send")? {
             Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)?).await,
@@ -179,13 +305,13 @@ impl Commands {
                     exclude,
                     ..Default::default()
                 };
-                self.route(&u.topic(), "user", req).await
+                self.route(&Topic::User(u), "user", req).await
             }
             _ => unreachable!("one_of returns connection or user"),
         }
     }
 
-    pub async fn send_to_connection(&self, conn: &str, data: Bytes) -> Result<Value, ApiError> {
+    pub async fn send_to_connection(&self, conn: &str, data: Bytes) -> Result<Published, ApiError> {
         let id = connection(conn)?;
         let req = PublishRequest {
             target: Some(Target::Connection(id.to_string())),
@@ -193,20 +319,20 @@ impl Commands {
             exclude: Vec::new(),
             ..Default::default()
         };
-        self.route(&id.gateway().topic(), "connection", req).await
+        self.route(&Topic::Gateway(id.gateway().clone()), "connection", req).await
     }
 
-    pub async fn broadcast_data(&self, data: Bytes) -> Result<Value, ApiError> {
+    pub async fn broadcast_data(&self, data: Bytes) -> Result<Published, ApiError> {
         let req = PublishRequest {
             target: Some(Target::Broadcast(Broadcast {})),
             data,
             exclude: Vec::new(),
             ..Default::default()
         };
-        self.route(topic::BROADCAST, "broadcast", req).await
+        self.route(&Topic::Broadcast, "broadcast", req).await
     }
 
-    pub async fn subscribe(&self, b: MembershipBody, subscribe: bool) -> Result<Value, ApiError> {
+    pub async fn subscribe(&self, b: MembershipBody, subscribe: bool) -> Result<Done, ApiError> {
         let id = connection(&b.connection)?;
         let ch = channel(b.channel)?;
         let cc = ConnectionChannel { connection: id.to_string(), channel: ch.as_str().to_owned() };
@@ -216,10 +342,10 @@ impl Commands {
         if reply.matched == 0 {
             return Err(ApiError::UnknownConnection(format!("connection {id} is not connected")));
         }
-        Ok(json!({ "ok": true }))
+        Ok(Done { ok: True })
     }
 
-    pub async fn disconnect(&self, b: DisconnectBody) -> Result<Value, ApiError> {
+    pub async fn disconnect(&self, b: DisconnectBody) -> Result<Disconnected, ApiError> {
         let code = b.code.unwrap_or(4000);
         if !(4000..5000).contains(&code) {
             return Err(ApiError::InvalidRequest(format!("code {code} is out of range; use 4000 to 4999")));
@@ -237,20 +363,20 @@ impl Commands {
                 if reply.matched == 0 {
                     return Err(ApiError::UnknownConnection(format!("connection {id} is not connected")));
                 }
-                Ok(json!({ "ok": true, "disconnected": reply.matched }))
+                Ok(Disconnected { ok: True, disconnected: reply.matched, partial: None })
             }
             Target::User(u) => {
                 let u = user(u)?;
                 let d = Disconnect { connection: String::new(), user: u.to_string(), code, reason };
                 let resp = self.ask(None, query_op::Op::Disconnect(d), 0).await?;
                 let n: u32 = resp.answers.iter().filter_map(|a| a.reply.as_ref()).map(|r| r.matched).sum();
-                Ok(json!({ "ok": true, "disconnected": n, "partial": partial(&resp) }))
+                Ok(Disconnected { ok: True, disconnected: n, partial: Some(partial(&resp)) })
             }
             _ => unreachable!("one_of returns connection or user"),
         }
     }
 
-    pub async fn presence(&self, name: String, limit: Option<u32>) -> Result<Value, ApiError> {
+    pub async fn presence(&self, name: String, limit: Option<u32>) -> Result<Presence, ApiError> {
         let ch = channel(name)?;
         let limit = limit.unwrap_or(DEFAULT_PRESENCE_LIMIT);
         let resp = self.ask(None, query_op::Op::Presence(ch.as_str().to_owned()), PRESENCE_SCAN).await?;
@@ -264,21 +390,18 @@ impl Commands {
                     users.insert(c.user.clone());
                 }
                 if clients.len() < limit as usize {
-                    let mut entry = json!({ "connection": c.connection });
-                    if !c.user.is_empty() {
-                        entry["user"] = json!(c.user);
-                    }
-                    clients.push(entry);
+                    let user = (!c.user.is_empty()).then(|| c.user.clone());
+                    clients.push(ClientEntry { connection: c.connection.clone(), user });
                 }
             }
         }
-        Ok(json!({
-            "channel": ch.as_str(),
-            "connections": connections,
-            "users": users.len(),
-            "clients": clients,
-            "partial": partial(&resp),
-        }))
+        Ok(Presence {
+            channel: ch.as_str().to_owned(),
+            connections,
+            users: users.len() as u64,
+            clients,
+            partial: partial(&resp),
+        })
     }
 
     /// A channel's kept messages after `since` (or from the oldest kept),
@@ -288,7 +411,7 @@ impl Commands {
         name: String,
         since: Option<(String, u64)>,
         limit: Option<u32>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<History, ApiError> {
         let ch = channel(name)?;
         let req = HistoryRequest {
             channel: ch.as_str().to_owned(),
@@ -297,24 +420,29 @@ impl Commands {
             epoch: since.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
             offset: since.as_ref().map_or(0, |s| s.1),
         };
-        let resp = self.hubs.history(&ch.topic(), req).await?;
-        let messages: Vec<Value> = resp
+        let resp = self.hubs.pool().history(&Topic::Channel(ch.clone()).wire(), req).await?;
+        let messages = resp
             .messages
-            .iter()
+            .into_iter()
             .map(|d| {
-                let data = serde_json::from_slice::<Value>(&d.data)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into_owned()));
-                json!({ "offset": d.offset, "data": data })
+                // Validated JSON when it was published; kept as it came.
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                let data = RawValue::from_string(text.clone())
+                    .or_else(|_| RawValue::from_string(serde_json::Value::String(text).to_string()))
+                    .map_err(|e| ApiError::Internal(format!("history entry {} is not JSON: {e}", d.offset)))?;
+                Ok(HistoryMessage { offset: d.offset, data })
             })
-            .collect();
-        let mut v = json!({ "channel": ch.as_str(), "epoch": resp.epoch, "offset": resp.top, "messages": messages });
-        if since.is_some() {
-            v["recovered"] = json!(resp.recovered);
-        }
-        Ok(v)
+            .collect::<Result<_, ApiError>>()?;
+        Ok(History {
+            channel: ch.as_str().to_owned(),
+            epoch: resp.epoch,
+            offset: resp.top,
+            recovered: since.is_some().then_some(resp.recovered),
+            messages,
+        })
     }
 
-    pub async fn stats(&self) -> Result<Value, ApiError> {
+    pub async fn stats(&self) -> Result<Stats, ApiError> {
         let resp = self.ask(None, query_op::Op::Stats(StatsQuery {}), 0).await?;
         let mut total = 0u64;
         let mut channels = HashSet::new();
@@ -323,39 +451,48 @@ impl Commands {
             let Some(r) = &a.reply else { continue };
             total += u64::from(r.connections);
             channels.extend(r.channels.iter().cloned());
-            gateways.push(json!({ "gateway": a.gateway, "connections": r.connections, "channels": r.channels.len() }));
+            gateways.push(GatewayStats {
+                gateway: a.gateway.clone(),
+                connections: u64::from(r.connections),
+                channels: r.channels.len() as u64,
+            });
         }
-        gateways.sort_by(|a, b| a["gateway"].as_str().cmp(&b["gateway"].as_str()));
-        Ok(json!({ "connections": total, "channels": channels.len(), "gateways": gateways, "partial": partial(&resp) }))
+        gateways.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+        Ok(Stats { connections: total, channels: channels.len() as u64, gateways, partial: partial(&resp) })
     }
 
-    pub async fn user(&self, id: String) -> Result<Value, ApiError> {
+    pub async fn user(&self, id: String) -> Result<UserPresence, ApiError> {
         let u = user(id)?;
         let resp = self.ask(None, query_op::Op::UserConnections(u.to_string()), PRESENCE_SCAN).await?;
-        let mut conns: Vec<&str> = resp
+        let mut connections: Vec<String> = resp
             .answers
             .iter()
             .filter_map(|a| a.reply.as_ref())
-            .flat_map(|r| r.clients.iter().map(|c| c.connection.as_str()))
+            .flat_map(|r| r.clients.iter().map(|c| c.connection.clone()))
             .collect();
-        conns.sort_unstable();
-        Ok(json!({ "user": u.as_str(), "online": !conns.is_empty(), "connections": conns, "partial": partial(&resp) }))
+        connections.sort_unstable();
+        Ok(UserPresence {
+            user: u.as_str().to_owned(),
+            online: !connections.is_empty(),
+            connections,
+            partial: partial(&resp),
+        })
     }
 
     /// One command of a `/batch`, dispatched on its `op`.
-    pub async fn batch_one(&self, raw: &RawValue, admin: bool) -> Result<Value, ApiError> {
+    pub async fn batch_one(&self, raw: &RawValue, admin: bool) -> Result<Outcome, ApiError> {
         let body = raw.get().as_bytes();
         let OpOnly { op } = parse(body)?;
         if !admin && matches!(op.as_deref(), Some("subscribe" | "unsubscribe" | "disconnect")) {
             return Err(ApiError::Forbidden(format!("op {:?} needs an admin key", op.unwrap_or_default())));
         }
         match op.as_deref() {
-            Some("publish") => self.publish(parse(body)?).await,
-            Some("broadcast") => self.broadcast(parse(body)?).await,
-            Some("send") => self.send(parse(body)?).await,
-            Some("subscribe") => self.subscribe(parse(body)?, true).await,
-            Some("unsubscribe") => self.subscribe(parse(body)?, false).await,
-            Some("disconnect") => self.disconnect(parse(body)?).await,
+            Some("publish") => self.publish(parse(body)?).await.map(Outcome::Published),
+            Some("broadcast") => self.broadcast(parse(body)?).await.map(Outcome::Published),
+            Some("send") => self.send(parse(body)?).await.map(Outcome::Published),
+            Some("subscribe") => self.subscribe(parse(body)?, true).await.map(Outcome::Done),
+            Some("unsubscribe") => self.subscribe(parse(body)?, false).await.map(Outcome::Done),
+            Some("disconnect") => self.disconnect(parse(body)?).await.map(Outcome::Disconnected),
             Some(other) => Err(ApiError::InvalidRequest(format!(
                 "unknown op {:?}; expected publish, broadcast, send, subscribe, unsubscribe or disconnect",
                 pushmesh_common::ids::truncate(other, 40)
@@ -364,21 +501,33 @@ impl Commands {
         }
     }
 
+    /// Every command of a `/batch`, in order; a bad one fails alone.
+    pub async fn batch(&self, commands: Vec<&RawValue>, admin: bool) -> BatchResults {
+        let mut results = Vec::with_capacity(commands.len());
+        for raw in commands {
+            results.push(match self.batch_one(raw, admin).await {
+                Ok(v) => BatchItem::Ok(v),
+                Err(e) => BatchItem::Err(e.body()),
+            });
+        }
+        BatchResults { results }
+    }
+
     /// Publish through the hubs, with the metrics every publish records.
-    async fn route(&self, key: &str, target: &'static str, req: PublishRequest) -> Result<Value, ApiError> {
+    async fn route(&self, to: &Topic, target: &'static str, req: PublishRequest) -> Result<Published, ApiError> {
         let started = Instant::now();
-        let (label, out) = match self.hubs.publish(key, req).await {
+        let (label, out) = match self.hubs.publish(&to.wire(), req).await {
             Ok(resp) => {
                 self.metrics.publish_duration.with_label_values(&[target]).observe(started.elapsed().as_secs_f64());
-                let mut v = json!({ "ok": true, "gateways": resp.gateways });
-                if !resp.epoch.is_empty() {
-                    v["epoch"] = json!(resp.epoch);
-                    v["offset"] = json!(resp.offset);
-                }
-                if resp.duplicate {
-                    v["duplicate"] = json!(true);
-                }
-                ("ok", Ok(v))
+                let positioned = !resp.epoch.is_empty();
+                let published = Published {
+                    ok: True,
+                    gateways: resp.gateways,
+                    offset: positioned.then_some(resp.offset),
+                    epoch: positioned.then_some(resp.epoch),
+                    duplicate: resp.duplicate,
+                };
+                ("ok", Ok(published))
             }
             Err(e) => {
                 let label = if matches!(e, PublishError::Unavailable(_)) { "unavailable" } else { "rejected" };
@@ -392,11 +541,11 @@ impl Commands {
     /// Ask one connection's gateway, or every gateway.
     async fn ask(&self, owner: Option<&ConnectionId>, op: query_op::Op, limit: u32) -> Result<QueryResponse, ApiError> {
         let (key, gateway) = match owner {
-            Some(id) => (id.gateway().topic(), id.gateway().to_string()),
-            None => (topic::BROADCAST.to_owned(), String::new()),
+            Some(id) => (Topic::Gateway(id.gateway().clone()), id.gateway().to_string()),
+            None => (Topic::Broadcast, String::new()),
         };
         let req = QueryRequest { op: Some(QueryOp { op: Some(op) }), gateway, limit };
-        Ok(self.hubs.query(&key, req).await?)
+        Ok(self.hubs.pool().query(&key.wire(), req).await?)
     }
 }
 
@@ -427,6 +576,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Rejected(status) => ApiError::InvalidRequest(status.message().to_owned()),
+            PublishError::TooLarge(msg) => ApiError::MessageTooLarge(msg),
             PublishError::NotFound(msg) => ApiError::UnknownConnection(msg),
             PublishError::Unavailable(msg) => ApiError::Unavailable(format!("no hub accepted the request: {msg}")),
         }

@@ -1,5 +1,5 @@
-//! Every way an API request can fail, mapped once to an HTTP status and
-//! the JSON body `{"error":{"code":"…","message":"…"}}`.
+//! Every way an API request can fail, mapped once to an HTTP status, a
+//! gRPC code and the JSON body `{"error":{"code":"…","message":"…"}}`.
 
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -22,7 +22,12 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
-    #[error("unsupported content type {0:?}; send application/json")]
+    /// The body fit, but the message is more than the hubs take.
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error(
+        "unsupported content type {0:?}; send the body as JSON with Content-Type: application/json (curl --json '{{…}}' URL)"
+    )]
     UnsupportedMediaType(String),
     #[error("{0}")]
     LimitExceeded(String),
@@ -46,7 +51,7 @@ impl ApiError {
             Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidChannel(_) => StatusCode::BAD_REQUEST,
             Self::UnknownConnection(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::LimitExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -64,7 +69,7 @@ impl ApiError {
             Self::UnknownConnection(_) => "unknown_connection",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unauthorized(_) => "unauthorized",
@@ -73,6 +78,34 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// The gRPC status code for the same failure.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::MalformedJson(_)
+            | Self::InvalidRequest(_)
+            | Self::InvalidChannel(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::MethodNotAllowed(_) => Code::InvalidArgument,
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) | Self::LimitExceeded(_) | Self::RateLimited(_) => {
+                Code::ResourceExhausted
+            }
+            Self::UnknownConnection(_) | Self::NotFound(_) => Code::NotFound,
+            Self::Unauthorized(_) => Code::Unauthenticated,
+            Self::Forbidden(_) => Code::PermissionDenied,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The gRPC status: the HTTP API's message, and its error code in the
+    /// `pushmesh-error-code` metadata.
+    pub fn into_status(self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        status.metadata_mut().insert("pushmesh-error-code", tonic::metadata::MetadataValue::from_static(self.code()));
+        status
     }
 
     /// Classify a serde error: broken JSON vs. JSON of the wrong shape.
@@ -85,8 +118,8 @@ impl ApiError {
     }
 
     /// `{"error":{"code":…,"message":…}}`
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } }
     }
 
     pub fn into_response(self) -> Response {
@@ -107,6 +140,18 @@ impl ApiError {
         }
         resp
     }
+}
+
+/// The JSON body of an error.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
 }
 
 use warp::Reply as _;

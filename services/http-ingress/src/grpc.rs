@@ -1,11 +1,11 @@
 //! The server API as gRPC (`pushmesh.v1.PushApi`): each RPC builds the same
-//! body the HTTP route parses and calls the same `Commands` method, so the
-//! two transports cannot drift apart. Errors become gRPC statuses carrying
+//! body the HTTP route parses, passes the same access check and calls the
+//! same `Commands` method, so the two transports cannot drift apart; the
+//! typed results map field by field. Errors become gRPC statuses carrying
 //! the HTTP API's message, with its error code in `pushmesh-error-code`.
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 use tonic::{Request, Response, Status};
 
@@ -16,10 +16,11 @@ use pushmesh_common::proto::{
     ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse, ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
 };
 
-use crate::commands::{BroadcastBody, DisconnectBody, MembershipBody, PublishBody, SendBody};
+use crate::access::Transport;
+use crate::commands::{BroadcastBody, DisconnectBody, MembershipBody, PublishBody, Published, SendBody};
 use crate::error::ApiError;
-use crate::keys::{KeyError, Scope};
-use crate::routes::State;
+use crate::keys::Scope;
+use crate::state::State;
 
 pub struct GrpcApi {
     state: Arc<State>,
@@ -30,34 +31,24 @@ impl GrpcApi {
         Self { state }
     }
 
-    fn authorize<T>(&self, req: &Request<T>, needs: Scope) -> Result<(), Status> {
-        let Some(keys) = &self.state.keys else { return Ok(()) };
+    /// The HTTP API's checks, in the same order: rate limit (per client IP),
+    /// API key, then size (the request's encoded size against
+    /// `--max-body-bytes`; tonic's own decoding limit sits a little above it
+    /// so an oversized request gets this clear 413-like error).
+    fn authorize<T: prost::Message>(&self, req: &Request<T>, needs: Scope) -> Result<(), Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        keys.check(header, needs).map(|_| ()).map_err(|e| match e {
-            KeyError::Missing => to_status(ApiError::Unauthorized(
-                "missing API key: send the metadata authorization: Bearer <key>".to_owned(),
-            )),
-            KeyError::Invalid => to_status(ApiError::Unauthorized("invalid API key".to_owned())),
-            KeyError::Forbidden => to_status(ApiError::Forbidden("this RPC needs an admin key".to_owned())),
-        })
+        let peer = req.remote_addr().map(|a| a.ip());
+        self.state.access.check(header, peer, needs, Transport::Grpc).map_err(ApiError::into_status)?;
+        let limit = self.state.access.max_body;
+        if req.get_ref().encoded_len() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge { limit }.into_status());
+        }
+        Ok(())
     }
 }
 
 fn to_status(e: ApiError) -> Status {
-    let code = match e.status().as_u16() {
-        400 | 413 | 415 => tonic::Code::InvalidArgument,
-        401 => tonic::Code::Unauthenticated,
-        403 => tonic::Code::PermissionDenied,
-        404 => tonic::Code::NotFound,
-        429 => tonic::Code::ResourceExhausted,
-        503 => tonic::Code::Unavailable,
-        _ => tonic::Code::Internal,
-    };
-    let mut status = Status::new(code, e.to_string());
-    if let Ok(v) = e.code().parse() {
-        status.metadata_mut().insert("pushmesh-error-code", v);
-    }
-    status
+    e.into_status()
 }
 
 fn data(json: String) -> Result<Box<RawValue>, Status> {
@@ -69,12 +60,12 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn published(v: Value) -> ApiPublishResponse {
+fn published(p: Published) -> ApiPublishResponse {
     ApiPublishResponse {
-        gateways: v["gateways"].as_u64().unwrap_or(0) as u32,
-        epoch: v["epoch"].as_str().unwrap_or_default().to_owned(),
-        offset: v["offset"].as_u64().unwrap_or(0),
-        duplicate: v["duplicate"].as_bool().unwrap_or(false),
+        gateways: p.gateways,
+        epoch: p.epoch.unwrap_or_default(),
+        offset: p.offset.unwrap_or(0),
+        duplicate: p.duplicate,
     }
 }
 
@@ -141,57 +132,39 @@ impl PushApi for GrpcApi {
             reason: opt(r.reason),
             _op: None,
         };
-        let v = self.state.commands.disconnect(body).await.map_err(to_status)?;
-        Ok(Response::new(ApiDisconnectResponse {
-            disconnected: v["disconnected"].as_u64().unwrap_or(0) as u32,
-            partial: v["partial"].as_bool().unwrap_or(false),
-        }))
+        let d = self.state.commands.disconnect(body).await.map_err(to_status)?;
+        Ok(Response::new(ApiDisconnectResponse { disconnected: d.disconnected, partial: d.partial.unwrap_or(false) }))
     }
 
     async fn presence(&self, req: Request<ApiPresenceRequest>) -> Result<Response<ApiPresenceResponse>, Status> {
         self.authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let limit = (r.limit != 0).then_some(r.limit.min(10_000));
-        let v = self.state.commands.presence(r.channel, limit).await.map_err(to_status)?;
-        let clients = v["clients"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| ApiClient {
-                        connection: c["connection"].as_str().unwrap_or_default().to_owned(),
-                        user: c["user"].as_str().unwrap_or_default().to_owned(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let p = self.state.commands.presence(r.channel, limit).await.map_err(to_status)?;
         Ok(Response::new(ApiPresenceResponse {
-            connections: v["connections"].as_u64().unwrap_or(0),
-            users: v["users"].as_u64().unwrap_or(0),
-            clients,
-            partial: v["partial"].as_bool().unwrap_or(false),
+            connections: p.connections,
+            users: p.users,
+            clients: p
+                .clients
+                .into_iter()
+                .map(|c| ApiClient { connection: c.connection, user: c.user.unwrap_or_default() })
+                .collect(),
+            partial: p.partial,
         }))
     }
 
     async fn stats(&self, req: Request<ApiStatsRequest>) -> Result<Response<ApiStatsResponse>, Status> {
         self.authorize(&req, Scope::Admin)?;
-        let v = self.state.commands.stats().await.map_err(to_status)?;
-        let gateways = v["gateways"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|g| ApiGatewayStats {
-                        gateway: g["gateway"].as_str().unwrap_or_default().to_owned(),
-                        connections: g["connections"].as_u64().unwrap_or(0),
-                        channels: g["channels"].as_u64().unwrap_or(0),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let s = self.state.commands.stats().await.map_err(to_status)?;
         Ok(Response::new(ApiStatsResponse {
-            connections: v["connections"].as_u64().unwrap_or(0),
-            channels: v["channels"].as_u64().unwrap_or(0),
-            gateways,
-            partial: v["partial"].as_bool().unwrap_or(false),
+            connections: s.connections,
+            channels: s.channels,
+            gateways: s
+                .gateways
+                .into_iter()
+                .map(|g| ApiGatewayStats { gateway: g.gateway, connections: g.connections, channels: g.channels })
+                .collect(),
+            partial: s.partial,
         }))
     }
 
@@ -208,24 +181,16 @@ impl PushApi for GrpcApi {
         if since.as_ref().is_some_and(|s| s.0.is_empty()) {
             return Err(to_status(ApiError::InvalidRequest("since.epoch is empty".to_owned())));
         }
-        let with_since = since.is_some();
-        let v = self.state.commands.history(r.channel, since, Some(r.limit)).await.map_err(to_status)?;
-        let messages = v["messages"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| ApiHistoryMessage {
-                        offset: m["offset"].as_u64().unwrap_or(0),
-                        data_json: m["data"].to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let h = self.state.commands.history(r.channel, since, Some(r.limit)).await.map_err(to_status)?;
         Ok(Response::new(ApiHistoryResponse {
-            epoch: v["epoch"].as_str().unwrap_or_default().to_owned(),
-            offset: v["offset"].as_u64().unwrap_or(0),
-            recovered: !with_since || v["recovered"].as_bool().unwrap_or(false),
-            messages,
+            epoch: h.epoch,
+            offset: h.offset,
+            recovered: h.recovered.unwrap_or(true),
+            messages: h
+                .messages
+                .into_iter()
+                .map(|m| ApiHistoryMessage { offset: m.offset, data_json: m.data.get().to_owned() })
+                .collect(),
         }))
     }
 }

@@ -1,9 +1,13 @@
-//! pushmesh http-ingress: the HTTP API backends publish through.
+//! pushmesh http-ingress: the HTTP API backends publish through, and the
+//! same API over gRPC.
 //!
-//! `routes` is the API (one function per route), `error` maps every failure
-//! to a status and a JSON error once, `hubs` picks the hub for a publish and
-//! fails over.
+//! `routes` (HTTP) and `grpc` are thin adapters over `commands` (the API,
+//! typed results), behind one `access` check (keys, rate limit, sizes);
+//! `error` maps every failure to an HTTP status, a gRPC code and a JSON
+//! body once. `relay` publishes through `hubs` (the hub pool: which hub,
+//! failover, health) and bridges partitions with `replay`.
 
+pub mod access;
 pub mod commands;
 pub mod config;
 pub mod error;
@@ -11,9 +15,11 @@ pub mod grpc;
 pub mod hubs;
 pub mod keys;
 pub mod metrics;
+pub mod relay;
 pub mod replay;
 pub mod routes;
 pub mod server;
+pub mod state;
 
 pub use config::Config;
 pub use server::Ingress;

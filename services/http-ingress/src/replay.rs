@@ -54,11 +54,16 @@ impl ReplayRing {
 
     /// Keep a publish hub `owner` accepted; answers the bytes now held.
     pub fn keep(&self, owner: &str, req: PublishRequest) -> usize {
-        let now = Instant::now();
-        let bytes = req.data.len() + 128;
-        let mut inner = self.inner.lock().expect("replay lock");
         let wall =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        self.keep_at(owner, req, Instant::now(), wall)
+    }
+
+    /// `keep` with the clocks given (the tests' seam): `now` for the age
+    /// bound, `wall` (unix ns) for `of`'s `since`.
+    fn keep_at(&self, owner: &str, req: PublishRequest, now: Instant, wall: u64) -> usize {
+        let bytes = req.data.len() + 128;
+        let mut inner = self.inner.lock().expect("replay lock");
         inner.next_seq += 1;
         let seq = inner.next_seq;
         inner.items.push_back(Kept { seq, at: now, wall, owner: owner.to_owned(), req, bytes });
@@ -70,8 +75,12 @@ impl ReplayRing {
     /// The kept publishes of hub `owner` accepted at or after `since`
     /// (unix ns), oldest first, with their ring positions.
     pub fn of(&self, owner: &str, since: u64) -> Vec<(u64, PublishRequest)> {
+        self.of_at(owner, since, Instant::now())
+    }
+
+    fn of_at(&self, owner: &str, since: u64, now: Instant) -> Vec<(u64, PublishRequest)> {
         let mut inner = self.inner.lock().expect("replay lock");
-        self.trim(&mut inner, Instant::now());
+        self.trim(&mut inner, now);
         inner.items.iter().filter(|k| k.owner == owner && k.wall >= since).map(|k| (k.seq, k.req.clone())).collect()
     }
 
@@ -119,22 +128,35 @@ mod tests {
     #[test]
     fn forgets_what_is_older_than_the_window() {
         let ring = ReplayRing::new(Duration::from_millis(50), 1 << 20);
-        ring.keep("a", req(1, 10));
-        std::thread::sleep(Duration::from_millis(80));
-        ring.keep("a", req(2, 10));
-        assert_eq!(ring.of("a", 0).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
+        let t0 = Instant::now();
+        ring.keep_at("a", req(1, 10), t0, 1);
+        // At the bound it is still kept; past it, gone.
+        ring.keep_at("a", req(2, 10), t0 + Duration::from_millis(50), 2);
+        assert_eq!(
+            ring.of_at("a", 0, t0 + Duration::from_millis(50)).iter().map(|(_, r)| r.id).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        ring.keep_at("a", req(3, 10), t0 + Duration::from_millis(80), 3);
+        assert_eq!(
+            ring.of_at("a", 0, t0 + Duration::from_millis(80)).iter().map(|(_, r)| r.id).collect::<Vec<_>>(),
+            [2, 3]
+        );
     }
 
     #[test]
     fn replays_only_what_was_accepted_since_the_given_time() {
         let ring = ReplayRing::new(Duration::from_secs(60), 1 << 20);
-        ring.keep("a", req(1, 10));
-        std::thread::sleep(Duration::from_millis(20));
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-        ring.keep("a", req(2, 10));
-        assert_eq!(ring.of("a", since).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
+        let t0 = Instant::now();
+        let wall = 1_700_000_000_000_000_000;
+        ring.keep_at("a", req(1, 10), t0, wall);
+        let since = wall + 20_000_000;
+        ring.keep_at("a", req(2, 10), t0 + Duration::from_millis(20), since);
+        assert_eq!(
+            ring.of_at("a", since, t0 + Duration::from_millis(20)).iter().map(|(_, r)| r.id).collect::<Vec<_>>(),
+            [2]
+        );
         // Resuming after the first one's position finds the second.
-        let first = ring.of("a", 0)[0].0;
+        let first = ring.of_at("a", 0, t0 + Duration::from_millis(20))[0].0;
         assert_eq!(ring.after("a", first).iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [2]);
         assert!(ring.after("b", 0).is_empty());
     }

@@ -1,13 +1,13 @@
 //! The HTTP API, as warp filters: thin adapters that read a request, call
-//! the matching `Commands` method, and write `{"ok":true,...}` or the
-//! error's JSON. docs/api.md and docs/openapi.json describe every route.
+//! the matching `Commands` method, and write its result or the error as
+//! JSON. docs/api.md and docs/openapi.json describe every route.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -15,19 +15,11 @@ use warp::{Filter, Rejection, Reply};
 use pushmesh_common::health::Health;
 use pushmesh_common::ids::ConnectionId;
 
-use crate::commands::{Commands, parse};
+use crate::access::Transport;
+use crate::commands::{BatchResults, parse};
 use crate::error::ApiError;
-use crate::keys::{ApiKeys, KeyError, Scope};
-
-pub struct State {
-    pub commands: Commands,
-    pub max_body: u64,
-    pub max_batch: usize,
-    /// `None`: no API keys configured (every caller is admin).
-    pub keys: Option<ApiKeys>,
-    /// Requests per second per client IP (`None`: unlimited).
-    pub limiter: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
-}
+use crate::keys::Scope;
+use crate::state::State;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -55,8 +47,11 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
     let disconnect = post("disconnect", Scope::Admin).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
         respond(async { s.commands.disconnect(parse(&b)?).await }.await)
     });
-    let batch = post("batch", Scope::Publish)
-        .then(|s: Arc<State>, scope: Scope, b: Bytes| async move { respond(handle_batch(&s, scope, &b).await) });
+    let batch = post("batch", Scope::Publish).and(warp::addr::remote()).then(
+        |s: Arc<State>, scope: Scope, b: Bytes, peer: Option<std::net::SocketAddr>| async move {
+            respond(handle_batch(&s, scope, &b, peer.map(|p| p.ip())).await)
+        },
+    );
     let presence = warp::path!("presence" / String)
         .and(warp::get())
         .and(guard(state.clone(), Scope::Admin))
@@ -100,8 +95,20 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
         .then(|id: String, _: Scope, s: Arc<State>| async move {
             respond(async { s.commands.user(percent_decoded(&id)?).await }.await)
         });
+    let seed_on = state.seed_form;
     let seed = warp::path::end()
         .and(warp::get())
+        .and_then(move || async move {
+            if seed_on {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::NotFound(
+                    "the seed's GET form is turned off on this ingress (--seed-form=false); use POST /broadcast or /send"
+                        .to_owned(),
+                )))
+            }
+        })
+        .untuple_one()
         .and(guard(state.clone(), Scope::Publish))
         .and(with(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
@@ -154,7 +161,7 @@ fn post_json(
     state: Arc<State>,
     needs: Scope,
 ) -> impl Filter<Extract = (Arc<State>, Scope, Bytes), Error = Rejection> + Clone {
-    let limit = state.max_body;
+    let limit = state.access.max_body;
     warp::path(name)
         .and(warp::path::end())
         .and(warp::post())
@@ -171,45 +178,31 @@ fn guard(state: Arc<State>, needs: Scope) -> impl Filter<Extract = (Scope,), Err
         move |auth: Option<String>, peer: Option<std::net::SocketAddr>| {
             let state = state.clone();
             async move {
-                if let (Some(limiter), Some(peer)) = (&state.limiter, peer)
-                    && let Err(not_until) = limiter.check_key(&peer.ip())
-                {
-                    use governor::clock::Clock;
-                    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                    return Err(warp::reject::custom(ApiError::RateLimited(wait.as_secs().max(1))));
-                }
-                let Some(keys) = &state.keys else { return Ok(Scope::Admin) };
-                keys.check(auth.as_deref(), needs).map_err(|e| {
-                    warp::reject::custom(match e {
-                        KeyError::Missing => ApiError::Unauthorized(
-                            "missing API key: send the header Authorization: Bearer <key>".to_owned(),
-                        ),
-                        KeyError::Invalid => ApiError::Unauthorized("invalid API key".to_owned()),
-                        KeyError::Forbidden => ApiError::Forbidden(
-                            "this API key may only publish (publish, broadcast, send); this route needs an admin key"
-                                .to_owned(),
-                        ),
-                    })
-                })
+                state
+                    .access
+                    .check(auth.as_deref(), peer.map(|p| p.ip()), needs, Transport::Http)
+                    .map_err(warp::reject::custom)
             }
         },
     )
 }
 
+/// Only `application/json` bodies. A browser may send a form (urlencoded,
+/// multipart) or `text/plain` to any site without asking it first (no CORS
+/// preflight), so accepting those would let any web page make a visitor's
+/// browser publish or disconnect through an ingress it can reach; a JSON
+/// body from another origin needs a preflight, which fails without CORS.
 fn content_type_json() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and_then(|ct: Option<String>| async move {
             match ct {
-                None => Ok(()),
                 Some(ct) if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") => {
                     Ok(())
                 }
-                // curl -d sends this by default; accept it as JSON so the
-                // one-line examples work without -H.
-                Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => Ok(()),
                 Some(ct) => {
                     Err(warp::reject::custom(ApiError::UnsupportedMediaType(pushmesh_common::ids::truncate(&ct, 80))))
                 }
+                None => Err(warp::reject::custom(ApiError::UnsupportedMediaType("none".to_owned()))),
             }
         })
         .untuple_one()
@@ -250,7 +243,7 @@ where
     Ok(buf.freeze())
 }
 
-fn respond(r: Result<Value>) -> Response {
+fn respond<T: Serialize>(r: Result<T>) -> Response {
     match r {
         Ok(v) => warp::reply::json(&v).into_response(),
         Err(e) => e.into_response(),
@@ -298,23 +291,20 @@ fn limit_param(q: &HashMap<String, String>) -> Result<Option<u32>> {
 
 /// `POST /batch [cmd, …]`: each command runs in order and gets its own
 /// result; a bad command fails alone.
-async fn handle_batch(s: &State, scope: Scope, body: &[u8]) -> Result<Value> {
+async fn handle_batch(s: &State, scope: Scope, body: &[u8], peer: Option<std::net::IpAddr>) -> Result<BatchResults> {
     let commands: Vec<&RawValue> = parse(body)?;
-    if commands.len() > s.max_batch {
+    if commands.len() > s.access.max_batch {
         return Err(ApiError::InvalidRequest(format!(
             "batch has {} commands; the limit is {}",
             commands.len(),
-            s.max_batch
+            s.access.max_batch
         )));
     }
-    let mut results = Vec::with_capacity(commands.len());
-    for raw in commands {
-        results.push(match s.commands.batch_one(raw, scope == Scope::Admin).await {
-            Ok(v) => v,
-            Err(e) => e.body(),
-        });
+    // One token per operation: the request's own was taken at the door.
+    if let Some(ip) = peer {
+        s.access.charge(ip, (commands.len() as u32).saturating_sub(1))?;
     }
-    Ok(serde_json::json!({ "results": results }))
+    Ok(s.commands.batch(commands, scope == Scope::Admin).await)
 }
 
 /// The seed's form: `GET /?content=X` broadcasts, and with
@@ -322,11 +312,16 @@ async fn handle_batch(s: &State, scope: Scope, body: &[u8]) -> Result<Value> {
 /// gateway id and C the connection id from the welcome frame (the full id,
 /// or just its number after the colon).
 async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<()> {
-    let content = q.get("content").filter(|c| !c.is_empty()).ok_or_else(|| {
-        ApiError::InvalidRequest(
-            "missing query parameter `content`; use /?content=TEXT to broadcast, or add &to_worker_id=GATEWAY&to_connection_id=CONNECTION to send to one client".to_owned(),
-        )
-    })?;
+    const USAGE: &str = "use /?content=TEXT to broadcast, or add &to_worker_id=GATEWAY&to_connection_id=CONNECTION to send to one client";
+    let content = match q.get("content") {
+        None => return Err(ApiError::InvalidRequest(format!("missing query parameter `content`; {USAGE}"))),
+        Some(c) if c.is_empty() => {
+            return Err(ApiError::InvalidRequest(format!(
+                "query parameter `content` is empty; there is nothing to send. {USAGE}"
+            )));
+        }
+        Some(c) => c,
+    };
     let data = Bytes::from(serde_json::to_string(content).map_err(|e| ApiError::Internal(e.to_string()))?);
     match (q.get("to_worker_id"), q.get("to_connection_id")) {
         (None, None) => s.commands.broadcast_data(data).await.map(|_| ()),

@@ -1,5 +1,10 @@
-//! Wiring: bind, start the hub health probe, serve the API until the
-//! shutdown token fires (requests in flight are finished first).
+//! Wiring: check the config, bind, then serve the API (HTTP and gRPC)
+//! until the shutdown token fires (requests in flight are finished first).
+//! The three services share the lifecycle `bind(config)` → `run(shutdown)`.
+//!
+//! Every background task (hub set follower, hub probe, limiter sweeper,
+//! the gRPC server, partition replays) is spawned on one `TaskTracker`,
+//! and `run` returns only once they all ended.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,21 +13,27 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 use pushmesh_common::discovery::HubSource;
 use pushmesh_common::health::Health;
 
+use crate::access::Access;
 use crate::config::Config;
-use crate::hubs::HubPool;
+use crate::hubs::{HubPool, Timeouts};
 use crate::metrics::IngressMetrics;
-use crate::routes::{self, State};
+use crate::relay::Relays;
+use crate::replay::ReplayRing;
+use crate::routes;
+use crate::state::State;
 
 pub struct Ingress {
     config: Config,
     listener: TcpListener,
     grpc: TcpListener,
-    hubs: Arc<HubPool>,
+    access: Access,
+    pool: Arc<HubPool>,
     /// The hub set from --hub and --hub-dns, and what stops its resolver.
     hub_set: (tokio::sync::watch::Receiver<Vec<String>>, CancellationToken),
     pub metrics: IngressMetrics,
@@ -30,20 +41,19 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Check the whole config (hub URLs, TLS files, API keys), then bind.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let metrics = IngressMetrics::new();
         let tls = config.hub_tls.client_config()?;
         let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
+        let access = Access::from_config(&config)?;
         let hub_set_stop = CancellationToken::new();
         let hub_set = source.watch(hub_set_stop.clone()).await;
         let initial = hub_set.borrow().clone();
-        let hubs = Arc::new(HubPool::new(
-            &initial,
-            Duration::from_millis(config.publish_timeout_ms.max(1)),
-            tls,
-            metrics.clone(),
-            crate::replay::ReplayRing::new(Duration::from_millis(config.relay_replay_ms), config.relay_replay_bytes),
-        )?);
+        let timeouts = Timeouts {
+            publish: Duration::from_millis(config.publish_timeout_ms.max(1)),
+            query: Duration::from_millis(config.query_timeout_ms.max(1)),
+        };
+        let pool = Arc::new(HubPool::new(&initial, timeouts, tls)?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
@@ -52,9 +62,10 @@ impl Ingress {
             config,
             listener,
             grpc,
-            hubs,
+            access,
+            pool,
             hub_set: (hub_set, hub_set_stop),
-            metrics,
+            metrics: IngressMetrics::new(),
             health: Health::new("no hub checked yet"),
         })
     }
@@ -68,67 +79,79 @@ impl Ingress {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingress { config, listener, grpc, hubs, hub_set: (mut hub_set, hub_set_stop), metrics, health } = self;
-        let probe_stop = CancellationToken::new();
-        // Follow the hub set (DNS discovery) until the probe stops.
-        let follower = {
-            let (hubs, stop) = (hubs.clone(), probe_stop.clone());
-            tokio::spawn(async move {
+        let Ingress { config, listener, grpc, access, pool, hub_set: (mut hub_set, hub_set_stop), metrics, health } =
+            self;
+        let tasks = TaskTracker::new();
+        let relays = Arc::new(Relays::new(
+            pool.clone(),
+            metrics.clone(),
+            ReplayRing::new(Duration::from_millis(config.relay_replay_ms), config.relay_replay_bytes),
+            tasks.clone(),
+        ));
+        // Background work stops when the API has drained.
+        let background = CancellationToken::new();
+        // Follow the hub set (DNS discovery).
+        {
+            let (pool, stop) = (pool.clone(), background.clone());
+            tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         changed = hub_set.changed() => if changed.is_err() { return },
                         _ = stop.cancelled() => return,
                     }
                     let urls = hub_set.borrow_and_update().clone();
-                    if let Err(e) = hubs.set_hubs(&urls) {
+                    if let Err(e) = pool.set_hubs(&urls) {
                         tracing::error!(error = %e, "cannot use the new hub set");
                     }
                 }
-            })
-        };
-        let probe = tokio::spawn(hubs.clone().probe(
-            Duration::from_millis(config.hub_probe_ms.max(10)),
-            health.clone(),
-            metrics.clone(),
-            probe_stop.clone(),
-        ));
-        let commands = crate::commands::Commands { hubs, metrics };
-        let keys = crate::keys::ApiKeys::load(&config.api_keys, config.api_keys_file.as_deref())?;
-        if keys.is_none() {
+            });
+        }
+        {
+            let replanner = relays.clone();
+            tasks.spawn(pool.clone().probe(
+                Duration::from_millis(config.hub_probe_ms.max(10)),
+                health.clone(),
+                metrics.clone(),
+                background.clone(),
+                move || replanner.replan(),
+            ));
+        }
+        if !access.has_keys() {
             tracing::warn!(
                 "no API keys configured: anyone who reaches this port can publish; set PUSHMESH_API_KEYS for production"
             );
         }
-        let limiter = std::num::NonZeroU32::new(config.rate_limit_per_sec).map(|rate| {
-            let burst = std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
-            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        let state = Arc::new(State {
+            commands: crate::commands::Commands { hubs: relays, metrics },
+            access,
+            seed_form: config.seed_form,
         });
-        let state =
-            Arc::new(State { commands, max_body: config.max_body_bytes, max_batch: config.max_batch, keys, limiter });
-        let sweeper_state = state.clone();
-        let sweeper_stop = probe_stop.clone();
-        tokio::spawn(async move {
-            // Forget idle client IPs so the limiter's memory stays bounded.
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    _ = sweeper_stop.cancelled() => return,
+        {
+            let (state, stop) = (state.clone(), background.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => state.access.sweep(),
+                        _ = stop.cancelled() => return,
+                    }
                 }
-                if let Some(l) = &sweeper_state.limiter {
-                    l.retain_recent();
-                }
+            });
+        }
+        let grpc_shutdown = shutdown.clone();
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(
+                pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(state.clone()))
+                    .max_decoding_message_size(grpc_decode_limit(config.max_body_bytes)),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move { grpc_shutdown.cancelled().await },
+            );
+        tasks.spawn(async move {
+            if let Err(e) = grpc_server.await {
+                tracing::warn!(error = %e, "gRPC API server failed");
             }
         });
-        let grpc_shutdown = shutdown.clone();
-        let grpc_task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(
-                    state.clone(),
-                )))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
-                    grpc_shutdown.cancelled().await
-                }),
-        );
         let api = routes::api(state, health.clone());
         // CORS only when origins are configured: without it the Origin
         // header is not looked at (backends send none; browsers cannot
@@ -154,16 +177,20 @@ impl Ingress {
             })
             .run()
             .await;
-        probe_stop.cancel();
+        background.cancel();
         hub_set_stop.cancel();
-        let _ = probe.await;
-        let _ = follower.await;
-        if let Ok(Err(e)) = grpc_task.await {
-            tracing::warn!(error = %e, "gRPC API server failed");
-        }
+        tasks.close();
+        tasks.wait().await;
         tracing::info!("ingress stopped");
         Ok(())
     }
+}
+
+/// tonic refuses a request larger than this before the API sees it; a
+/// little above the body limit, so the API's own size check (with its clear
+/// error) is what an oversized request normally meets.
+fn grpc_decode_limit(max_body: u64) -> usize {
+    usize::try_from(max_body).unwrap_or(usize::MAX).saturating_add(64 << 10)
 }
 
 /// A browser request from an origin not on the list: the JSON error shape,

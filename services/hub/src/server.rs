@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_server::HubServer;
@@ -110,10 +110,9 @@ impl Hub {
         let server = builder
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(HubServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
                 grpc_shutdown.cancelled().await;
                 grpc_health.start_draining();
                 grpc_reporter.set_not_serving::<HubServer<HubService>>().await;

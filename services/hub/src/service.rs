@@ -54,7 +54,8 @@ impl HubService {
     /// is fine (it still takes broadcasts and direct sends) and answers the
     /// publisher 503 + Retry-After with this message.
     fn engine_unavailable(&self, e: &EngineError) -> Status {
-        let mut status = Status::unavailable(format!("channel state unavailable: {e}; retry later"));
+        tracing::debug!(error = %e, "channel state engine call failed");
+        let mut status = Status::unavailable(format!("channel state unavailable: {}; retry later", e.public()));
         status.metadata_mut().insert(ENGINE_ERROR_HEADER, tonic::metadata::MetadataValue::from_static("unavailable"));
         status
     }

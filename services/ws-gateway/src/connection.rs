@@ -16,27 +16,106 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 
-use pushmesh_common::ids::{Channel, ConnectionId};
+use pushmesh_common::ids::{Channel, ConnectionId, GatewayId};
 
 use crate::admission::CommandBudget;
-use crate::auth::{AuthError, Grant};
+use crate::auth::{AuthError, Authenticator, Grant};
+use crate::config::Config;
+use crate::metrics::GatewayMetrics;
 use crate::protocol::{self, Command, Reply, close};
-use crate::queue::{OutQueue, SendError};
-use crate::registry::{CloseSignal, ConnEntry, Frame, JoinError};
-use crate::server::Shared;
+use crate::queue::{CloseSignal, Frame, OutQueue, SendError};
+use crate::recovery::{Recovery, Subscriber};
+use crate::registry::{ConnEntry, JoinError, Registry};
+
+/// The limits and timings every client connection runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub outbound_queue: usize,
+    pub max_message_bytes: usize,
+    pub max_channels: usize,
+    pub max_connections_per_user: usize,
+    pub subscribe_timeout: Duration,
+    /// Zero: no heartbeat.
+    pub ping_interval: Duration,
+    pub auth_timeout: Duration,
+    pub commands_per_sec: u32,
+    pub commands_burst: u32,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            outbound_queue: c.outbound_queue.max(2),
+            max_message_bytes: c.max_message_bytes,
+            max_channels: c.max_channels_per_connection,
+            max_connections_per_user: c.max_connections_per_user,
+            subscribe_timeout: Duration::from_millis(c.subscribe_timeout_ms),
+            ping_interval: Duration::from_secs(c.ping_interval_secs),
+            auth_timeout: Duration::from_secs(c.auth_timeout_secs.max(1)),
+            commands_per_sec: c.client_commands_per_sec,
+            commands_burst: c.client_commands_burst,
+        }
+    }
+}
+
+/// What every client connection of this gateway works with.
+pub struct Clients {
+    pub gateway: GatewayId,
+    pub settings: Settings,
+    pub registry: Arc<Registry>,
+    pub recovery: Arc<Recovery>,
+    pub metrics: GatewayMetrics,
+    /// `None`: anonymous clients (no JWT key configured).
+    pub auth: Option<Authenticator>,
+    pub ws_config: WebSocketConfig,
+    /// Fires at shutdown: every connection closes with 1012.
+    pub shutdown: CancellationToken,
+    next_seq: AtomicU64,
+}
+
+impl Clients {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gateway: GatewayId,
+        settings: Settings,
+        registry: Arc<Registry>,
+        recovery: Arc<Recovery>,
+        metrics: GatewayMetrics,
+        auth: Option<Authenticator>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(256)
+            .max_message_size(Some(settings.max_message_bytes))
+            .max_frame_size(Some(settings.max_message_bytes));
+        Self { gateway, settings, registry, recovery, metrics, auth, ws_config, shutdown, next_seq: AtomicU64::new(1) }
+    }
+
+    /// The per-connection read buffer (it grows for a larger message).
+    pub fn with_read_buffer(mut self, bytes: usize) -> Self {
+        self.ws_config = self.ws_config.read_buffer_size(bytes.max(256));
+        self
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
 
 /// Serve one upgraded connection: `read_buf` holds what the client sent
 /// right behind its upgrade request, if anything.
-pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: bool, token: Option<String>) {
-    let tx = Arc::new(OutQueue::new(stream, shared.config.outbound_queue.max(2)));
+pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: bool, token: Option<String>) {
+    let tx = Arc::new(OutQueue::new(stream, shared.settings.outbound_queue));
     let mut inbound = Inbound::new(read_buf, tx.clone(), &shared);
     // Boxed: cold paths stay out of the connection task's resident state.
     let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut inbound)).await {
@@ -63,13 +142,9 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: b
     if let Some(reply_id) = auth_reply_id {
         tx.hold(protocol::wire_text(protocol::reply_frame(Some(reply_id), &Reply::Ok)));
     }
-    tx.hold(protocol::wire_text(protocol::welcome_frame(
-        &id.to_string(),
-        shared.gateway.as_str(),
-        grant.user.as_ref(),
-    )));
+    tx.hold(protocol::wire_text(protocol::welcome_frame(&id, grant.user.as_ref(), raw)));
     let entry = ConnEntry::new(tx.clone(), raw, close.clone(), grant.user.clone());
-    let waits = match shared.registry.insert(seq, entry, shared.config.max_connections_per_user) {
+    let confirmation = match shared.registry.insert(seq, entry, shared.settings.max_connections_per_user) {
         Ok(w) => w,
         Err(e) => {
             shared.metrics.disconnects.with_label_values(&["user_limit"]).inc();
@@ -82,8 +157,8 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: b
     // A user's first connection here subscribes the user's topic; the
     // welcome is written only once that is live, so "welcome" means "sends
     // to this user reach this connection".
-    if !waits.is_empty() {
-        crate::registry::confirmed(waits, Duration::from_millis(shared.config.subscribe_timeout_ms)).await;
+    if !confirmation.is_empty() {
+        confirmation.confirmed(shared.settings.subscribe_timeout).await;
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
@@ -110,6 +185,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: b
     // Anything still queued will never be written.
     let lost = tx.abandon();
     shared.registry.remove(seq);
+    shared.recovery.forget_connection(seq);
     shared.metrics.connections.dec();
     shared.metrics.disconnects.with_label_values(&[reason]).inc();
     count_dropped(&shared, reason, lost);
@@ -118,7 +194,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Shared>, raw: b
 
 /// Frames that will never be written, counted under the reason the
 /// connection ended for (a client that left: "client_gone").
-fn count_dropped(shared: &Shared, reason: &'static str, lost: u64) {
+fn count_dropped(shared: &Clients, reason: &'static str, lost: u64) {
     if lost > 0 {
         let drop_reason = if reason == "client" { "client_gone" } else { reason };
         shared.metrics.dropped.with_label_values(&[drop_reason]).inc_by(lost);
@@ -138,7 +214,7 @@ struct Inbound {
 }
 
 impl Inbound {
-    fn new(read_buf: Bytes, out: Arc<OutQueue>, shared: &Shared) -> Self {
+    fn new(read_buf: Bytes, out: Arc<OutQueue>, shared: &Clients) -> Self {
         let config = Some(shared.ws_config);
         let ctx = if read_buf.is_empty() {
             WebSocketContext::new(Role::Server, config)
@@ -204,7 +280,7 @@ impl Write for SocketIo<'_> {
 /// `{"op":"auth","token":…}` within the auth timeout. Returns the grant and
 /// the id of the auth command to reply to.
 async fn authenticate(
-    shared: &Shared,
+    shared: &Clients,
     token: Option<String>,
     inbound: &mut Inbound,
 ) -> Result<(Grant, Option<u64>), AuthError> {
@@ -214,7 +290,7 @@ async fn authenticate(
     if let Some(t) = token {
         return auth.check(&t).map(|g| (g, None));
     }
-    let wait = Duration::from_secs(shared.config.auth_timeout_secs.max(1));
+    let wait = shared.settings.auth_timeout;
     let first = tokio::time::timeout(wait, async {
         loop {
             match inbound.next().await {
@@ -245,7 +321,7 @@ async fn close_with(out: &OutQueue, code: u16, reason: &str) -> u64 {
 }
 
 /// The writer half. Returns the metric reason the connection ended for.
-async fn write(out: &OutQueue, close: &CloseSignal, shared: &Shared, heard: &Heard) -> &'static str {
+async fn write(out: &OutQueue, close: &CloseSignal, shared: &Clients, heard: &Heard) -> &'static str {
     // Built once, not per loop turn: each fresh `notified()`/`cancelled()`
     // future would register on (and unregister from) a shared waiter list,
     // contended by every connection (measured: ~3% of the gateway's CPU
@@ -256,8 +332,8 @@ async fn write(out: &OutQueue, close: &CloseSignal, shared: &Shared, heard: &Hea
     // Heartbeat: a ping every interval; a peer heard from in none of the
     // last two intervals is gone without a FIN (a dead NAT, a pulled cable)
     // and is dropped, so it stops holding a slot, presence and memory.
-    let pings = shared.config.ping_interval_secs > 0;
-    let interval = Duration::from_secs(shared.config.ping_interval_secs.max(1));
+    let pings = !shared.settings.ping_interval.is_zero();
+    let interval = shared.settings.ping_interval.max(Duration::from_secs(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -350,7 +426,7 @@ impl Heard {
 struct Conn {
     raw: bool,
     seq: u64,
-    shared: Arc<Shared>,
+    shared: Arc<Clients>,
     tx: Arc<OutQueue>,
     close: Arc<CloseSignal>,
     grant: Grant,
@@ -361,8 +437,8 @@ impl Conn {
     /// The reader half: returns when the client is gone or must be closed
     /// (in which case `close` has been fired).
     async fn read(&self, inbound: &mut Inbound) {
-        let cfg = &self.shared.config;
-        let mut budget = CommandBudget::new(cfg.client_commands_per_sec, cfg.client_commands_burst);
+        let cfg = &self.shared.settings;
+        let mut budget = CommandBudget::new(cfg.commands_per_sec, cfg.commands_burst);
         while let Some(msg) = inbound.next().await {
             self.heard.now();
             match msg {
@@ -370,7 +446,7 @@ impl Conn {
                     if !budget.take() {
                         self.close.fire(
                             close::POLICY_VIOLATION,
-                            format!("rate limit exceeded: at most {} commands per second", cfg.client_commands_per_sec),
+                            format!("rate limit exceeded: at most {} commands per second", cfg.commands_per_sec),
                             "rate_limited",
                         );
                         return;
@@ -391,7 +467,7 @@ impl Conn {
                 Ok(Message::Close(_)) => return,
                 Ok(_) => {} // ping/pong: tungstenite answers pings itself
                 Err(WsError::Capacity(e)) => {
-                    let limit = self.shared.config.max_message_bytes;
+                    let limit = cfg.max_message_bytes;
                     tracing::debug!(error = %e, "client message over the limit");
                     self.close.fire(
                         close::MESSAGE_TOO_BIG,
@@ -469,42 +545,27 @@ impl Conn {
                 format!("your token does not allow channel {:?}", channel.as_str()),
             );
         }
-        let timeout = Duration::from_millis(self.shared.config.subscribe_timeout_ms);
-        let max = self.shared.config.max_channels_per_connection;
-        let topic = channel.topic();
+        let timeout = self.shared.settings.subscribe_timeout;
+        let max = self.shared.settings.max_channels;
         let Some(since) = &cmd.since else {
-            return match self.shared.registry.join(self.seq, &topic, max, timeout).await {
+            return match self.shared.registry.join(self.seq, &channel, max, timeout).await {
                 Ok(_) => Reply::Ok,
                 Err(e) => join_error(e),
             };
         };
-        // Recovery: subscribe with live deliveries held back, fetch what
-        // was missed, then queue reply + missed + held-back in that order.
-        if let Err(e) = self.shared.registry.join_recovering(self.seq, &topic, max, timeout).await {
-            return join_error(e);
+        let who = Subscriber { seq: self.seq, out: &self.tx, close: &self.close, raw: self.raw };
+        let since = (since.epoch.as_str(), since.offset);
+        match self.shared.recovery.subscribe(who, &channel, since, cmd.id, max, timeout).await {
+            Ok(()) => Reply::AlreadySent,
+            Err(e) => join_error(e),
         }
-        let hist = self.shared.links.history(channel.as_str(), &since.epoch, since.offset).await;
-        let recovered = hist.as_ref().is_some_and(|h| h.recovered && h.epoch == since.epoch);
-        let (epoch, top) = hist.as_ref().map_or((None, 0), |h| (Some(h.epoch.clone()), h.top));
-        let mut frames = Vec::new();
-        if recovered {
-            for d in hist.into_iter().flat_map(|h| h.messages) {
-                let Ok(data) = std::str::from_utf8(&d.data) else { continue };
-                let text =
-                    if self.raw { crate::fanout::raw_frame(&d, data) } else { crate::fanout::json_frame(&d, data) };
-                frames.push((d.offset, text));
-            }
-        }
-        let reply = protocol::reply_frame(cmd.id, &Reply::Subscribed { recovered, epoch, offset: top });
-        let since = recovered.then_some((since.epoch.as_str(), since.offset));
-        self.shared.registry.finish_recovery(self.seq, &topic, reply, frames, since);
-        Reply::AlreadySent
     }
 
     fn unsubscribe(&self, cmd: &Command) -> Reply {
         match Self::channel(cmd) {
             Ok(channel) => {
-                self.shared.registry.leave(self.seq, &channel.topic());
+                self.shared.registry.leave(self.seq, &channel);
+                self.shared.recovery.forget(self.seq, &channel);
                 Reply::Ok
             }
             Err(r) => r,
@@ -514,43 +575,11 @@ impl Conn {
     fn reply(&self, id: Option<u64>, reply: Reply) {
         let frame = Frame { text: protocol::reply_frame(id, &reply), is_delivery: false };
         if let Err(SendError::Full) = self.tx.try_send(frame) {
-            self.close.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
+            self.close.slow_consumer();
         }
     }
 
     fn count(&self, op: &str, result: &str) {
         self.shared.metrics.commands.with_label_values(&[op, result]).inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::net::TcpListener;
-
-    async fn shared() -> Arc<Shared> {
-        let config = crate::config::Config::ephemeral(vec!["http://127.0.0.1:1".into()]);
-        let gw = crate::server::Gateway::bind(config, tokio_util::sync::CancellationToken::new()).await.unwrap();
-        gw.shared().clone()
-    }
-
-    async fn socket() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        (l.accept().await.unwrap().0, c)
-    }
-
-    /// An idle connection's memory is mostly this future (it lives in the
-    /// task for the connection's lifetime): the gateway's budget is 4 KiB
-    /// per idle connection in all. Measured 1,616 bytes (release; 1,624
-    /// debug; rustc 1.95), in a 2,048-byte task allocation; cold paths are
-    /// boxed to keep it so.
-    #[tokio::test]
-    async fn the_connection_task_stays_small() {
-        let shared = shared().await;
-        let (s, _c) = socket().await;
-        let fut = run(s, Bytes::new(), shared, false, None);
-        let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1792, "connection::run's future grew to {size} bytes");
     }
 }

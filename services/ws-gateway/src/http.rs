@@ -15,24 +15,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::task::TaskTracker;
 
 use pushmesh_common::admin;
+use pushmesh_common::health::Health;
 
-use crate::admission::Refusal;
-use crate::connection;
-use crate::server::Shared;
+use crate::admission::{Admission, Refusal};
+use crate::connection::{self, Clients};
+use crate::links::AttachedCount;
 
 type Body = Full<Bytes>;
+
+/// What the HTTP front works with.
+pub struct Front {
+    pub clients: Arc<Clients>,
+    pub admission: Arc<Admission>,
+    pub health: Health,
+    pub attached: Arc<AttachedCount>,
+    pub handshake_timeout: Duration,
+    /// Owns every HTTP connection's task and every client connection's.
+    pub tasks: TaskTracker,
+}
 
 /// The demo page (`GET /`): plain HTML and JS, no build step.
 const DEMO_PAGE: &str = include_str!("../static/index.html");
 
-/// Accept until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accept until shutdown; an HTTP connection still open then finishes its
+/// request and closes (an upgraded one is the connection task's to close).
+pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(shared.config.handshake_timeout_secs.max(1)));
+    builder.timer(TokioTimer::new()).header_read_timeout(shared.handshake_timeout.max(Duration::from_secs(1)));
+    let shutdown = shared.clients.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -44,28 +57,37 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
             },
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let service = shared.clone();
         let conn = builder
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {
-                    let shared = shared.clone();
+                    let shared = service.clone();
                     async move { Ok::<_, Infallible>(route(req, shared, peer.ip())) }
                 }),
             )
             .with_upgrades();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let stop = shutdown.clone();
+        shared.tasks.spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         });
     }
 }
 
-fn route(req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr) -> Response<Body> {
+fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, shared, ip),
         (&Method::GET, "/") => {
@@ -79,7 +101,7 @@ fn route(req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr) -> R
             text(code, body)
         }
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, admin::metrics_text(&shared.metrics.registry));
+            let mut r = text(StatusCode::OK, admin::metrics_text(&shared.clients.metrics.registry));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(admin::METRICS_CONTENT_TYPE));
             r
         }
@@ -106,7 +128,7 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
     if !header_has_token(&req, header::CONNECTION, "upgrade") || !header_has_token(&req, header::UPGRADE, "websocket") {
         return error(
             StatusCode::UPGRADE_REQUIRED,
@@ -155,17 +177,18 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>, ip: std::net::IpAddr
                     format!("your address already holds {n} connections here, the limit"),
                 ),
             };
-            shared.metrics.refused.with_label_values(&[kind]).inc();
+            shared.clients.metrics.refused.with_label_values(&[kind]).inc();
             return error(code, kind, &msg);
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let clients = shared.clients.clone();
+    shared.tasks.spawn(async move {
         // The connection gets the TCP socket itself back from hyper: its
         // read and write halves are then independent, and the fan-out can
         // write frames into it directly (see `queue`).
         match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-            Ok(Ok(parts)) => connection::run(parts.io.into_inner(), parts.read_buf, shared, raw, token).await,
+            Ok(Ok(parts)) => connection::run(parts.io.into_inner(), parts.read_buf, clients, raw, token).await,
             Ok(Err(_)) => tracing::warn!("websocket upgrade: the connection is not a TCP socket"),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

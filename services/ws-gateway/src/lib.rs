@@ -1,8 +1,13 @@
 //! pushmesh ws-gateway: client WebSocket connections and local fan-out.
 //!
-//! `http` accepts and upgrades; `connection` runs one client; `registry`
-//! knows who is connected and subscribed; `hubs` keeps one attach stream
-//! per hub; `fanout` turns a hub delivery into frames on sockets.
+//! Read top down, a delivery's walk is: `hubs` (the link task holding one
+//! hub's `Attach` stream) → `fanout` (find the recipients in `registry`,
+//! ask `recovery` about recovering ones, encode once with `protocol`) →
+//! `queue` (write into each socket). A client's walk: `http` (accept,
+//! admission, upgrade) → `connection` (auth, commands) → `registry` (join,
+//! leave) → `links` (interest sent to every hub, confirmations).
+//! `server` wires the parts; no module imports a module that imports it
+//! back.
 
 pub mod admission;
 pub mod auth;
@@ -12,10 +17,12 @@ pub mod dedupe;
 pub mod fanout;
 pub mod http;
 pub mod hubs;
+pub mod links;
 pub mod metrics;
 pub mod protocol;
 pub mod queries;
 pub mod queue;
+pub mod recovery;
 pub mod registry;
 pub mod server;
 

@@ -5,9 +5,9 @@ use pushmesh_ws_gateway::{Config, Gateway};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init();
-    let shutdown = pushmesh_common::shutdown::on_signal();
-    let gateway = Gateway::bind(config, shutdown).await?;
+    let gateway = Gateway::bind(config).await?;
     pushmesh_common::announce::listening("ws-gateway", &[("http", gateway.local_addr())]);
     tracing::info!(gateway = %gateway.id(), addr = %gateway.local_addr(), "ws-gateway listening");
-    gateway.run().await
+    let shutdown = pushmesh_common::shutdown::on_signal();
+    gateway.run(shutdown).await
 }

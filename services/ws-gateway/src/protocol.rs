@@ -1,7 +1,8 @@
 //! The client WebSocket protocol (JSON text frames), specified in
-//! docs/protocol.md: the commands a client sends, and the frames the
-//! gateway builds for it. Frames that go to many connections are encoded
-//! once (see `fanout`); these helpers build the per-connection ones.
+//! docs/protocol.md: the commands a client sends, and every frame the
+//! gateway builds for it — message frames (built once per delivery by the
+//! fan-out and shared by every recipient), replies, the welcome, and the
+//! WebSocket framing itself.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -10,6 +11,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+
+use pushmesh_common::proto::Delivery;
 
 /// Close codes the gateway uses (RFC 6455 and pushmesh's own 4000–4999).
 pub mod close {
@@ -67,6 +70,46 @@ fn wire(frame: WsFrame) -> Bytes {
     let mut out = Vec::with_capacity(frame.len());
     frame.format(&mut out).expect("formatting into a Vec cannot fail");
     out.into()
+}
+
+/// `{"type":"message","channel":"…","data":…,"epoch":"…","offset":N}`; the
+/// data is already JSON text (validated by the ingress), copied in once.
+pub fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    let mut s = String::with_capacity(data.len() + d.channel.len() + d.epoch.len() + 64);
+    s.push_str(r#"{"type":"message""#);
+    if !d.channel.is_empty() {
+        // Channel names are restricted to characters that need no escaping.
+        s.push_str(r#","channel":""#);
+        s.push_str(&d.channel);
+        s.push('"');
+    }
+    s.push_str(r#","data":"#);
+    s.push_str(data);
+    if !d.epoch.is_empty() {
+        // Epochs are hex digits: no escaping needed either.
+        s.push_str(r#","epoch":""#);
+        s.push_str(&d.epoch);
+        s.push_str(r#"","offset":"#);
+        s.push_str(itoa::Buffer::new().format(d.offset));
+    }
+    s.push('}');
+    s.into()
+}
+
+/// The published content alone, as the seed sent it: a JSON string is
+/// unquoted; any other JSON value goes as its text (sharing the buffer).
+pub fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    if data.starts_with('"')
+        && let Ok(s) = serde_json::from_str::<String>(data)
+    {
+        return s.into();
+    }
+    Utf8Bytes::try_from(d.data.clone()).unwrap_or_else(|_| data.to_owned().into())
+}
+
+/// A delivery's frame in the connection's format.
+pub fn message_frame(d: &Delivery, data: &str, raw: bool) -> Utf8Bytes {
+    if raw { raw_frame(d, data) } else { json_frame(d, data) }
 }
 
 /// A command from the client.
@@ -135,8 +178,20 @@ pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
     v.to_string().into()
 }
 
-pub fn welcome_frame(connection: &str, gateway: &str, user: Option<&pushmesh_common::ids::UserId>) -> Utf8Bytes {
-    let mut v = json!({ "type": "welcome", "connection": connection, "gateway": gateway });
+/// The first frame a client gets. JSON clients get
+/// `{"type":"welcome","connection":"<gateway>:<n>","gateway":"<gateway>"}`;
+/// `?format=raw` clients get the seed's own line, `worker id:<gateway>
+/// connection id:<n> connected`, whose two ids are what the seed's publish
+/// form takes (`to_worker_id`, `to_connection_id`).
+pub fn welcome_frame(
+    id: &pushmesh_common::ids::ConnectionId,
+    user: Option<&pushmesh_common::ids::UserId>,
+    raw: bool,
+) -> Utf8Bytes {
+    if raw {
+        return format!("worker id:{} connection id:{} connected", id.gateway(), id.seq()).into();
+    }
+    let mut v = json!({ "type": "welcome", "connection": id.to_string(), "gateway": id.gateway().as_str() });
     if let Some(u) = user {
         v["user"] = json!(u.as_str());
     }
@@ -153,6 +208,19 @@ pub fn membership_frame(subscribed: bool, channel: &str) -> Utf8Bytes {
 /// reply can still be matched to it.
 pub fn salvage_id(text: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.get("id")?.as_u64()
+}
+
+#[cfg(test)]
+mod frames {
+    use pushmesh_common::ids::{ConnectionId, GatewayId};
+
+    #[test]
+    fn raw_clients_get_the_seed_welcome_line() {
+        let id = ConnectionId::new(GatewayId::new("gw-local").unwrap(), 7);
+        assert_eq!(super::welcome_frame(&id, None, true).as_str(), "worker id:gw-local connection id:7 connected");
+        let json: serde_json::Value = serde_json::from_str(super::welcome_frame(&id, None, false).as_str()).unwrap();
+        assert_eq!(json, serde_json::json!({"type": "welcome", "connection": "gw-local:7", "gateway": "gw-local"}));
+    }
 }
 
 #[cfg(test)]

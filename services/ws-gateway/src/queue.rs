@@ -19,16 +19,67 @@
 //! slow-consumer policy. Control frames (pong, ping, close) bypass the
 //! bound. Nothing is allocated while the queue is empty, and a burst's
 //! buffer is released once it drains.
+//!
+//! The connection's other outbound concern lives here too: the
+//! `CloseSignal`, by which anyone (the fan-out for a slow consumer, the
+//! server API, the reader for a protocol error) asks the writer to close
+//! the socket with a code and reason.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::registry::Frame;
+use crate::protocol::close;
+
+/// One text frame on its way to one client.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// A published message (counted as a delivery or a drop), as opposed to
+    /// a reply or the welcome.
+    pub is_delivery: bool,
+}
+
+/// Asks a connection's writer to close the socket with a code and reason.
+/// The first request wins.
+#[derive(Default)]
+pub struct CloseSignal {
+    notify: Notify,
+    reason: OnceLock<(u16, String, &'static str)>,
+}
+
+impl CloseSignal {
+    /// `metric_reason` labels the disconnect and any frames left unsent.
+    pub fn fire(&self, code: u16, reason: impl Into<String>, metric_reason: &'static str) {
+        if self.reason.set((code, reason.into(), metric_reason)).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The slow-consumer policy: the connection's queue overflowed, so it
+    /// cannot catch up by itself; close it with 1013.
+    pub fn slow_consumer(&self) {
+        self.fire(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full", "slow_consumer");
+    }
+
+    pub async fn fired(&self) -> &(u16, String, &'static str) {
+        loop {
+            if let Some(r) = self.reason.get() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn get(&self) -> Option<&(u16, String, &'static str)> {
+        self.reason.get()
+    }
+}
 
 /// Most frames handed to the kernel in one `writev`.
 const MAX_FRAMES_PER_WRITE: usize = 64;

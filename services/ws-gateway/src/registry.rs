@@ -1,13 +1,17 @@
 //! Who is connected to this gateway, and which hub topics they need.
 //!
 //! One `RwLock` over three maps: connections by sequence number, channel
-//! topic → member connections, and user → that user's connections. Fan-out
-//! holds the read lock while it hands one shared, already framed buffer to
-//! each recipient's outbound queue, which writes it straight into the
-//! socket when nothing is queued there (one non-blocking `write`, no await,
-//! no allocation per connection); joins, leaves, connects and disconnects
-//! take the write lock briefly, so they wait for a broadcast in progress
-//! (about 8 µs per local recipient on the project's machine).
+//! name → member connections, and user id → that user's connections. The
+//! rest of the gateway asks questions of it ("who receives this?", "who is
+//! in this channel?") and never sees the maps.
+//!
+//! Fan-out (`for_each_recipient`) holds the read lock while it hands one
+//! shared, already framed buffer to each recipient's outbound queue, which
+//! writes it straight into the socket when nothing is queued there (one
+//! non-blocking `write`, no await, no allocation per connection); joins,
+//! leaves, connects and disconnects take the write lock briefly, so they
+//! wait for a broadcast in progress (about 8 µs per local recipient on the
+//! project's machine).
 //!
 //! Interest changes are pushed to the hub links *while the write lock is
 //! held*, so every link sees subscribe/unsubscribe for a topic in the order
@@ -16,120 +20,54 @@
 //! snapshot (on re-attach) always converges to the current local state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use pushmesh_common::ids::{Channel, Topic, UserId};
 
-use pushmesh_common::ids::UserId;
+use crate::links::{Confirmation, HubLinks};
+use crate::queue::{CloseSignal, OutQueue};
 
-use crate::hubs::HubLinks;
-
-/// One frame on its way to one client.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub text: Utf8Bytes,
-    /// A published message (counted as a delivery or a drop), as opposed to
-    /// a reply or the welcome.
-    pub is_delivery: bool,
-}
-
-/// Asks a connection's writer to close the socket with a code and reason.
-/// The first request wins.
-#[derive(Default)]
-pub struct CloseSignal {
-    notify: Notify,
-    reason: OnceLock<(u16, String, &'static str)>,
-}
-
-impl CloseSignal {
-    /// `metric_reason` labels the disconnect and any frames left unsent.
-    pub fn fire(&self, code: u16, reason: impl Into<String>, metric_reason: &'static str) {
-        if self.reason.set((code, reason.into(), metric_reason)).is_ok() {
-            self.notify.notify_one();
-        }
-    }
-
-    pub async fn fired(&self) -> &(u16, String, &'static str) {
-        loop {
-            if let Some(r) = self.reason.get() {
-                return r;
-            }
-            self.notify.notified().await;
-        }
-    }
-
-    pub fn get(&self) -> Option<&(u16, String, &'static str)> {
-        self.reason.get()
-    }
-}
-
-/// The registry's handle on one connection.
+/// The registry's handle on one connection: what the fan-out and the
+/// server API need to reach it.
 pub struct ConnEntry {
-    pub tx: Arc<crate::queue::OutQueue>,
+    pub out: Arc<OutQueue>,
     pub raw: bool,
     pub close: Arc<CloseSignal>,
     pub user: Option<UserId>,
-    /// Has a recovery state in `Inner::recovering` (spares every other
-    /// connection the lookup on the fan-out path).
-    pub recovers: bool,
-    channels: Vec<String>,
+    /// Set once the connection recovered a channel (subscribe with
+    /// `since`): only then does the fan-out consult `recovery` for it.
+    recovers: AtomicBool,
+    channels: Vec<Channel>,
 }
 
 impl ConnEntry {
-    pub fn new(tx: Arc<crate::queue::OutQueue>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
-        Self { tx, raw, close, user, recovers: false, channels: Vec::new() }
+    pub fn new(out: Arc<OutQueue>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
+        Self { out, raw, close, user, recovers: AtomicBool::new(false), channels: Vec::new() }
     }
 
-    /// Channel names (without the topic prefix).
-    pub fn channel_names(&self) -> impl Iterator<Item = &str> {
-        self.channels.iter().map(|t| t.strip_prefix(pushmesh_common::ids::topic::CHANNEL_PREFIX).unwrap_or(t))
+    pub fn recovers(&self) -> bool {
+        self.recovers.load(Ordering::Relaxed)
     }
+}
+
+/// Whom one delivery is for, among this gateway's connections.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipients<'a> {
+    All,
+    Channel(&'a str),
+    User(&'a str),
+    One(u64),
 }
 
 #[derive(Default)]
-pub struct Inner {
-    pub conns: HashMap<u64, ConnEntry>,
-    /// Channel topic ("c:<name>") → member connection sequence numbers.
-    pub topics: HashMap<String, HashSet<u64>>,
-    /// User topic ("u:<user>") → that user's connections here.
-    pub users: HashMap<String, HashSet<u64>>,
-    /// Connections that recovered a channel (subscribe with `since`), by
-    /// topic: see `Recovery`.
-    pub recovering: HashMap<u64, Vec<(String, Recovery)>>,
-}
-
-/// One (connection, topic)'s recovery state.
-///
-/// While the missed messages are fetched, live deliveries wait in `held`,
-/// so the client sees them in order after the recovered ones. Afterwards
-/// `covered` remembers the last recovered position: a live copy of a
-/// recovered message can still arrive after the history answer (they
-/// travel on different HTTP/2 streams), and must not be delivered twice.
-#[derive(Default)]
-pub struct Recovery {
-    pub held: std::sync::Mutex<Vec<Buffered>>,
-    pub covered: Option<(String, u64)>,
-}
-
-/// A live delivery held back while its connection recovers the channel.
-pub struct Buffered {
-    pub epoch: String,
-    pub offset: u64,
-    pub text: Utf8Bytes,
-}
-
-impl Inner {
-    /// The recovery state of (seq, topic), if that pair recovered.
-    pub fn recovery(&self, seq: u64, topic: &str) -> Option<&Recovery> {
-        if self.recovering.is_empty() {
-            return None;
-        }
-        self.recovering.get(&seq)?.iter().find(|(t, _)| t == topic).map(|(_, r)| r)
-    }
+struct Inner {
+    conns: HashMap<u64, ConnEntry>,
+    /// Channel → member connection sequence numbers.
+    channels: HashMap<Channel, HashSet<u64>>,
+    /// User → that user's connections here.
+    users: HashMap<UserId, HashSet<u64>>,
 }
 
 /// Why a join was refused.
@@ -150,6 +88,20 @@ pub enum InsertError {
     TooManyForUser { user: String, limit: usize },
 }
 
+/// What a leave did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    NotConnected,
+    NotMember,
+    Left,
+}
+
+/// One member of a channel, or one connection of a user.
+pub struct Member {
+    pub seq: u64,
+    pub user: Option<UserId>,
+}
+
 pub struct Registry {
     inner: RwLock<Inner>,
     links: Arc<HubLinks>,
@@ -161,242 +113,207 @@ impl Registry {
         Self { inner: RwLock::default(), links, topics_gauge }
     }
 
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().expect("registry lock")
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("registry lock")
+    }
+
     /// Register a connection; for a user's first connection here, subscribe
-    /// the user's topic at the hubs (the returned waiters confirm it).
-    pub fn insert(
-        &self,
-        seq: u64,
-        entry: ConnEntry,
-        max_per_user: usize,
-    ) -> Result<Vec<oneshot::Receiver<()>>, InsertError> {
-        let mut inner = self.inner.write().expect("registry lock");
-        let mut waits = Vec::new();
+    /// the user's topic at the hubs (the confirmation says when it is live).
+    pub fn insert(&self, seq: u64, entry: ConnEntry, max_per_user: usize) -> Result<Confirmation, InsertError> {
+        let mut inner = self.write();
+        let mut confirmation = Confirmation::none();
         if let Some(user) = &entry.user {
-            let topic = user.topic();
-            let conns = inner.users.entry(topic.clone()).or_default();
+            let conns = inner.users.entry(user.clone()).or_default();
             if max_per_user > 0 && conns.len() >= max_per_user {
                 if conns.is_empty() {
-                    inner.users.remove(&topic);
+                    inner.users.remove(user.as_str());
                 }
                 return Err(InsertError::TooManyForUser { user: user.to_string(), limit: max_per_user });
             }
             conns.insert(seq);
-            waits = self.links.subscribe(vec![topic]);
+            confirmation = self.links.subscribe(&[Topic::User(user.clone())]);
         }
         inner.conns.insert(seq, entry);
         self.update_gauge(&inner);
-        Ok(waits)
+        Ok(confirmation)
     }
 
     /// Remove a connection and leave all its channels (and its user topic).
     pub fn remove(&self, seq: u64) {
-        let mut inner = self.inner.write().expect("registry lock");
-        inner.recovering.remove(&seq);
+        let mut inner = self.write();
         let Some(entry) = inner.conns.remove(&seq) else {
             return;
         };
         let mut gone = Vec::new();
-        for topic in entry.channels {
-            if Self::drop_member(&mut inner.topics, &topic, seq) {
-                gone.push(topic);
+        for channel in entry.channels {
+            if drop_member(&mut inner.channels, channel.as_str(), seq) {
+                gone.push(Topic::Channel(channel));
             }
         }
-        if let Some(user) = entry.user {
-            let topic = user.topic();
-            if Self::drop_member(&mut inner.users, &topic, seq) {
-                gone.push(topic);
-            }
+        if let Some(user) = entry.user
+            && drop_member(&mut inner.users, user.as_str(), seq)
+        {
+            gone.push(Topic::User(user));
         }
         if !gone.is_empty() {
-            self.links.unsubscribe(gone);
+            self.links.unsubscribe(&gone);
         }
         self.update_gauge(&inner);
     }
 
-    /// Add `seq` to `topic`, and return once the hubs confirmed the
+    /// Add `seq` to `channel`, and return once the hubs confirmed the
     /// subscription is live (or say why not; the join is undone then).
-    pub async fn join(&self, seq: u64, topic: &str, max_channels: usize, timeout: Duration) -> Result<bool, JoinError> {
-        let (waits, added) = {
-            let mut inner = self.inner.write().expect("registry lock");
+    /// `Ok(true)` when the connection was not a member before.
+    pub async fn join(
+        &self,
+        seq: u64,
+        channel: &Channel,
+        max_channels: usize,
+        timeout: Duration,
+    ) -> Result<bool, JoinError> {
+        let (confirmation, added) = {
+            let mut inner = self.write();
             let entry = inner.conns.get_mut(&seq).ok_or(JoinError::Gone)?;
-            let added = !entry.channels.iter().any(|t| t == topic);
+            let added = !entry.channels.contains(channel);
             if added {
                 if entry.channels.len() >= max_channels {
                     return Err(JoinError::TooManyChannels(max_channels));
                 }
-                entry.channels.push(topic.to_owned());
-                inner.topics.entry(topic.to_owned()).or_default().insert(seq);
+                entry.channels.push(channel.clone());
+                inner.channels.entry(channel.clone()).or_default().insert(seq);
             }
-            // Always ask the hubs, even when the topic already had members:
-            // an earlier member's subscribe may still be in flight, and the
-            // answer must not say "live" before it is.
-            let waits = self.links.subscribe(vec![topic.to_owned()]);
+            // Always ask the hubs, even when the channel already had
+            // members: an earlier member's subscribe may still be in
+            // flight, and the answer must not say "live" before it is.
+            let confirmation = self.links.subscribe(&[Topic::Channel(channel.clone())]);
             self.update_gauge(&inner);
-            (waits, added)
+            (confirmation, added)
         };
-        if confirmed(waits, timeout).await {
+        if confirmation.confirmed(timeout).await {
             Ok(added)
         } else {
             if added {
-                self.leave(seq, topic);
+                self.leave(seq, channel);
             }
             Err(JoinError::Unconfirmed)
         }
     }
 
-    /// Like `join`, but live deliveries of `topic` to `seq` are held back
-    /// until `finish_recovery` (or a failed join) releases them.
-    pub async fn join_recovering(
-        &self,
-        seq: u64,
-        topic: &str,
-        max_channels: usize,
-        timeout: Duration,
-    ) -> Result<bool, JoinError> {
-        {
-            let mut inner = self.inner.write().expect("registry lock");
-            if let Some(c) = inner.conns.get_mut(&seq) {
-                c.recovers = true;
-            }
-            let list = inner.recovering.entry(seq).or_default();
-            list.retain(|(t, _)| t != topic);
-            list.push((topic.to_owned(), Recovery::default()));
-        }
-        let r = self.join(seq, topic, max_channels, timeout).await;
-        if r.is_err() {
-            Self::forget_recovery(&mut self.inner.write().expect("registry lock"), seq, topic);
-        }
-        r
-    }
-
-    /// Queue, in this order and atomically with respect to fan-out: the
-    /// subscribe reply, the recovered messages, then the held-back live
-    /// ones that the recovered messages did not already cover.
-    pub fn finish_recovery(
-        &self,
-        seq: u64,
-        topic: &str,
-        reply: Utf8Bytes,
-        recovered: Vec<(u64, Utf8Bytes)>,
-        since: Option<(&str, u64)>,
-    ) {
-        let mut inner = self.inner.write().expect("registry lock");
-        let mut last = since.map(|(_, o)| o).unwrap_or(0);
-        for (offset, _) in &recovered {
-            last = last.max(*offset);
-        }
-        // Release the held-back deliveries; keep the covered position only
-        // when something was recovered (else there is nothing to repeat).
-        let held = match (since, Self::recovery_mut(&mut inner, seq, topic)) {
-            (Some((epoch, _)), Some(r)) => {
-                r.covered = Some((epoch.to_owned(), last));
-                std::mem::take(&mut *r.held.lock().expect("buffer lock"))
-            }
-            (None, Some(r)) => {
-                let held = std::mem::take(&mut *r.held.lock().expect("buffer lock"));
-                Self::forget_recovery(&mut inner, seq, topic);
-                held
-            }
-            (_, None) => Vec::new(),
-        };
-        let Some(conn) = inner.conns.get(&seq) else { return };
-        let mut frames = vec![Frame { text: reply, is_delivery: false }];
-        for (_, text) in recovered {
-            frames.push(Frame { text, is_delivery: true });
-        }
-        for b in held {
-            let covered = since.is_some_and(|(epoch, _)| b.epoch == epoch && b.offset <= last);
-            if !covered {
-                frames.push(Frame { text: b.text, is_delivery: true });
-            }
-        }
-        for f in frames {
-            if conn.tx.try_send(f).is_err() {
-                conn.close.fire(
-                    crate::protocol::close::TRY_AGAIN_LATER,
-                    "slow consumer: outbound queue full",
-                    "slow_consumer",
-                );
-                break;
-            }
-        }
-    }
-
-    fn recovery_mut<'a>(inner: &'a mut Inner, seq: u64, topic: &str) -> Option<&'a mut Recovery> {
-        inner.recovering.get_mut(&seq)?.iter_mut().find(|(t, _)| t == topic).map(|(_, r)| r)
-    }
-
-    fn forget_recovery(inner: &mut Inner, seq: u64, topic: &str) {
-        if let Some(list) = inner.recovering.get_mut(&seq) {
-            list.retain(|(t, _)| t != topic);
-            if list.is_empty() {
-                inner.recovering.remove(&seq);
-            }
-        }
-    }
-
-    /// Remove `seq` from `topic`; unsubscribe at the hubs if it was the
-    /// last. Returns whether the connection exists.
-    pub fn leave(&self, seq: u64, topic: &str) -> bool {
-        let mut inner = self.inner.write().expect("registry lock");
+    /// Remove `seq` from `channel`; unsubscribe at the hubs if it was the
+    /// last member here.
+    pub fn leave(&self, seq: u64, channel: &Channel) -> Left {
+        let mut inner = self.write();
         let Some(entry) = inner.conns.get_mut(&seq) else {
-            return false;
+            return Left::NotConnected;
         };
         let before = entry.channels.len();
-        entry.channels.retain(|t| t != topic);
-        let left = entry.channels.len() != before;
-        Self::forget_recovery(&mut inner, seq, topic);
-        if left && Self::drop_member(&mut inner.topics, topic, seq) {
-            self.links.unsubscribe(vec![topic.to_owned()]);
+        entry.channels.retain(|c| c != channel);
+        if entry.channels.len() == before {
+            return Left::NotMember;
+        }
+        if drop_member(&mut inner.channels, channel.as_str(), seq) {
+            self.links.unsubscribe(&[Topic::Channel(channel.clone())]);
         }
         self.update_gauge(&inner);
-        true
+        Left::Left
+    }
+
+    /// Mark a connection as one that recovered a channel (see `recovery`).
+    pub fn mark_recovering(&self, seq: u64) {
+        if let Some(c) = self.read().conns.get(&seq) {
+            c.recovers.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Call `f` for every connection `to` names, under the read lock (no
+    /// await, no allocation: `f` hands frames to outbound queues).
+    pub fn for_each_recipient(&self, to: Recipients<'_>, mut f: impl FnMut(u64, &ConnEntry)) {
+        let inner = self.read();
+        let members = match to {
+            Recipients::All => {
+                for (seq, conn) in &inner.conns {
+                    f(*seq, conn);
+                }
+                return;
+            }
+            Recipients::One(seq) => {
+                if let Some(conn) = inner.conns.get(&seq) {
+                    f(seq, conn);
+                }
+                return;
+            }
+            Recipients::Channel(name) => inner.channels.get(name),
+            Recipients::User(id) => inner.users.get(id),
+        };
+        for seq in members.into_iter().flatten() {
+            if let Some(conn) = inner.conns.get(seq) {
+                f(*seq, conn);
+            }
+        }
+    }
+
+    /// `f` on one connection, if it is here.
+    pub fn with_connection<T>(&self, seq: u64, f: impl FnOnce(&ConnEntry) -> T) -> Option<T> {
+        self.read().conns.get(&seq).map(f)
+    }
+
+    pub fn is_connected(&self, seq: u64) -> bool {
+        self.read().conns.contains_key(&seq)
+    }
+
+    /// How many connections `of` names, and the first `limit` of them.
+    pub fn members(&self, of: Recipients<'_>, limit: usize) -> (usize, Vec<Member>) {
+        let mut count = 0;
+        let mut list = Vec::new();
+        self.for_each_recipient(of, |seq, conn| {
+            count += 1;
+            if list.len() < limit {
+                list.push(Member { seq, user: conn.user.clone() });
+            }
+        });
+        (count, list)
+    }
+
+    /// Connections held, and (at most `max`) channel names with members.
+    pub fn stats(&self, max: usize) -> (usize, Vec<String>) {
+        let inner = self.read();
+        (inner.conns.len(), inner.channels.keys().take(max).map(|c| c.as_str().to_owned()).collect())
     }
 
     /// Every channel and user topic with local members (for a re-attach
     /// snapshot).
-    pub fn topics_snapshot(&self) -> Vec<String> {
-        let inner = self.inner.read().expect("registry lock");
-        inner.topics.keys().chain(inner.users.keys()).cloned().collect()
+    pub fn interest(&self) -> Vec<Topic> {
+        let inner = self.read();
+        let channels = inner.channels.keys().cloned().map(Topic::Channel);
+        let users = inner.users.keys().cloned().map(Topic::User);
+        channels.chain(users).collect()
     }
 
     pub fn connection_count(&self) -> usize {
-        self.inner.read().expect("registry lock").conns.len()
+        self.read().conns.len()
     }
 
     fn update_gauge(&self, inner: &Inner) {
-        self.topics_gauge.set((inner.topics.len() + inner.users.len()) as i64);
-    }
-
-    /// Returns true when `topic` lost its last member.
-    fn drop_member(map: &mut HashMap<String, HashSet<u64>>, topic: &str, seq: u64) -> bool {
-        if let Some(members) = map.get_mut(topic) {
-            members.remove(&seq);
-            if members.is_empty() {
-                map.remove(topic);
-                return true;
-            }
-        }
-        false
+        self.topics_gauge.set((inner.channels.len() + inner.users.len()) as i64);
     }
 }
 
-/// Wait for every hub link that took a subscribe to confirm it (a detached
-/// one drops its waiter at once and gets the topic in its re-attach
-/// snapshot). A hub that neither confirms nor drops within `timeout` is hung
-/// and delivers nothing anyway: what counts then is that some hub confirmed.
-pub async fn confirmed(waits: Vec<oneshot::Receiver<()>>, timeout: Duration) -> bool {
-    let mut waits: FuturesUnordered<_> = waits.into_iter().collect();
-    let mut ok = 0;
-    let _ = tokio::time::timeout(timeout, async {
-        while let Some(r) = waits.next().await {
-            ok += usize::from(r.is_ok());
+/// Remove `seq` from `name`'s members; true when that was the last one.
+fn drop_member<K: std::hash::Hash + Eq + std::borrow::Borrow<str>>(
+    map: &mut HashMap<K, HashSet<u64>>,
+    name: &str,
+    seq: u64,
+) -> bool {
+    if let Some(members) = map.get_mut(name) {
+        members.remove(&seq);
+        if members.is_empty() {
+            map.remove(name);
+            return true;
         }
-    })
-    .await;
-    ok > 0
+    }
+    false
 }

@@ -1,66 +1,36 @@
 //! The system under test: one hub, G gateways and one ingress, started from
 //! the release binaries on ports the kernel picks (each announces its
-//! addresses in one JSON line on stdout), killed when dropped.
+//! addresses in one JSON line on stdout), killed when dropped. Processes
+//! are started by the tests' harness (tests/support), not a copy of it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::procstat;
 use crate::scenario::Env;
 
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub addrs: HashMap<String, SocketAddr>,
-}
+/// The service processes, started by the same harness as the e2e tests
+/// (`pushmesh_tests::Proc`); only startup goes through it, nothing on the
+/// measured paths.
+pub use pushmesh_tests::Proc;
 
-impl Proc {
-    /// Start `program` and wait for its announce line; stderr goes to a log
-    /// file under `logs`.
-    pub async fn start(program: &Path, name: &str, args: &[String], logs: &Path) -> Result<Proc> {
-        std::fs::create_dir_all(logs)?;
-        let log = logs.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = Command::new(program)
-            .args(args)
-            .env("PUSHMESH_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {}", program.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .map_err(|_| anyhow!("{name} did not announce its addresses; see {}", log.display()))??
-            .ok_or_else(|| anyhow!("{name} exited before announcing its addresses; see {}", log.display()))?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{name} announced {line:?}"))?;
-        let addrs = v["listening"]
-            .as_object()
-            .ok_or_else(|| anyhow!("{name}: no listening map in {line}"))?
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_str().unwrap_or_default().parse()?)))
-            .collect::<Result<_>>()?;
-        Ok(Proc { name: name.to_owned(), child, addrs })
-    }
-
-    pub fn addr(&self, which: &str) -> SocketAddr {
-        self.addrs[which]
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
+/// Start `program` as `name` and wait for its announce line; its stderr
+/// goes to `logs/<name>.log`, with warnings only (logging must not cost
+/// the run anything).
+pub async fn start(program: &Path, name: &str, args: &[String], logs: &Path) -> Result<Proc> {
+    Proc::launch(pushmesh_tests::Launch {
+        program,
+        name,
+        args,
+        log: logs.join(format!("{name}.log")),
+        log_filter: "warn",
+        announce_within: Duration::from_secs(20),
+    })
+    .await
 }
 
 pub struct Cluster {
@@ -82,7 +52,7 @@ impl Cluster {
         let logs = env.out.join("logs");
         let mut args = ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from).to_vec();
         args.extend_from_slice(hub_args);
-        let hub = Proc::start(&env.bin("hub")?, "hub", &args, &logs).await?;
+        let hub = start(&env.bin("hub")?, "hub", &args, &logs).await?;
         let hub_url = format!("http://{}", hub.addr("grpc"));
         let mut gws = Vec::new();
         for i in 0..gateways {
@@ -91,9 +61,9 @@ impl Cluster {
                     .map(String::from)
                     .to_vec();
             args.extend_from_slice(gateway_args);
-            gws.push(Proc::start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
+            gws.push(start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
         }
-        let ingress = Proc::start(
+        let ingress = start(
             &env.bin("http-ingress")?,
             "ingress",
             &["--listen-addr", "127.0.0.1:0", "--hub", &hub_url].map(String::from),
@@ -102,9 +72,9 @@ impl Cluster {
         .await?;
         let c = Cluster { hub, gateways: gws, ingress };
         for g in &c.gateways {
-            wait_ready(g.addr("http")).await?;
+            pushmesh_tests::wait_ready(g.addr("http")).await?;
         }
-        wait_ready(c.ingress.addr("http")).await?;
+        pushmesh_tests::wait_ready(c.ingress.addr("http")).await?;
         Ok(c)
     }
 
@@ -120,7 +90,10 @@ impl Cluster {
     }
 
     pub fn sample(&self) -> Vec<(String, procstat::Sample)> {
-        self.procs().into_iter().map(|p| (p.name.clone(), procstat::sample(p.pid()).unwrap_or_default())).collect()
+        self.procs()
+            .into_iter()
+            .map(|p| (p.name.clone(), procstat::sample(p.pid_or_zero()).unwrap_or_default()))
+            .collect()
     }
 }
 
@@ -133,17 +106,4 @@ pub fn usage(before: &[(String, procstat::Sample)], after: &[(String, procstat::
             Usage { name: name.clone(), rss_mib: a.rss_kib as f64 / 1024.0, cpu_s: a.cpu_s - b.cpu_s }
         })
         .collect()
-}
-
-async fn wait_ready(addr: SocketAddr) -> Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{addr}/readyz never answered 200")
 }

@@ -20,7 +20,6 @@ use pushmesh_common::proto::{
     AttachRequest, Broadcast, Hello, PublishRequest, TopicsChange, attach_request, attach_response, publish_request,
 };
 
-use crate::cluster::Proc;
 use crate::procstat;
 use crate::scenario::Env;
 
@@ -69,7 +68,7 @@ pub async fn cmd(env: &Env, a: HubArgs) -> Result<bool> {
 }
 
 pub async fn run(env: &Env, a: &HubArgs) -> Result<HubResult> {
-    let hub = Proc::start(
+    let hub = crate::cluster::start(
         &env.bin("hub")?,
         "hub-only",
         &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from),
@@ -121,7 +120,7 @@ pub async fn run(env: &Env, a: &HubArgs) -> Result<HubResult> {
     let (r0, p0, h0, m0, t0) = (
         received.load(Ordering::Relaxed),
         publishes.load(Ordering::Relaxed),
-        procstat::sample(hub.pid()).unwrap_or_default(),
+        procstat::sample(hub.pid_or_zero()).unwrap_or_default(),
         procstat::sample(me).unwrap_or_default(),
         Instant::now(),
     );
@@ -129,7 +128,7 @@ pub async fn run(env: &Env, a: &HubArgs) -> Result<HubResult> {
     let (r1, p1, h1, m1, secs) = (
         received.load(Ordering::Relaxed),
         publishes.load(Ordering::Relaxed),
-        procstat::sample(hub.pid()).unwrap_or_default(),
+        procstat::sample(hub.pid_or_zero()).unwrap_or_default(),
         procstat::sample(me).unwrap_or_default(),
         t0.elapsed().as_secs_f64(),
     );

@@ -428,7 +428,7 @@ pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
     let cluster = Cluster::start(env, a.gateways, &a.gateway_args, &a.hub_args).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gw_rss = |c: &Cluster| -> u64 {
-        c.gateways.iter().map(|g| procstat::sample(g.pid()).map(|s| s.rss_kib).unwrap_or(0)).sum()
+        c.gateways.iter().map(|g| procstat::sample(g.pid_or_zero()).map(|s| s.rss_kib).unwrap_or(0)).sum()
     };
     let before_kib = gw_rss(&cluster);
     let mut fleet =

@@ -90,6 +90,16 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The error without its underlying reason (which can name internal
+    /// addresses): what API answers carry. The hub logs the whole of it.
+    pub fn public(&self) -> String {
+        match self {
+            Self::Timeout { engine, ms } => format!("the {engine} engine did not answer within {ms} ms"),
+            Self::Down { engine, .. } => format!("the {engine} engine is unreachable"),
+            Self::Failed { engine, .. } => format!("the {engine} engine failed"),
+        }
+    }
+
     /// The `kind` label of `pushmesh_hub_engine_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {

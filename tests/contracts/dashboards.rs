@@ -13,7 +13,7 @@ use pushmesh_tests::{Client, System, metrics, post};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn read(rel: &str) -> String {

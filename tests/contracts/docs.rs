@@ -2,7 +2,7 @@
 //! clap definitions that print each binary's `--help`, so the docs cannot
 //! drift from the flags. When a flag changes, regenerate them with
 //!
-//!     PUSHMESH_UPDATE_DOCS=1 cargo test -p pushmesh-cli --test docs
+//!     PUSHMESH_UPDATE_DOCS=1 cargo test -p pushmesh-tests --test contracts docs
 //!
 //! and commit docs/operations.md.
 
@@ -13,7 +13,7 @@ use clap::CommandFactory;
 const OPS: &str = "docs/operations.md";
 
 fn path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(OPS)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(OPS)
 }
 
 /// One markdown table: every flag with its env var, default and help.
@@ -55,7 +55,7 @@ fn tables() -> Vec<(&'static str, String)> {
 }
 
 fn begin(name: &str) -> String {
-    format!("<!-- flags:{name}:begin (generated from --help by services/cli/tests/docs.rs; do not edit) -->\n")
+    format!("<!-- flags:{name}:begin (generated from --help by tests/contracts/docs.rs; do not edit) -->\n")
 }
 
 fn end(name: &str) -> String {
@@ -85,7 +85,7 @@ fn flag_tables_match_the_binaries() {
     }
     panic!(
         "the flag tables of {stale:?} in {OPS} differ from the binaries' --help; regenerate them with\n  \
-         PUSHMESH_UPDATE_DOCS=1 cargo test -p pushmesh-cli --test docs\nand commit {OPS}"
+         PUSHMESH_UPDATE_DOCS=1 cargo test -p pushmesh-tests --test contracts docs\nand commit {OPS}"
     );
 }
 
