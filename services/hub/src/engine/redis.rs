@@ -28,10 +28,12 @@
 //! depth.
 //!
 //! **Failing fast.** Every call has a deadline (`--engine-timeout-ms`). A
-//! call that times out or cannot reach Redis marks the engine down; while
-//! it is down positioned publishes fail at once (`status`) rather than each
-//! waiting for the deadline, and a probe (`PING` every
-//! [`PROBE_INTERVAL`]) marks it up again. Broadcasts and direct sends never
+//! call that cannot reach Redis marks the engine down; one that times out
+//! wakes the probe, which marks it down if a `PING` does not come back
+//! within the deadline either (a loaded machine has slow moments that are
+//! not an outage). While it is down positioned publishes fail at once
+//! (`status`) rather than each waiting for the deadline, and the probe
+//! (`PING` every [`PROBE_INTERVAL`]) marks it up again. Broadcasts and direct sends never
 //! touch the engine. A call that timed out may still be carried out when
 //! Redis resumes: that publish is then in the history (recoverable) though
 //! its publisher was told 503; docs/reliability.md says so.
@@ -204,6 +206,8 @@ struct State {
     /// `Some(reason)` while Redis is considered unreachable.
     down: Mutex<Option<String>>,
     is_down: AtomicBool,
+    /// Wakes the probe at once (a call timed out).
+    probe_now: tokio::sync::Notify,
 }
 
 pub struct RedisEngine {
@@ -323,6 +327,7 @@ impl RedisEngine {
             state: Arc::new(State {
                 down: Mutex::new(Some("not checked yet".to_owned())),
                 is_down: AtomicBool::new(true),
+                probe_now: tokio::sync::Notify::new(),
             }),
             metrics,
         })
@@ -357,8 +362,14 @@ impl RedisEngine {
                 Err(_) => EngineError::Timeout { engine: ENGINE, ms: timeout.as_millis() as u64 },
             };
             metrics.engine_errors.with_label_values(&[err.kind()]).inc();
-            if !matches!(err, EngineError::Failed { .. }) {
-                state.set_down(&metrics, err.to_string());
+            match &err {
+                // Cannot reach Redis: down now, the probe says when it is back.
+                EngineError::Down { .. } => state.set_down(&metrics, err.to_string()),
+                // Slow is not down (a loaded machine has slow moments): ask
+                // the probe to check now; it marks the engine down if Redis
+                // does not answer a PING in time either.
+                EngineError::Timeout { .. } => state.probe_now.notify_one(),
+                EngineError::Failed { .. } => {}
             }
             Err(err)
         }
@@ -375,6 +386,7 @@ impl RedisEngine {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.state.probe_now.notified() => {}
                 _ = stop.cancelled() => return,
             }
             let conn = self.conn();
