@@ -3,14 +3,22 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench bench-smoke clean tools image image-docker image-tools helm-test browser-test sdk-build sdk-test sdk-bundle
+.PHONY: run run-redis redis-server test build lint fmt bench bench-smoke clean tools image image-docker image-tools helm-test browser-test sdk-build sdk-test sdk-bundle
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost, restarting any that dies (Ctrl-C stops)
 run:
 	scripts/run.sh
 
+## run-redis: the same, with the hubs' channel state in a local Redis (started on 127.0.0.1:6379, data in target/run-redis/)
+run-redis: redis-server
+	ENGINE=redis scripts/run.sh
+
+## redis-server: install Debian's redis-server when missing (the Redis engine's tests start their own)
+redis-server:
+	scripts/install-redis.sh
+
 ## test: every test (unit, end-to-end against the real binaries, then the Helm chart on a simulated cluster)
-test: build image-tools
+test: build image-tools redis-server
 	$(CARGO) nextest run --workspace --profile ci
 	$(MAKE) bench-smoke
 	$(MAKE) helm-test
@@ -47,7 +55,7 @@ image-tools:
 	deploy/install-image-tools.sh
 
 ## helm-test: lint, render and validate the chart, then run it against the binaries on a simulated cluster (root)
-helm-test: tools build
+helm-test: tools build redis-server
 	.tools/venv/bin/python -m pytest tests/cluster
 
 ## browser-test: the demo page and the SDK package in headless Chromium against the real binaries (installs chromium and npm deps if missing)

@@ -13,6 +13,12 @@
 #   that never becomes ready at start, or one that keeps dying (5 exits in
 #   a row, each within 30 s of its start).
 #
+# ENGINE=redis (`make run-redis`): the hub keeps channel state (history,
+# positions, idempotency keys) in Redis: the one answering on $REDIS_URL
+# (default redis://<host>:6379), or else a redis-server started here with
+# AOF, data in target/run-redis/ (stopped with the rest). `make run` itself
+# needs nothing but cargo.
+#
 # Overrides (the tests use them to run beside other tests and a user's own
 # `make run`): PUSHMESH_RUN_HOST (127.0.0.1; any 127.x.y.z works on Linux),
 # PUSHMESH_RUN_LOGS (target/run-logs), PUSHMESH_RUN_BIN (a directory of
@@ -63,6 +69,24 @@ for addr in "$HUB_GRPC" "$HUB_ADMIN" "$GATEWAY" "$INGRESS" "$INGRESS_GRPC"; do
     taken=1
   fi
 done
+ENGINE=${ENGINE:-memory}
+case "$ENGINE" in
+  memory) ;;
+  redis)
+    REDIS_URL=${REDIS_URL:-redis://$HOST:6379}
+    REDIS_ADDR=${REDIS_URL#redis://}; REDIS_ADDR=${REDIS_ADDR##*@}; REDIS_ADDR=${REDIS_ADDR%%/*}
+    if ! command -v redis-cli >/dev/null || ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+      command -v redis-server >/dev/null || { say "ENGINE=redis needs redis-server (make redis-server installs it) or a Redis on REDIS_URL"; exit 1; }
+      START_REDIS=1
+      who=$(holder "$REDIS_ADDR")
+      if [ -n "$who" ]; then
+        say "$REDIS_ADDR is already in use by $who, and it does not answer as Redis"
+        taken=1
+      fi
+    fi
+    ;;
+  *) say "ENGINE must be memory or redis, not $ENGINE"; exit 1 ;;
+esac
 if [ "$taken" = 1 ]; then
   say "not starting: is another \`make run\` or \`pushmesh dev\` running? Stop it first (Ctrl-C in its terminal, or kill the pid above)."
   exit 1
@@ -89,6 +113,9 @@ declare -A ARGS PID STARTED FAILS
 ARGS[hub]="--grpc-addr $HUB_GRPC --admin-addr $HUB_ADMIN"
 ARGS[ws-gateway]="--listen-addr $GATEWAY --hub http://$HUB_GRPC --gateway-id gw-local"
 ARGS[http-ingress]="--listen-addr $INGRESS --grpc-addr $INGRESS_GRPC --hub http://$HUB_GRPC --cors-allow-origin http://$GATEWAY,http://localhost:${GATEWAY##*:}"
+if [ "$ENGINE" = redis ]; then
+  ARGS[hub]+=" --engine redis --redis-url $REDIS_URL"
+fi
 declare -A READYZ=([hub]=$HUB_ADMIN [ws-gateway]=$GATEWAY [http-ingress]=$INGRESS)
 ORDER=(hub ws-gateway http-ingress)
 
@@ -101,6 +128,7 @@ stop() {
   for name in "${ORDER[@]}"; do
     [ -n "${PID[$name]:-}" ] && kill -TERM "${PID[$name]}" 2>/dev/null || true
   done
+  [ -n "${REDIS_PID:-}" ] && kill -TERM "$REDIS_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   say "stopped."
   exit "${1:-0}"
@@ -138,6 +166,14 @@ for name in "${ORDER[@]}"; do
   : >"$LOGS/$name.out"
   FAILS[$name]=0
 done
+if [ -n "${START_REDIS:-}" ]; then
+  mkdir -p target/run-redis
+  redis-server --bind "${REDIS_ADDR%:*}" --port "${REDIS_ADDR##*:}" --dir "$PWD/target/run-redis" \
+    --appendonly yes --save "" --daemonize no --logfile redis.log &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || { say "redis-server did not start; see target/run-redis/redis.log"; stop 1; }
+fi
 start hub
 wait_ready hub || start_failed hub
 start ws-gateway
@@ -148,7 +184,7 @@ wait_ready http-ingress || start_failed http-ingress
 cat <<TXT
 
 pushmesh is running:
-  hub           gRPC $HUB_GRPC   admin http://$HUB_ADMIN/metrics
+  hub           gRPC $HUB_GRPC   admin http://$HUB_ADMIN/metrics   (channel state: $ENGINE${REDIS_URL:+ at $REDIS_URL})
   ws-gateway    ws://$GATEWAY/ws           (add ?format=raw for bare content)
   http-ingress  http://$INGRESS   (gRPC API: $INGRESS_GRPC)
 
@@ -163,6 +199,7 @@ Publish:
   curl --json '{"channel":"news","data":{"text":"hi"}}' http://$INGRESS/publish
   curl --json '{"data":"to everyone"}' http://$INGRESS/broadcast
   curl --json '{"connection":"gw-local:1","data":"just you"}' http://$INGRESS/send
+  curl 'http://$INGRESS/history?channel=news'                           # what the channel keeps
 
 Metrics: curl http://$GATEWAY/metrics   Logs: $LOGS/
 A service that dies is restarted (try: kill -9 ${PID[hub]}, the hub).

@@ -107,6 +107,8 @@ class Pod:
     netns: str
     # For StatefulSet pods: the governing headless Service (pod DNS names).
     subdomain: str | None = None
+    # A StatefulSet's volumeClaimTemplates (their names).
+    claims: list = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: bool = False
     ready: bool = False
@@ -272,6 +274,7 @@ class Cluster:
             template["spec"],
             w["spec"].get("serviceName") if w["kind"] == "StatefulSet" else None,
         )
+        pod.claims = [t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])]
         self._spawn(pod)
         pod._thread = threading.Thread(target=self._kubelet, args=(pod,), name=f"kubelet-{pod.name}", daemon=True)
         pod._thread.start()
@@ -373,14 +376,35 @@ class Cluster:
         return env
 
     def mount_configmaps(self, pod: Pod, container: dict) -> dict[str, str]:
-        """ConfigMap volumes written to disk: {mountPath: host dir}. Paths in the
-        command are rewritten to them (processes share the host's filesystem)."""
+        """Volumes as host directories: {mountPath: host dir}. Paths in the
+        command are rewritten to them (processes share the host's filesystem).
+        ConfigMap volumes are written out; an emptyDir, or a StatefulSet's
+        volumeClaimTemplate (a PersistentVolumeClaim), is a directory owned by
+        the pod's fsGroup, kept across a restart of the same pod name as a
+        claim's volume would be."""
         volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
+        for claim in pod.claims:
+            volumes.setdefault(claim, {"name": claim, "persistentVolumeClaim": {}})
         mounts = {}
         for m in container.get("volumeMounts", []):
             v = volumes[m["name"]]
+            if "emptyDir" in v or "persistentVolumeClaim" in v:
+                kind = "claims" if "persistentVolumeClaim" in v else "volumes"
+                d = self.work / kind / pod.name / m["name"]
+                if kind == "volumes":
+                    shutil.rmtree(d, ignore_errors=True)
+                d.mkdir(parents=True, exist_ok=True)
+                psc = pod.spec.get("securityContext", {})
+                owner = psc.get("fsGroup", psc.get("runAsUser"))
+                if owner is not None:
+                    os.chown(d, psc.get("runAsUser", owner), owner)
+                os.chmod(d, 0o770)
+                for parent in (d.parent, d.parent.parent):
+                    os.chmod(parent, 0o755)
+                mounts[m["mountPath"]] = str(d)
+                continue
             if "configMap" not in v:
-                raise KeyError(f"pod {pod.name}: volume {m['name']}: only configMap volumes are simulated")
+                raise KeyError(f"pod {pod.name}: volume {m['name']}: only configMap, emptyDir and claim volumes are simulated")
             cm = self.by_kind["ConfigMap"][v["configMap"]["name"]]
             d = self.work / "volumes" / pod.name / m["name"]
             d.mkdir(parents=True, exist_ok=True)
@@ -405,7 +429,7 @@ class Cluster:
         mounts = self.mount_configmaps(pod, container)
         for i, a in enumerate(argv):
             for mount_path, host_dir in mounts.items():
-                if a.startswith(mount_path.rstrip("/") + "/"):
+                if a == mount_path.rstrip("/") or a.startswith(mount_path.rstrip("/") + "/"):
                     argv[i] = host_dir + a[len(mount_path.rstrip("/")):]
         return argv
 
@@ -603,10 +627,15 @@ class Cluster:
 
     # ---- deleting pods ------------------------------------------------------------
 
-    def delete_pod(self, name: str) -> dict:
-        """Delete a pod as the API server and kubelet would; returns what happened."""
+    def delete_pod(self, name: str, force: bool = False) -> dict:
+        """Delete a pod as the API server and kubelet would; returns what happened.
+        `force` is `kubectl delete --grace-period=0 --force`, or a node lost:
+        SIGKILL at once, no preStop, no drain."""
         pod = self.pods[name]
         t0 = time.monotonic()
+        if force:
+            pod.spec = dict(pod.spec, terminationGracePeriodSeconds=0)
+            pod.spec["containers"] = [dict(pod.container, lifecycle={})] + pod.spec["containers"][1:]
         pod.terminating = True
         self._set_ready(pod, False, "deleted")
         with self._lock:
@@ -618,10 +647,10 @@ class Cluster:
                 raise ValueError(f"pod {name}: only the preStop sleep action is simulated")
             pod.event(f"preStop: sleep {pre['sleep']['seconds']}s")
             time.sleep(min(pre["sleep"]["seconds"], grace))
-        pod.event("SIGTERM")
+        pod.event("SIGKILL (forced)" if force else "SIGTERM")
         sigterm_at = time.monotonic()
         if pod.proc.poll() is None:
-            pod.proc.send_signal(signal.SIGTERM)
+            pod.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
         killed = False
         try:
             pod.proc.wait(timeout=max(0.0, grace - (sigterm_at - t0)))

@@ -507,7 +507,13 @@ def binary_env_names(binary):
 def test_every_variable_the_chart_sets_is_one_the_binary_reads():
     docs, _ = render(PRODUCTION_VALUES, set_values=("httpIngress.config.corsAllowOrigins={https://app.example.com}",))
     cms = by_kind(docs, "ConfigMap")
-    for _, c in containers(docs):
+    docs += [d for d in render(set_values=("engine.type=redis", "redis.enabled=true",
+                                          "engine.redis.existingSecret=r", "engine.redis.sentinelMaster=m",
+                                          "engine.redis.tls.caSecret=ca"))[0]
+             if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-hub")]
+    for w, c in containers(docs):
+        if c["name"] == "redis":
+            continue
         names = {e["name"] for e in c.get("env", [])}
         for src in c["envFrom"]:
             names |= set(cms[src["configMapRef"]["name"]]["data"])
@@ -515,3 +521,56 @@ def test_every_variable_the_chart_sets_is_one_the_binary_reads():
         tolerated = {k for k, b in NOT_YET_IN_BINARIES.items() if b == c["name"]}
         unknown = names - known - tolerated
         assert not unknown, f"{c['name']}: the chart sets {sorted(unknown)}, which `{c['name']} --help` does not list"
+
+
+def test_the_redis_engine_reaches_the_hubs_from_values_and_a_secret():
+    docs, _ = render(set_values=(
+        "engine.type=redis", r"engine.redis.url=rediss://redis-a:6380\,rediss://redis-b:6380",
+        "engine.redis.cluster=true", "engine.redis.existingSecret=my-redis",
+        "engine.redis.tls.caSecret=redis-ca", "engine.timeoutMs=300"))
+    hub_cm = next(c for n, c in by_kind(docs, "ConfigMap").items() if n.endswith("-hub"))["data"]
+    assert hub_cm["PUSHMESH_ENGINE"] == "redis"
+    assert hub_cm["PUSHMESH_REDIS_URL"] == "rediss://redis-a:6380,rediss://redis-b:6380"
+    assert hub_cm["PUSHMESH_REDIS_CLUSTER"] == "true"
+    assert hub_cm["PUSHMESH_ENGINE_TIMEOUT_MS"] == "300"
+    assert hub_cm["PUSHMESH_REDIS_TLS_CA"] == "/etc/pushmesh/redis-ca/ca.crt"
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    hub = sts["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in hub["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs["PUSHMESH_REDIS_URL"] == {"name": "my-redis", "key": "redis-url", "optional": True}
+    assert refs["PUSHMESH_REDIS_PASSWORD"] == {"name": "my-redis", "key": "redis-password", "optional": True}
+    assert hub["volumeMounts"] == [{"name": "redis-ca", "mountPath": "/etc/pushmesh/redis-ca", "readOnly": True}]
+    assert sts["spec"]["template"]["spec"]["volumes"] == [{"name": "redis-ca", "secret": {"secretName": "redis-ca"}}]
+    assert not [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-redis")], \
+        "no bundled Redis unless redis.enabled"
+    # The memory engine (the default) sets no Redis variable.
+    docs, _ = render()
+    hub_cm = next(c for n, c in by_kind(docs, "ConfigMap").items() if n.endswith("-hub"))["data"]
+    assert hub_cm["PUSHMESH_ENGINE"] == "memory"
+    assert not [k for k in hub_cm if "REDIS" in k]
+
+
+def test_the_bundled_redis_is_one_persistent_pod_only_the_hubs_may_reach():
+    docs, _ = render(set_values=("engine.type=redis", "redis.enabled=true", "networkPolicy.enabled=true"),
+                     release="pm", namespace="ns")
+    redis = by_kind(docs, "StatefulSet")["pm-pushmesh-redis"]
+    spec = redis["spec"]
+    assert spec["replicas"] == 1
+    assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    c = spec["template"]["spec"]["containers"][0]
+    assert c["command"][0] == "redis-server" and "--appendonly" in c["command"]
+    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    svc = by_kind(docs, "Service")["pm-pushmesh-redis"]
+    assert svc["spec"]["clusterIP"] == "None"
+    hub_cm = by_kind(docs, "ConfigMap")["pm-pushmesh-hub"]["data"]
+    assert hub_cm["PUSHMESH_REDIS_URL"] == "redis://pm-pushmesh-redis.ns.svc.cluster.local:6379"
+    np = by_kind(docs, "NetworkPolicy")["pm-pushmesh-redis"]
+    assert np["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pushmesh", "app.kubernetes.io/instance": "pm",
+                                         "app.kubernetes.io/component": "hub"}}}]
+    # Without persistence: an emptyDir.
+    docs, _ = render(set_values=("engine.type=redis", "redis.enabled=true", "redis.persistence.enabled=false"))
+    redis = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-redis"))
+    assert "volumeClaimTemplates" not in redis["spec"]
+    assert redis["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]

@@ -53,10 +53,30 @@ def the_existing_secret():
     }
 
 
+def the_redis_secret():
+    """The production values read the Redis URL from this Secret; here it
+    points at the chart's bundled Redis, which stands in for yours."""
+    url = f"redis://{RELEASE}-pushmesh-redis.{NAMESPACE}.svc.cluster.local:6379"
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "pushmesh-redis", "namespace": NAMESPACE},
+        "data": {"redis-url": base64.b64encode(url.encode()).decode()},
+    }
+
+
+# The simulated node has no Redis of its own: the bundled one (redis.enabled,
+# one more pod) plays the Redis that the production values' Secret names.
+WITH_REDIS = ("redis.enabled=true",)
+
+
 @pytest.fixture(scope="module")
 def manifests():
-    docs, _ = render(PRODUCTION_VALUES, release=RELEASE, namespace=NAMESPACE)
+    docs, _ = render(PRODUCTION_VALUES, release=RELEASE, namespace=NAMESPACE, set_values=WITH_REDIS)
     return docs
+
+
+def hub_statefulset(cluster):
+    return next(w for w, _ in cluster.workloads() if w["kind"] == "StatefulSet" and w["metadata"]["name"].endswith("-hub"))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +87,9 @@ def cluster(manifests):
     missing = [p for p in binaries.values() if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(f"binaries missing: {missing}; run `cargo build --bins` (make helm-test does)")
+    # The Redis image's server: Debian's (make helm-test installs it).
+    binaries["redis-server"] = shutil.which("redis-server") or pytest.fail(
+        "redis-server is missing: apt-get install redis-server (make helm-test does)")
     # One simulated cluster per machine at a time: a second run (another
     # checkout's `make test`) waits here instead of tearing this one down.
     lock = open("/run/pushmesh-cluster-test.lock", "w")
@@ -74,12 +97,12 @@ def cluster(manifests):
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     os.chmod(WORK, 0o755)
-    c = Cluster(manifests, NAMESPACE, binaries, WORK, extra_objects=[the_existing_secret()])
+    c = Cluster(manifests, NAMESPACE, binaries, WORK, extra_objects=[the_existing_secret(), the_redis_secret()])
     try:
         c.setup()
         c.start_all()
-        c.wait_until(lambda: len(c.pods) == 8 and all(p.ready for p in c.pods.values()), 90,
-                     "all 8 pods (3 hubs, 3 gateways, 2 ingresses) to pass their readiness probes")
+        c.wait_until(lambda: len(c.pods) == 9 and all(p.ready for p in c.pods.values()), 90,
+                     "all 9 pods (3 hubs, 3 gateways, 2 ingresses, Redis) to pass their readiness probes")
         wait_for_full_mesh(c)
         yield c
     finally:
@@ -173,7 +196,9 @@ class Client:
     async def _read(self):
         try:
             async for raw in self.ws:
-                self.frames.append(json.loads(raw))
+                frame = json.loads(raw)
+                frame["_at"] = time.monotonic()  # when it arrived
+                self.frames.append(frame)
         except websockets.ConnectionClosed:
             pass
         self.closed = (self.ws.close_code, self.ws.close_reason)
@@ -234,7 +259,13 @@ async def publish_round(cluster, clients, tag, channels=CHANNELS):
 def test_every_pod_is_ready_through_its_declared_probes(cluster, manifests):
     assert [p.name for p in cluster.pods_of("hub")] == [f"{RELEASE}-pushmesh-hub-{i}" for i in range(3)]
     assert len(cluster.pods_of("ws-gateway")) == 3 and len(cluster.pods_of("http-ingress")) == 2
-    for pod in cluster.pods.values():
+    [redis] = cluster.pods_of("redis")
+    assert redis.started and redis.ready
+    uid_line = next(l for l in open(f"/proc/{redis.proc.pid}/status") if l.startswith("Uid:"))
+    assert uid_line.split()[1:3] == ["999", "999"], uid_line
+    # Its AOF lands on the claim's volume.
+    cluster.wait_until(lambda: list((WORK / "claims" / redis.name / "data").rglob("*.aof")), 10, "the AOF file")
+    for pod in (p for p in cluster.pods.values() if p is not redis):
         assert pod.started and pod.ready
         assert any("READY" in e for _, e in pod.events)
         # The env took effect: each binary announced 0.0.0.0 listeners.
@@ -277,7 +308,7 @@ def test_user_path_websocket_publish_delivery_and_metrics(cluster, manifests):
 
     asyncio.run(scenario())
 
-    scrapes = {p.name: scrape(metrics_url(p)) for p in cluster.pods.values()}
+    scrapes = {p.name: scrape(metrics_url(p)) for p in cluster.pods.values() if p.labels["app.kubernetes.io/component"] != "redis"}
     hubs, gws, ings = (cluster.pods_of(x) for x in ("hub", "ws-gateway", "http-ingress"))
     for gw in gws:
         assert metric(scrapes[gw.name], "pushmesh_gateway_hubs_attached") == 3
@@ -306,7 +337,7 @@ def test_user_path_websocket_publish_delivery_and_metrics(cluster, manifests):
 
 def test_deleting_a_hub_pod_keeps_publishing_and_delivery_going(cluster):
     victim = cluster.pods_of("hub")[1]
-    sts = next(w for w, _ in cluster.workloads() if w["kind"] == "StatefulSet")
+    sts = hub_statefulset(cluster)
 
     async def scenario():
         clients = await open_clients(cluster)
@@ -354,12 +385,93 @@ def test_deleting_a_hub_pod_keeps_publishing_and_delivery_going(cluster):
     assert not cluster.probe_failures()
 
 
+def test_a_hub_pod_lost_under_publishing_loses_nothing_for_clients_that_recover(cluster):
+    """The Redis engine: force-delete (SIGKILL, as a lost node) a hub pod
+    while publishing to every channel. Its channels move to the other hubs
+    and keep their epoch; a client that resubscribes each channel with the
+    last position it saw before the loss gets `recovered: true` and every
+    message after it exactly once, in order, with consecutive offsets."""
+    victim = cluster.pods_of("hub")[0]
+    sts = hub_statefulset(cluster)
+    ingresses = cluster.pods_of("http-ingress")
+
+    async def publish_keyed(n, ch):
+        return await curl("-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json",
+                          "-d", json.dumps({"channel": ch, "data": {"tag": "lost", "n": n}, "idempotency_key": f"lost-{n}"}),
+                          f"http://{ingresses[n % len(ingresses)].ip}:8081/publish")
+
+    async def scenario():
+        clients = await open_clients(cluster)
+        fresh = []
+        try:
+            await publish_round(cluster, clients, "pre-loss")
+            sent = {ch: [] for ch in CHANNELS}
+            stop = asyncio.Event()
+
+            async def publisher():
+                n = 0
+                while not stop.is_set():
+                    ch = CHANNELS[n % len(CHANNELS)]
+                    code, body = await publish_keyed(n, ch)
+                    assert code == 200, f"publish {n} to {ch} around the loss of {victim.name}: {code} {body}"
+                    sent[ch].append(n)
+                    n += 1
+
+            task = asyncio.create_task(publisher())
+            await asyncio.sleep(2)
+            lost_at = time.monotonic()
+            result = await asyncio.to_thread(cluster.delete_pod, victim.name, True)
+            assert result["killed"] or result["exit_code"] != 0, result
+            await asyncio.sleep(2)
+            stop.set()
+            await task
+            assert sum(len(v) for v in sent.values()) > 2 * len(CHANNELS)
+            moved = 0
+            for c in clients:
+                # The last position this client saw on each channel before the loss.
+                since = {}
+                for f in c.frames:
+                    if f.get("type") == "message" and f.get("channel") in sent and f["_at"] < lost_at:
+                        since[f["channel"]] = (f["epoch"], f["offset"], f["data"])
+                r = await Client.open(c.gateway, f"recover-{c.gateway.name[-5:]}")
+                fresh.append(r)
+                for i, ch in enumerate(CHANNELS, start=1):
+                    epoch, offset, data = since[ch]
+                    await r.ws.send(json.dumps({"id": i, "op": "subscribe", "channel": ch,
+                                                "since": {"epoch": epoch, "offset": offset}}))
+                await r.wait(lambda: len([f for f in r.frames if f.get("type") == "reply"]) >= len(CHANNELS), "replies")
+                replies = [f for f in r.frames if f.get("type") == "reply"]
+                assert all(f.get("ok") is True and f.get("recovered") is True for f in replies), replies
+                for ch in CHANNELS:
+                    epoch, offset, data = since[ch]
+                    after = sent[ch][sent[ch].index(data["n"]) + 1:] if data.get("tag") == "lost" else sent[ch]
+                    await r.wait(lambda: len([f for f in r.frames if f.get("channel") == ch and f.get("type") == "message"]) >= len(after),
+                                 f"{len(after)} recovered messages on {ch}")
+                    got = [f for f in r.frames if f.get("channel") == ch and f.get("type") == "message"]
+                    assert [f["data"]["n"] for f in got] == after, f"{ch}: exactly once, in order"
+                    assert [f["offset"] for f in got] == list(range(offset + 1, offset + 1 + len(after))), ch
+                    assert all(f["epoch"] == epoch for f in got), f"{ch}: the epoch survives the loss of {victim.name}"
+                    moved += 1
+            assert moved == len(clients) * len(CHANNELS)
+            # The StatefulSet controller recreates the pod under the same name.
+            cluster.start_pod(sts, ordinal=0)
+            cluster.wait_until(lambda: all(p.ready for p in cluster.pods.values()) and len(cluster.pods_of("hub")) == 3,
+                               60, f"{victim.name} to come back ready")
+            wait_for_full_mesh(cluster)
+            await publish_round(cluster, clients, "after-loss")
+        finally:
+            await close_all(clients + fresh)
+
+    asyncio.run(scenario())
+    assert not cluster.probe_failures()
+
+
 def test_scaling_hubs_is_followed_through_dns_without_a_rollout(cluster):
     """A fourth hub pod appears (as `kubectl scale` would make it): gateways
     and ingresses find it through the headless Service's DNS name, attach,
     and route its share of channels to it; it goes away again and they drop
     it. No gateway or ingress restarts meanwhile."""
-    sts = next(w for w, _ in cluster.workloads() if w["kind"] == "StatefulSet")
+    sts = hub_statefulset(cluster)
     others = {p.name: p.proc.pid for p in cluster.pods.values() if p.labels["app.kubernetes.io/component"] != "hub"}
 
     async def scenario():
@@ -526,7 +638,7 @@ def test_notes_commands_work_as_printed(cluster, manifests):
     from conftest import KUBECTL, helm
 
     proc = helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                "--values", str(PRODUCTION_VALUES))
+                "--values", str(PRODUCTION_VALUES), *(a for v in WITH_REDIS for a in ("--set", v)))
     notes = proc.stdout.split("NOTES:", 1)[1]
     commands = [l.strip() for l in notes.splitlines()
                 if re.match(r"^\s+(kubectl |API_KEY=|curl |export PUSHMESH_JWT_SECRET=|TOKEN=)", l)]
@@ -599,6 +711,8 @@ def test_notes_commands_work_as_printed(cluster, manifests):
     assert json.loads(publish_out.strip().splitlines()[0])["ok"] is True, publish_out
     seed_out = next(v for k, v in sections.items() if "?content=" in k)
     assert seed_out.strip() == "ok"
+    history_out = next(v for k, v in sections.items() if "/history?channel=news" in k)
+    assert {"text": "hello"} in [m["data"] for m in json.loads(history_out)["messages"]], history_out
     for k, v in sections.items():
         if "/metrics" in k:
             assert v.count("pushmesh_") > 5, f"{k}:\n{v[:500]}"

@@ -327,6 +327,7 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
     let disconnect = ("/disconnect", "post");
     let batch = ("/batch", "post");
     let presence = ("/presence/{channel}", "get");
+    let history = ("/history", "get");
     let stats = ("/stats", "get");
     let users = ("/users/{user}", "get");
     let seed = ("/", "get");
@@ -344,9 +345,14 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
         (disconnect, json!({ "connection": "ghost:1" })),
         (batch, json!([{ "op": "publish", "channel": "room", "data": 1 }])),
     ];
-    let gets: Vec<((&str, &str), &str)> =
-        vec![(presence, "/presence/room"), (stats, "/stats"), (users, "/users/alice"), (seed, "/?content=hi")];
-    let admin_only = [subscribe, unsubscribe, disconnect, presence, stats, users];
+    let gets: Vec<((&str, &str), &str)> = vec![
+        (presence, "/presence/room"),
+        (history, "/history?channel=room"),
+        (stats, "/stats"),
+        (users, "/users/alice"),
+        (seed, "/?content=hi"),
+    ];
+    let admin_only = [subscribe, unsubscribe, disconnect, presence, history, stats, users];
 
     let mut cases = vec![
         // POST /publish
@@ -425,6 +431,18 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
         case(presence, Open, "/presence/bad%20name", 400, "invalid_channel"),
         case(presence, Open, "/presence/room?limit=lots", 400, "invalid_request"),
         case(presence, Open, "/presence/room?limit=10001", 400, "invalid_request"),
+        // GET /history
+        case(history, Open, "/history?channel=room", 200, json_),
+        case(history, Open, "/history?channel=room&limit=1", 200, json_),
+        case(history, Open, "/history?channel=room&since=0123456789abcdef:1", 200, json_),
+        case(history, Open, "/history?channel=room&since_epoch=0123456789abcdef&since_offset=0", 200, json_),
+        case(history, Open, "/history?channel=nothing-published", 200, json_),
+        case(history, Open, "/history", 400, "invalid_request"),
+        case(history, Open, "/history?channel=bad%20name", 400, "invalid_channel"),
+        case(history, Open, "/history?channel=room&since=no-colon", 400, "invalid_request"),
+        case(history, Open, "/history?channel=room&since=e:x", 400, "invalid_request"),
+        case(history, Open, "/history?channel=room&since_epoch=e", 400, "invalid_request"),
+        case(history, Open, "/history?channel=room&limit=10001", 400, "invalid_request"),
         // GET /stats
         case(stats, Open, "/stats", 200, json_),
         case(stats, Keyed, "/stats", 200, json_).key(ADMIN),

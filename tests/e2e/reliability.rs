@@ -101,15 +101,6 @@ async fn a_client_that_stops_reading_is_closed_and_slows_no_one() -> anyhow::Res
     Ok(())
 }
 
-/// Subscribe with a `since` position; the reply.
-async fn subscribe_since(c: &mut Client, channel: &str, epoch: &str, offset: u64) -> anyhow::Result<Value> {
-    let r = c
-        .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
-        .await?;
-    anyhow::ensure!(r["ok"] == true, "subscribe with since failed: {r}");
-    Ok(r)
-}
-
 #[tokio::test]
 async fn a_client_that_resubscribes_with_since_gets_exactly_what_it_missed() -> anyhow::Result<()> {
     let sys = System::start_with(1, 2, &[], &[]).await?;
@@ -132,7 +123,7 @@ async fn a_client_that_resubscribes_with_since_gets_exactly_what_it_missed() -> 
     }
     // Back, on the other gateway, with the last position seen.
     let mut b = Client::connect(sys.gw(1), "").await?;
-    let r = subscribe_since(&mut b, "log", &epoch, 3).await?;
+    let r = b.subscribe_since("log", &epoch, 3).await?;
     assert_eq!((&r["recovered"], &r["epoch"], &r["offset"]), (&json!(true), &json!(epoch), &json!(8)), "{r}");
     for i in 3..8 {
         let m = b.expect_data(&json!(i)).await?;
@@ -144,7 +135,7 @@ async fn a_client_that_resubscribes_with_since_gets_exactly_what_it_missed() -> 
 
     // A position from another epoch cannot be recovered, and says so.
     let mut c = Client::connect(sys.gw(1), "").await?;
-    let r = subscribe_since(&mut c, "log", "0123456789abcdef", 2).await?;
+    let r = c.subscribe_since("log", "0123456789abcdef", 2).await?;
     assert_eq!((&r["recovered"], &r["epoch"]), (&json!(false), &json!(epoch)), "{r}");
     post(sys.api(), "/publish", &json!({ "channel": "log", "data": 9 })).await?;
     c.expect_data(&json!(9)).await?;
@@ -172,11 +163,11 @@ async fn recovery_past_the_history_bound_is_refused_and_idempotent_publishes_del
         post(sys.api(), "/publish", &json!({ "channel": "t", "data": i })).await?;
     }
     let mut c = Client::connect(sys.gw(0), "").await?;
-    let r = subscribe_since(&mut c, "t", &epoch, 1).await?;
+    let r = c.subscribe_since("t", &epoch, 1).await?;
     assert_eq!((&r["recovered"], &r["offset"]), (&json!(false), &json!(10)), "8 missed, 5 kept: {r}");
     // Within the bound it works.
     let mut d = Client::connect(sys.gw(0), "").await?;
-    let r = subscribe_since(&mut d, "t", &epoch, 6).await?;
+    let r = d.subscribe_since("t", &epoch, 6).await?;
     assert_eq!(r["recovered"], true, "{r}");
     for i in 6..10 {
         d.expect_data(&json!(i)).await?;
@@ -240,7 +231,7 @@ async fn sigterm_on_a_gateway_moves_clients_to_another_without_loss() -> anyhow:
     }
     // Reconnect elsewhere and recover from the last position.
     let mut b = Client::connect(sys.gw(1), "").await?;
-    let r = subscribe_since(&mut b, "ticks", &pos.0, pos.1).await?;
+    let r = b.subscribe_since("ticks", &pos.0, pos.1).await?;
     assert_eq!(r["recovered"], true, "{r}");
     publisher.await??;
     while seen.len() < 300 {
@@ -255,25 +246,6 @@ async fn sigterm_on_a_gateway_moves_clients_to_another_without_loss() -> anyhow:
     Ok(())
 }
 
-/// Which hub (index) owns `channel`: publish once and see whose counter moved.
-async fn owner_of(sys: &System, channel: &str) -> anyhow::Result<usize> {
-    let before: Vec<f64> = {
-        let mut v = Vec::new();
-        for h in &sys.hubs {
-            v.push(sample(&metrics(h.addr("admin")).await?, "pushmesh_hub_publishes_total", &[("target", "channel")]));
-        }
-        v
-    };
-    post(sys.api(), "/publish", &json!({ "channel": channel, "data": "probe" })).await?;
-    for (i, h) in sys.hubs.iter().enumerate() {
-        let now = sample(&metrics(h.addr("admin")).await?, "pushmesh_hub_publishes_total", &[("target", "channel")]);
-        if now > before[i] {
-            return Ok(i);
-        }
-    }
-    anyhow::bail!("no hub counted the probe publish")
-}
-
 /// Steady publishing at 200 messages/s while the channel's hub fails.
 /// Publishing must never be refused; the figures (messages lost without
 /// recovery, detection time) are printed for docs/reliability.md.
@@ -285,7 +257,7 @@ async fn failover_under_steady_publishing(signal: &str) -> anyhow::Result<()> {
         c.subscribe("steady").await?;
         clients.push(c);
     }
-    let owner = owner_of(&sys, "steady").await?;
+    let owner = sys.owner_of("steady").await?;
     for c in &mut clients {
         c.expect_data(&json!("probe")).await?;
     }

@@ -195,7 +195,14 @@ fn all_threads_stopped(pid: u32) -> bool {
 }
 
 pub async fn hub() -> Result<Proc> {
-    Proc::start("hub", &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]).await
+    hub_with(&[]).await
+}
+
+/// A hub with extra arguments (e.g. the Redis engine: [`Redis::hub_args`]).
+pub async fn hub_with(extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"];
+    args.extend_from_slice(extra);
+    Proc::start("hub", &args).await
 }
 
 /// A hub on a given gRPC address (to start or restart one where gateways
@@ -424,6 +431,17 @@ impl Client {
         Ok(reply)
     }
 
+    /// Subscribe with a `since` position (recovery), require `ok`; the reply.
+    pub async fn subscribe_since(&mut self, channel: &str, epoch: &str, offset: u64) -> Result<Value> {
+        let r = self
+            .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
+            .await?;
+        if r["ok"] != json!(true) {
+            bail!("subscribe to {channel} with since failed: {r}");
+        }
+        Ok(r)
+    }
+
     /// Subscribe and require `ok`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
         let r = self.command(json!({"op": "subscribe", "channel": channel})).await?;
@@ -476,9 +494,20 @@ impl System {
         gateway_args: &[&str],
         ingress_args: &[&str],
     ) -> Result<System> {
+        Self::start_full(hubs, &[], gateways, gateway_args, ingress_args).await
+    }
+
+    /// Like `start_with`, with extra hub arguments too.
+    pub async fn start_full(
+        hubs: usize,
+        hub_args: &[&str],
+        gateways: usize,
+        gateway_args: &[&str],
+        ingress_args: &[&str],
+    ) -> Result<System> {
         let mut hub_procs = Vec::new();
         for _ in 0..hubs {
-            hub_procs.push(hub().await?);
+            hub_procs.push(hub_with(hub_args).await?);
         }
         let urls: Vec<String> = hub_procs.iter().map(hub_url).collect();
         let mut gws = Vec::new();
@@ -499,6 +528,28 @@ impl System {
 
     pub fn gw(&self, i: usize) -> SocketAddr {
         self.gateways[i].addr("http")
+    }
+
+    /// Which hub (index) owns `channel`: publish a `"probe"` once and see
+    /// whose counter moved.
+    pub async fn owner_of(&self, channel: &str) -> Result<usize> {
+        let mut before = Vec::new();
+        for h in &self.hubs {
+            before.push(sample(
+                &metrics(h.addr("admin")).await?,
+                "pushmesh_hub_publishes_total",
+                &[("target", "channel")],
+            ));
+        }
+        post(self.api(), "/publish", &json!({ "channel": channel, "data": "probe" })).await?;
+        for (i, h) in self.hubs.iter().enumerate() {
+            let now =
+                sample(&metrics(h.addr("admin")).await?, "pushmesh_hub_publishes_total", &[("target", "channel")]);
+            if now > before[i] {
+                return Ok(i);
+            }
+        }
+        bail!("no hub counted the probe publish")
     }
 
     pub fn hub_urls(&self) -> Vec<String> {
@@ -618,6 +669,213 @@ impl Drop for LinkProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What a [`Redis`] process is.
+enum Role {
+    Primary { aof: bool },
+    Replica(SocketAddr),
+    Sentinel(SocketAddr, String),
+}
+
+/// A real `redis-server` (the Debian package; `make test` installs it) on
+/// a loopback address of its own.
+///
+/// redis-server cannot bind port 0 and announce the port, so each instance
+/// takes the standard port on a random address of 127.0.0.0/8 (16 million
+/// of them); a start that fails (the address was taken after all) is
+/// retried on another. Data lives in a temporary directory, with AOF
+/// (fsync on every write) when the test needs durability. Killed on drop.
+pub struct Redis {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    aof: bool,
+}
+
+impl Redis {
+    /// Without persistence.
+    pub async fn start() -> Result<Redis> {
+        Self::start_opts(false).await
+    }
+
+    /// With AOF, `appendfsync always`: what was acknowledged survives a kill.
+    pub async fn start_with_aof() -> Result<Redis> {
+        Self::start_opts(true).await
+    }
+
+    async fn start_opts(aof: bool) -> Result<Redis> {
+        Self::start_role(Role::Primary { aof }).await
+    }
+
+    /// A replica of `primary` (no persistence).
+    pub async fn start_replica_of(primary: &Redis) -> Result<Redis> {
+        Self::start_role(Role::Replica(primary.addr)).await
+    }
+
+    /// A Sentinel watching `primary` as master `name` (quorum 1, down after
+    /// 1 s): it promotes a replica when the primary dies.
+    pub async fn start_sentinel(primary: &Redis, name: &str) -> Result<Redis> {
+        Self::start_role(Role::Sentinel(primary.addr, name.to_owned())).await
+    }
+
+    async fn start_role(role: Role) -> Result<Redis> {
+        let mut last = None;
+        for _ in 0..5 {
+            let ip =
+                std::net::Ipv4Addr::new(127, rand::random_range(1..=254), rand::random(), rand::random_range(1..=254));
+            let port = if matches!(role, Role::Sentinel(..)) { 26379 } else { 6379 };
+            let addr = SocketAddr::new(ip.into(), port);
+            let dir = bin_dir().parent().expect("target").join("test-redis").join(format!("{ip}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            match Self::spawn(addr, &dir, &role).await {
+                Ok(child) => {
+                    let aof = matches!(role, Role::Primary { aof: true });
+                    return Ok(Redis { child, addr, dir, aof });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    async fn spawn(addr: SocketAddr, dir: &std::path::Path, role: &Role) -> Result<Child> {
+        let server = which("redis-server").ok_or_else(|| {
+            anyhow!("redis-server is not installed: run `apt-get install redis-server` (make test does it)")
+        })?;
+        let mut args: Vec<String> = Vec::new();
+        if let Role::Sentinel(primary, name) = role {
+            // Sentinel rewrites its config file: it must be its own and writable.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor {name} {} {} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n",
+                    primary.ip(),
+                    primary.port()
+                ),
+            )?;
+            args.extend([conf.to_str().expect("utf-8 path").to_owned(), "--sentinel".to_owned()]);
+        }
+        let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+        let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
+        args.extend(["--bind", &ip, "--port", &port, "--dir", &dir_arg, "--logfile", "redis.log"].map(str::to_owned));
+        args.extend(["--daemonize", "no", "--protected-mode", "no"].map(str::to_owned));
+        let persistence: Vec<String> = match role {
+            Role::Primary { aof: true } => {
+                ["--save", "", "--appendonly", "yes", "--appendfsync", "always"].map(str::to_owned).to_vec()
+            }
+            Role::Primary { aof: false } => ["--save", "", "--appendonly", "no"].map(str::to_owned).to_vec(),
+            Role::Replica(p) => vec![
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+                "--replicaof".into(),
+                p.ip().to_string(),
+                p.port().to_string(),
+                // Its connections leave from 127.0.0.1: say where it listens.
+                "--replica-announce-ip".into(),
+                ip.clone(),
+            ],
+            Role::Sentinel(..) => Vec::new(),
+        };
+        args.extend(persistence);
+        let mut child = Command::new(server)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn redis-server")?;
+        let url = format!("redis://{addr}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+                bail!(
+                    "redis-server on {addr} exited ({status}): {}",
+                    log.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+                );
+            }
+            if ping(&url).await.is_ok() {
+                return Ok(child);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("redis-server on {addr} did not answer PING within {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Hub arguments for the Redis engine on this server.
+    pub fn hub_args(&self) -> Vec<String> {
+        vec!["--engine".into(), "redis".into(), "--redis-url".into(), self.url()]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Send a signal by name (STOP, CONT…); STOP returns once every thread
+    /// of the server is stopped.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} redis {} failed", self.pid());
+        if sig == "STOP" {
+            let deadline = std::time::Instant::now() + WAIT;
+            while !all_threads_stopped(self.pid()) {
+                assert!(std::time::Instant::now() < deadline, "redis {} did not stop", self.pid());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// SIGKILL it (and reap).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGKILL it and start it again on the same address and directory
+    /// (with AOF, everything acknowledged comes back).
+    pub async fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill().await;
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::spawn(self.addr, &self.dir, &Role::Primary { aof: self.aof }).await {
+                Ok(child) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.expect("tried"))
+    }
+
+    /// A client connection for checks.
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+}
+
+async fn ping(url: &str) -> Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut c = tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection()).await??;
+    let _: String = redis::cmd("PING").query_async(&mut c).await?;
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(name)).find(|p| p.exists())
 }
 
 /// One Server-Sent Event: its type (`message` when unnamed), id and data.

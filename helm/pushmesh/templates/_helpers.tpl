@@ -117,6 +117,12 @@ says what is wrong and what to do.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq .Values.engine.type "redis") (not (or .Values.engine.redis.url .Values.engine.redis.existingSecret .Values.redis.enabled)) -}}
+{{- fail "engine.type=redis needs a Redis: set engine.redis.url, engine.redis.existingSecret (a Secret with the URL), or redis.enabled=true (the bundled single-node Redis, for evaluation)" -}}
+{{- end -}}
+{{- if and .Values.redis.enabled (ne .Values.engine.type "redis") -}}
+{{- fail "redis.enabled deploys a Redis for the hubs' channel state: set engine.type=redis too (or leave redis.enabled false)" -}}
+{{- end -}}
 {{- if eq (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) -}}
 {{- fail (printf "hub.ports: grpc and admin must differ (both are %d)" (int .Values.hub.ports.grpc)) -}}
 {{- end -}}
@@ -217,6 +223,29 @@ PUSHMESH_QUERY_TIMEOUT_MS: {{ $c.queryTimeoutMs | quote }}
 PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
+PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
+{{- if eq .Values.engine.type "redis" }}
+{{- $r := .Values.engine.redis }}
+PUSHMESH_ENGINE_TIMEOUT_MS: {{ .Values.engine.timeoutMs | quote }}
+PUSHMESH_REDIS_URL: {{ include "pushmesh.redisUrl" . | quote }}
+PUSHMESH_REDIS_CLUSTER: {{ $r.cluster | quote }}
+PUSHMESH_REDIS_PREFIX: {{ $r.prefix | quote }}
+{{- with $r.sentinelMaster }}
+PUSHMESH_REDIS_SENTINEL_MASTER: {{ . | quote }}
+{{- end }}
+{{- with $r.tls.caSecret }}
+PUSHMESH_REDIS_TLS_CA: {{ printf "/etc/pushmesh/redis-ca/%s" $r.tls.caKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The hubs' Redis URL: engine.redis.url, else the bundled Redis's Service. */}}
+{{- define "pushmesh.redisUrl" -}}
+{{- if .Values.engine.redis.url -}}
+{{- .Values.engine.redis.url -}}
+{{- else if .Values.redis.enabled -}}
+{{- printf "redis://%s.%s.svc.%s:%d" (include "pushmesh.componentName" (dict "root" . "component" "redis")) .Release.Namespace .Values.clusterDomain (int .Values.redis.port) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "pushmesh.config.ws-gateway" -}}

@@ -112,6 +112,15 @@ pub enum Command {
     /// Show who is subscribed to a channel, as a table.
     #[command(after_help = "Example:\n  pushmesh presence news\n  pushmesh presence news --limit 10 --json")]
     Presence(PresenceArgs),
+
+    /// Show a channel's kept messages (its history), oldest first.
+    #[command(
+        long_about = "Show a channel's kept messages, oldest first, with their offsets, from the oldest \
+            kept or after a position (`--since EPOCH:OFFSET`, the last message you saw). How much is kept \
+            is the hubs' --history-size and --history-ttl-secs; with the Redis engine it survives a hub crash.",
+        after_help = "Examples:\n  pushmesh history news\n  pushmesh history news --since 5f3a9c0d1e2b4a67:41 --limit 10\n  pushmesh history news --json | jq '.messages[].data'"
+    )]
+    History(HistoryArgs),
 }
 
 /// Where the http-ingress is, and how to call it.
@@ -265,6 +274,28 @@ pub struct PresenceArgs {
     pub channel: String,
 
     /// List at most this many connections (counts are exact regardless).
+    #[arg(long)]
+    pub limit: Option<u32>,
+
+    /// Print the ingress's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The channel.
+    pub channel: String,
+
+    /// Only the messages after this position (`EPOCH:OFFSET`, as in a
+    /// message's epoch and offset).
+    #[arg(long)]
+    pub since: Option<String>,
+
+    /// Show at most this many messages (0–10000; default: all kept).
     #[arg(long)]
     pub limit: Option<u32>,
 

@@ -1,10 +1,10 @@
-//! `pushmesh stats` and `pushmesh presence`: the ingress's query routes,
+//! `pushmesh stats`, `pushmesh presence` and `pushmesh history`: the ingress's query routes,
 //! rendered as tables (or passed through as JSON with `--json`).
 
 use serde_json::Value;
 
 use crate::api::Api;
-use crate::cli::{PresenceArgs, StatsArgs};
+use crate::cli::{HistoryArgs, PresenceArgs, StatsArgs};
 use crate::failure::Result;
 use crate::table::Table;
 
@@ -87,6 +87,47 @@ pub fn render_presence(v: &Value) -> String {
     out
 }
 
+pub async fn history(args: HistoryArgs) -> Result<()> {
+    let api = Api::new(&args.ingress)?;
+    let mut query: Vec<(&str, String)> = vec![("channel", args.channel.clone())];
+    query.extend(args.since.map(|s| ("since", s)));
+    query.extend(args.limit.map(|l| ("limit", l.to_string())));
+    let v = api.get(&["history"], &query).await?;
+    if args.json {
+        println!("{v}");
+    } else {
+        print!("{}", render_history(&v));
+    }
+    Ok(())
+}
+
+pub fn render_history(v: &Value) -> String {
+    let channel = v["channel"].as_str().unwrap_or("?");
+    let epoch = v["epoch"].as_str().unwrap_or_default();
+    if epoch.is_empty() {
+        return format!("channel {channel}: no history (nothing published recently)\n");
+    }
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "channel {channel}: epoch {epoch}, offset {}, {} message{} shown\n",
+        v["offset"].as_u64().unwrap_or(0),
+        messages.len(),
+        if messages.len() == 1 { "" } else { "s" }
+    );
+    if v["recovered"].as_bool() == Some(false) {
+        out.push_str("(messages after that position are no longer kept: trimmed, expired or another epoch)\n");
+    }
+    if !messages.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&[("OFFSET", true), ("DATA", false)]);
+        for m in &messages {
+            t.row(vec![m["offset"].as_u64().unwrap_or(0).to_string(), m["data"].to_string()]);
+        }
+        out.push_str(&t.render());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +148,21 @@ mod tests {
         assert_eq!(
             render_presence(&v),
             "channel news: 3 connections, 1 user\n\nCONNECTION  USER\ngw-a:1      alice\ngw-a:2      -\n… and 1 more (raise --limit)\n"
+        );
+    }
+
+    #[test]
+    fn history_table() {
+        let v = json!({"channel":"news","epoch":"e1","offset":42,"messages":[{"offset":41,"data":{"t":"hi"}},{"offset":42,"data":"x"}]});
+        assert_eq!(
+            render_history(&v),
+            "channel news: epoch e1, offset 42, 2 messages shown\n\nOFFSET  DATA\n    41  {\"t\":\"hi\"}\n    42  \"x\"\n"
+        );
+        let gone = json!({"channel":"news","epoch":"e2","offset":3,"recovered":false,"messages":[]});
+        assert!(render_history(&gone).contains("no longer kept"));
+        assert_eq!(
+            render_history(&json!({"channel":"n","epoch":"","offset":0,"messages":[]})),
+            "channel n: no history (nothing published recently)\n"
         );
     }
 }

@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(a) => token::run(a),
         Command::Stats(a) => inspect::stats(a).await,
         Command::Presence(a) => inspect::presence(a).await,
+        Command::History(a) => inspect::history(a).await,
     }
 }
 

@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 
 use pushmesh_common::ids::{Channel, ConnectionId, Topic, UserId};
 use pushmesh_common::proto::{
-    Broadcast, ConnectionChannel, Disconnect, PublishRequest, QueryOp, QueryRequest, QueryResponse, StatsQuery,
-    publish_request::Target, query_op,
+    Broadcast, ConnectionChannel, Disconnect, HistoryRequest, PublishRequest, QueryOp, QueryRequest, QueryResponse,
+    StatsQuery, publish_request::Target, query_op,
 };
 
 use crate::error::{ApiError, ErrorBody};
@@ -91,6 +91,27 @@ pub struct Presence {
     pub users: u64,
     pub clients: Vec<ClientEntry>,
     pub partial: bool,
+}
+
+/// One kept message of a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryMessage {
+    pub offset: u64,
+    /// The published JSON value, as it was published.
+    pub data: Box<RawValue>,
+}
+
+/// A channel's kept messages (`GET /history`).
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub channel: String,
+    /// The stream's epoch and current offset (empty epoch: no stream).
+    pub epoch: String,
+    pub offset: u64,
+    /// With `since`: whether `messages` are exactly those after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    pub messages: Vec<HistoryMessage>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -380,6 +401,44 @@ impl Commands {
             users: users.len() as u64,
             clients,
             partial: partial(&resp),
+        })
+    }
+
+    /// A channel's kept messages after `since` (or from the oldest kept),
+    /// at most `limit` (0 or none: all kept), oldest first.
+    pub async fn history(
+        &self,
+        name: String,
+        since: Option<(String, u64)>,
+        limit: Option<u32>,
+    ) -> Result<History, ApiError> {
+        let ch = channel(name)?;
+        let req = HistoryRequest {
+            channel: ch.as_str().to_owned(),
+            from_oldest: since.is_none(),
+            limit: limit.unwrap_or(0),
+            epoch: since.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+            offset: since.as_ref().map_or(0, |s| s.1),
+        };
+        let resp = self.hubs.pool().history(&Topic::Channel(ch.clone()).wire(), req).await?;
+        let messages = resp
+            .messages
+            .into_iter()
+            .map(|d| {
+                // Validated JSON when it was published; kept as it came.
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                let data = RawValue::from_string(text.clone())
+                    .or_else(|_| RawValue::from_string(serde_json::Value::String(text).to_string()))
+                    .map_err(|e| ApiError::Internal(format!("history entry {} is not JSON: {e}", d.offset)))?;
+                Ok(HistoryMessage { offset: d.offset, data })
+            })
+            .collect::<Result<_, ApiError>>()?;
+        Ok(History {
+            channel: ch.as_str().to_owned(),
+            epoch: resp.epoch,
+            offset: resp.top,
+            recovered: since.is_some().then_some(resp.recovered),
+            messages,
         })
     }
 

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use pushmesh_common::proto::push_api_server::PushApi;
 use pushmesh_common::proto::{
     ApiBroadcastRequest, ApiClient, ApiDisconnectRequest, ApiDisconnectResponse, ApiEmpty, ApiGatewayStats,
-    ApiMembershipRequest, ApiPresenceRequest, ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse,
-    ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
+    ApiHistoryMessage, ApiHistoryRequest, ApiHistoryResponse, ApiMembershipRequest, ApiPresenceRequest,
+    ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse, ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
 };
 
 use crate::access::Transport;
@@ -165,6 +165,32 @@ impl PushApi for GrpcApi {
                 .map(|g| ApiGatewayStats { gateway: g.gateway, connections: g.connections, channels: g.channels })
                 .collect(),
             partial: s.partial,
+        }))
+    }
+
+    async fn history(&self, req: Request<ApiHistoryRequest>) -> Result<Response<ApiHistoryResponse>, Status> {
+        self.authorize(&req, Scope::Admin)?;
+        let r = req.into_inner();
+        if r.limit > 10_000 {
+            return Err(to_status(ApiError::InvalidRequest(format!(
+                "limit {} must be a whole number from 0 to 10000",
+                r.limit
+            ))));
+        }
+        let since = r.since.map(|p| (p.epoch, p.offset));
+        if since.as_ref().is_some_and(|s| s.0.is_empty()) {
+            return Err(to_status(ApiError::InvalidRequest("since.epoch is empty".to_owned())));
+        }
+        let h = self.state.commands.history(r.channel, since, Some(r.limit)).await.map_err(to_status)?;
+        Ok(Response::new(ApiHistoryResponse {
+            epoch: h.epoch,
+            offset: h.offset,
+            recovered: h.recovered.unwrap_or(true),
+            messages: h
+                .messages
+                .into_iter()
+                .map(|m| ApiHistoryMessage { offset: m.offset, data_json: m.data.get().to_owned() })
+                .collect(),
         }))
     }
 }

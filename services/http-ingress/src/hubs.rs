@@ -24,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{Member, MembersRequest, QueryRequest, QueryResponse};
+use pushmesh_common::proto::{HistoryRequest, HistoryResponse, Member, MembersRequest, QueryRequest, QueryResponse};
 
 use crate::metrics::IngressMetrics;
 
@@ -63,6 +63,10 @@ pub struct HubPool {
     timeouts: Timeouts,
     tls: Option<tonic::transport::ClientTlsConfig>,
 }
+
+/// Set by a hub on an UNAVAILABLE that comes from its channel state engine
+/// (the hub's `service::ENGINE_ERROR_HEADER`).
+const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
 
 /// How long each kind of hub call may take.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +182,19 @@ impl HubPool {
         Ok(resp)
     }
 
+    /// A channel's history from its owner hub (or the next that answers:
+    /// with the Redis engine every hub reads the same streams). Like a
+    /// query, a failure does not mark the hub down.
+    pub async fn history(&self, key: &str, req: HistoryRequest) -> Result<HistoryResponse, PublishError> {
+        let (_, resp) = self
+            .call(key, Call::Query, |mut c| {
+                let req = req.clone();
+                async move { c.history(req).await }
+            })
+            .await?;
+        Ok(resp)
+    }
+
     /// Call the hubs in `key`'s order until one answers, each within the
     /// call's timeout. A hub that fails a publish before answering (cannot
     /// connect, unavailable, deadline) is marked down and the next is
@@ -194,6 +211,7 @@ impl HubPool {
             Call::Query => self.timeouts.query,
         };
         let mut not_found = None;
+        let mut engine_error = None;
         let (mut tried, mut last_error) = (0, "no hub is configured");
         for hub in self.order(key) {
             tried += 1;
@@ -211,6 +229,13 @@ impl HubPool {
                 // The target's gateway may still be re-attaching to this
                 // hub: ask the next before saying "not found".
                 Code::NotFound => not_found = Some(status.message().to_owned()),
+                // The hub is fine, its channel state engine is not (it still
+                // takes broadcasts and sends): not marked down; the next hub
+                // may reach the engine. The hub's message names no address.
+                Code::Unavailable if status.metadata().contains_key(ENGINE_ERROR_HEADER) => {
+                    tracing::warn!(hub = %hub.url, error = %status.message(), "{kind:?} refused: channel state engine unavailable");
+                    engine_error = Some(status.message().to_owned());
+                }
                 code => {
                     if kind == Call::Publish {
                         hub.up.store(false, Ordering::Relaxed);
@@ -220,9 +245,10 @@ impl HubPool {
                 }
             }
         }
-        match not_found {
-            Some(msg) => Err(PublishError::NotFound(msg)),
-            None => Err(PublishError::Unavailable(format!(
+        match (not_found, engine_error) {
+            (Some(msg), _) => Err(PublishError::NotFound(msg)),
+            (None, Some(msg)) => Err(PublishError::Unavailable(format!("{msg} ({tried} hubs tried)"))),
+            (None, None) => Err(PublishError::Unavailable(format!(
                 "{last_error} ({tried} hubs tried; the ingress log has details)"
             ))),
         }

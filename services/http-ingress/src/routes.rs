@@ -66,6 +66,23 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
                 .await,
             )
         });
+    let history = warp::path!("history")
+        .and(warp::get())
+        .and(guard(state.clone(), Scope::Admin))
+        .and(with(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(|_: Scope, s: Arc<State>, q: HashMap<String, String>| async move {
+            respond(
+                async {
+                    let channel = q
+                        .get("channel")
+                        .cloned()
+                        .ok_or_else(|| ApiError::InvalidRequest("history needs ?channel=NAME".to_owned()))?;
+                    s.commands.history(channel, since_param(&q)?, limit_param(&q)?).await
+                }
+                .await,
+            )
+        });
     let stats = warp::path!("stats")
         .and(warp::get())
         .and(guard(state.clone(), Scope::Admin))
@@ -118,6 +135,8 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
         .or(batch)
         .unify()
         .or(presence)
+        .unify()
+        .or(history)
         .unify()
         .or(stats)
         .unify()
@@ -238,6 +257,27 @@ fn percent_decoded(segment: &str) -> Result<String> {
         .map_err(|_| ApiError::InvalidRequest("path segment is not valid UTF-8".to_owned()))
 }
 
+/// `since=EPOCH:OFFSET`, or `since_epoch=…&since_offset=…`.
+fn since_param(q: &HashMap<String, String>) -> Result<Option<(String, u64)>> {
+    let bad = |what: &str| {
+        ApiError::InvalidRequest(format!(
+            "{what}: expected since=EPOCH:OFFSET (the epoch and offset of the last message seen, e.g. since=5f3a9c0d1e2b4a67:41) or since_epoch and since_offset"
+        ))
+    };
+    let (epoch, offset) = match (q.get("since"), q.get("since_epoch"), q.get("since_offset")) {
+        (None, None, None) => return Ok(None),
+        (Some(s), None, None) => s.rsplit_once(':').ok_or_else(|| bad(&format!("since {s:?} has no ':'")))?,
+        (None, Some(e), Some(o)) => (e.as_str(), o.as_str()),
+        (Some(_), _, _) => return Err(bad("since and since_epoch/since_offset together")),
+        (None, _, _) => return Err(bad("since_epoch and since_offset go together")),
+    };
+    if epoch.is_empty() {
+        return Err(bad("the epoch is empty"));
+    }
+    let offset = offset.parse::<u64>().map_err(|_| bad(&format!("offset {offset:?} is not a whole number")))?;
+    Ok(Some((epoch.to_owned(), offset)))
+}
+
 fn limit_param(q: &HashMap<String, String>) -> Result<Option<u32>> {
     q.get("limit")
         .map(|l| {
@@ -315,7 +355,7 @@ async fn recover(r: Rejection) -> std::result::Result<Response, Infallible> {
         ApiError::InvalidRequest("the query string could not be parsed".to_owned())
     } else if r.is_not_found() {
         ApiError::NotFound(
-            "no such route; see docs/api.md (POST /publish, /broadcast, /send, /subscribe, /unsubscribe, /disconnect, /batch; GET /presence/{channel}, /stats, /users/{user}, /?content=…)"
+            "no such route; see docs/api.md (POST /publish, /broadcast, /send, /subscribe, /unsubscribe, /disconnect, /batch; GET /presence/{channel}, /history?channel=, /stats, /users/{user}, /?content=…)"
                 .to_owned(),
         )
     } else {
@@ -341,6 +381,7 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         p if p.starts_with("/presence/") => "presence",
+        "/history" => "history",
         p if p.starts_with("/users/") => "users",
         _ => "other",
     }

@@ -51,6 +51,57 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
     pub history_max_bytes: usize,
 
+    /// Where channel state (positions, history, idempotency keys) lives:
+    /// `memory` (this hub's memory; lost with it) or `redis` (shared by
+    /// every hub; survives a hub crash, see --redis-url).
+    #[arg(long, env = "PUSHMESH_ENGINE", value_enum, default_value_t = EngineKind::Memory)]
+    pub engine: EngineKind,
+
+    /// The Redis engine's server: `redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` for TLS. Comma-separated: the seeds of a Redis Cluster
+    /// (with --redis-cluster) or the sentinels (with --redis-sentinel-master).
+    #[arg(long, env = "PUSHMESH_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Treat --redis-url as the seeds of a Redis Cluster.
+    #[arg(long, env = "PUSHMESH_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Find the master through Redis Sentinel: its name (--redis-url lists
+    /// the sentinels).
+    #[arg(long, env = "PUSHMESH_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Redis password, overriding the URL's (for a Kubernetes Secret in the
+    /// environment). Prefer --redis-password-file.
+    #[arg(long, env = "PUSHMESH_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Read the Redis password from this file (a mounted Secret); trailing
+    /// newlines are ignored.
+    #[arg(long, env = "PUSHMESH_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to verify a `rediss://` server with, instead of
+    /// the system's roots.
+    #[arg(long, env = "PUSHMESH_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
+    /// Prefix of every Redis key (several deployments can share a Redis).
+    #[arg(long, env = "PUSHMESH_REDIS_PREFIX", default_value = "pushmesh")]
+    pub redis_prefix: String,
+
+    /// Multiplexed connections to Redis (calls are spread over them; each
+    /// pipelines many calls). Ignored for a cluster (one per node).
+    #[arg(long, env = "PUSHMESH_REDIS_CONNECTIONS", default_value_t = 2)]
+    pub redis_connections: usize,
+
+    /// How long a channel state engine call may take before the publish
+    /// fails with UNAVAILABLE (the ingress answers 503 + Retry-After), in
+    /// milliseconds. Keep it under the ingress's --publish-timeout-ms.
+    #[arg(long, env = "PUSHMESH_ENGINE_TIMEOUT_MS", default_value_t = 500)]
+    pub engine_timeout_ms: u64,
+
     /// After start, how long the hub reports itself not serving (gRPC
     /// health, /readyz) while gateways attach, so ingresses do not route
     /// channels to it before the gateways can receive them. Keep it above
@@ -77,6 +128,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Where channel state lives (see `--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    Memory,
+    Redis,
 }
 
 impl Config {

@@ -6,9 +6,10 @@
 
 pub mod attach;
 pub mod config;
-pub mod history;
+pub mod engine;
 pub mod metrics;
 pub mod query;
+pub mod sequencer;
 pub mod server;
 pub mod service;
 pub mod topics;

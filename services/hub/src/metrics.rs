@@ -1,7 +1,7 @@
 //! The hub's metrics, registered in one place: `pushmesh_hub_*`, labels
 //! from small fixed sets only (never a topic or gateway id).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct HubMetrics {
@@ -23,6 +23,18 @@ pub struct HubMetrics {
     pub queries: IntCounter,
     pub history_bytes: IntGauge,
     pub history_streams: IntGauge,
+    /// Channel state engine calls, by op (append, read, remove).
+    pub engine_duration: HistogramVec,
+    /// Engine failures, by kind.
+    pub engine_errors: IntCounterVec,
+    /// Engine calls in flight (the depth of the pipeline to Redis).
+    pub engine_in_flight: IntGauge,
+    /// 1 while the engine answers (always 1 for memory).
+    pub engine_up: IntGauge,
+    /// Redis's `used_memory` (0 with the memory engine).
+    pub engine_memory_bytes: IntGauge,
+    /// Publishes positioned per engine call (one channel's group commit).
+    pub sequencer_batch: Histogram,
 }
 
 impl HubMetrics {
@@ -67,6 +79,46 @@ impl HubMetrics {
             IntGauge::new("pushmesh_hub_history_bytes", "Payload bytes held in channel history.").expect("metric");
         let history_streams =
             IntGauge::new("pushmesh_hub_history_streams", "Channel streams (epoch + offset) held.").expect("metric");
+        let engine_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pushmesh_hub_engine_call_duration_seconds",
+                "Channel state engine calls (append: position a batch of one channel's publishes; read: history; remove), by op.",
+            )
+            .buckets(vec![1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0]),
+            &["op"],
+        )
+        .expect("metric");
+        let engine_errors = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_hub_engine_errors_total",
+                "Channel state engine failures, by kind (timeout: no answer within --engine-timeout-ms; unavailable: cannot reach it; failed: it answered with an error; refused_while_down: a positioned publish refused at once because the engine is down).",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let engine_in_flight = IntGauge::new(
+            "pushmesh_hub_engine_calls_in_flight",
+            "Channel state engine calls in flight now (the depth of the pipeline to Redis).",
+        )
+        .expect("metric");
+        let engine_up = IntGauge::new(
+            "pushmesh_hub_engine_up",
+            "1 while the channel state engine answers, 0 while positioned publishes are refused because it does not.",
+        )
+        .expect("metric");
+        let engine_memory_bytes = IntGauge::new(
+            "pushmesh_hub_engine_memory_bytes",
+            "Memory the Redis engine's server reports in use (INFO memory used_memory; 0 with the memory engine).",
+        )
+        .expect("metric");
+        let sequencer_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "pushmesh_hub_engine_batch_publishes",
+                "Publishes of one channel positioned by one engine call (those that arrived while the channel's previous call was in flight).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0]),
+        )
+        .expect("metric");
         let queries = IntCounter::new("pushmesh_hub_queries_total", "Queries forwarded to gateways.").expect("metric");
         let topics =
             IntGauge::new("pushmesh_hub_topics", "Topics with at least one attached gateway.").expect("metric");
@@ -82,6 +134,12 @@ impl HubMetrics {
             Box::new(queries.clone()),
             Box::new(history_bytes.clone()),
             Box::new(history_streams.clone()),
+            Box::new(engine_duration.clone()),
+            Box::new(engine_errors.clone()),
+            Box::new(engine_in_flight.clone()),
+            Box::new(engine_up.clone()),
+            Box::new(engine_memory_bytes.clone()),
+            Box::new(sequencer_batch.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -93,9 +151,16 @@ impl HubMetrics {
         for r in ["gateway_queue_full", "gateway_gone"] {
             dropped.with_label_values(&[r]);
         }
-        for r in ["unknown_gateway", "invalid"] {
+        for r in ["unknown_gateway", "invalid", "engine_unavailable"] {
             rejected.with_label_values(&[r]);
         }
+        for k in ["timeout", "unavailable", "failed", "refused_while_down"] {
+            engine_errors.with_label_values(&[k]);
+        }
+        for op in ["append", "read", "remove"] {
+            engine_duration.with_label_values(&[op]);
+        }
+        engine_up.set(1);
         Self {
             registry,
             publishes,
@@ -109,6 +174,12 @@ impl HubMetrics {
             queries,
             history_bytes,
             history_streams,
+            engine_duration,
+            engine_errors,
+            engine_in_flight,
+            engine_up,
+            engine_memory_bytes,
+            sequencer_batch,
         }
     }
 }

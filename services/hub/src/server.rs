@@ -14,8 +14,10 @@ use pushmesh_common::proto::hub_server::HubServer;
 
 use crate::attach::AttachSettings;
 use crate::config::Config;
-use crate::history::{HistoryConfig, Streams};
+use crate::engine::Built;
+use crate::engine::SharedEngine;
 use crate::metrics::HubMetrics;
+use crate::sequencer::Sequencer;
 use crate::service::HubService;
 use crate::topics::TopicTable;
 
@@ -26,6 +28,7 @@ pub struct Hub {
     admin: TcpListener,
     pub metrics: HubMetrics,
     pub health: Health,
+    engine: Built,
 }
 
 impl Hub {
@@ -34,13 +37,9 @@ impl Hub {
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
         let admin = pushmesh_common::listener::bind(config.admin_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
-        Ok(Self {
-            config,
-            grpc,
-            admin,
-            metrics: HubMetrics::new(),
-            health: Health::new("warming up: gateways are attaching"),
-        })
+        let metrics = HubMetrics::new();
+        let engine = Built::from_config(&config, metrics.clone())?;
+        Ok(Self { config, grpc, admin, metrics, health: Health::new("warming up: gateways are attaching"), engine })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -55,7 +54,7 @@ impl Hub {
     /// `NOT_SERVING`, close every gateway stream (gateways move to the other
     /// hubs) and return.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Hub { config, grpc, admin, metrics, health } = self;
+        let Hub { config, grpc, admin, metrics, health, engine } = self;
         let hub_id =
             config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
         let table = Arc::new(TopicTable::new(metrics.clone()));
@@ -65,16 +64,11 @@ impl Hub {
             queue: config.gateway_queue.max(1),
             batch_max: config.batch_max.max(1),
         };
-        let streams = Arc::new(Streams::new(
-            HistoryConfig {
-                size: config.history_size,
-                ttl: Duration::from_secs(config.history_ttl_secs.max(1)),
-                max_bytes: config.history_max_bytes,
-            },
-            metrics.clone(),
-        ));
-        tokio::spawn(streams.clone().sweeper(shutdown.clone()));
-        let service = HubService::new(table, streams, metrics.clone(), settings, shutdown.clone());
+        engine.spawn_background(shutdown.clone());
+        let engine = engine.shared();
+        tracing::info!(engine = engine.name(), "channel state engine");
+        let sequencer = Arc::new(Sequencer::new(engine.clone(), table.clone(), metrics.clone()));
+        let service = HubService::new(table, sequencer, metrics.clone(), settings, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<HubServer<HubService>>().await;
@@ -89,6 +83,10 @@ impl Hub {
                 warm_health.set_ready();
             }
         });
+        // Readiness (/readyz) also says when the channel state engine is
+        // down. gRPC health stays SERVING: the hub still routes broadcasts
+        // and direct sends, and ingresses keep sending them here.
+        tokio::spawn(engine_readiness(engine, health.clone(), warmup, shutdown.clone()));
 
         let admin_routes = pushmesh_common::admin::routes(health.clone(), metrics.registry.clone());
         let admin_shutdown = shutdown.clone();
@@ -124,5 +122,32 @@ impl Hub {
         let _ = admin_task.await;
         tracing::info!("hub stopped");
         Ok(())
+    }
+}
+
+/// Keep /readyz false, with the reason, while the engine is down (after the
+/// warm-up; the warm-up task owns readiness before that).
+async fn engine_readiness(engine: SharedEngine, health: Health, warmup: Duration, stop: CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(warmup) => {}
+        _ = stop.cancelled() => return,
+    }
+    let mut was_down = false;
+    loop {
+        match engine.status() {
+            Err(e) => {
+                health.set_not_ready(&format!("channel state engine down: {e}"));
+                was_down = true;
+            }
+            Ok(()) if was_down => {
+                health.set_ready();
+                was_down = false;
+            }
+            Ok(()) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

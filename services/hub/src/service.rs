@@ -15,14 +15,19 @@ use pushmesh_common::proto::{
 };
 
 use crate::attach::{self, AttachSettings, AttachStream};
-use crate::history::{Append, Streams};
+use crate::engine::{EngineError, ReadQuery};
 use crate::metrics::HubMetrics;
 use crate::query::{Queries, QueryError};
+use crate::sequencer::{Publish, Sequencer};
 use crate::topics::TopicTable;
+
+/// Set on an UNAVAILABLE that comes from the channel state engine, not
+/// from the hub itself.
+pub const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
 
 pub struct HubService {
     table: Arc<TopicTable>,
-    streams: Arc<Streams>,
+    sequencer: Arc<Sequencer>,
     queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: AttachSettings,
@@ -32,16 +37,26 @@ pub struct HubService {
 impl HubService {
     pub fn new(
         table: Arc<TopicTable>,
-        streams: Arc<Streams>,
+        sequencer: Arc<Sequencer>,
         metrics: HubMetrics,
         settings: AttachSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { table, streams, queries: Arc::default(), metrics, settings, shutdown }
+        Self { table, sequencer, queries: Arc::default(), metrics, settings, shutdown }
     }
 
     fn reject(&self, reason: &str, status: Status) -> Status {
         self.metrics.rejected.with_label_values(&[reason]).inc();
+        status
+    }
+
+    /// An engine failure: UNAVAILABLE, marked so the ingress knows this hub
+    /// is fine (it still takes broadcasts and direct sends) and answers the
+    /// publisher 503 + Retry-After with this message.
+    fn engine_unavailable(&self, e: &EngineError) -> Status {
+        tracing::debug!(error = %e, "channel state engine call failed");
+        let mut status = Status::unavailable(format!("channel state unavailable: {}; retry later", e.public()));
+        status.metadata_mut().insert(ENGINE_ERROR_HEADER, tonic::metadata::MetadataValue::from_static("unavailable"));
         status
     }
 }
@@ -124,34 +139,13 @@ impl Hub for HubService {
         let (kind, delivery) = match req.target {
             Some(publish_request::Target::Channel(name)) => {
                 let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
-                // Position and route under the stream's lock: one channel's
+                // Positioned and routed by the sequencer: one channel's
                 // messages reach every gateway queue in offset order.
-                let stream = self.streams.stream(ch.as_str());
-                let mut st = stream.lock().expect("stream lock");
-                let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
-                let resp = match self.streams.append(&mut st, &req.data, key) {
-                    Append::Duplicate { epoch, offset } => {
-                        PublishResponse { gateways: 0, epoch, offset, duplicate: true }
-                    }
-                    Append::New { epoch, offset } => {
-                        let delivery = Delivery {
-                            topic: ch.topic(),
-                            channel: ch.as_str().to_owned(),
-                            data: req.data,
-                            exclude: req.exclude,
-                            epoch: epoch.clone(),
-                            offset,
-                            id: req.id,
-                            ..Default::default()
-                        };
-                        let routed = self.table.route(delivery);
-                        PublishResponse { gateways: routed.queued, epoch, offset, duplicate: false }
-                    }
+                let publish = Publish { data: req.data, key: req.idempotency_key, exclude: req.exclude, id: req.id };
+                return match self.sequencer.publish(ch, publish).await {
+                    Ok(resp) => Ok(Response::new(resp)),
+                    Err(e) => Err(self.reject("engine_unavailable", self.engine_unavailable(&e))),
                 };
-                drop(st);
-                self.metrics.publishes.with_label_values(&["channel"]).inc();
-                self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-                return Ok(Response::new(resp));
             }
             Some(publish_request::Target::Broadcast(_)) => {
                 let delivery = Delivery {
@@ -211,7 +205,27 @@ impl Hub for HubService {
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
         let req = request.into_inner();
         let ch = Channel::new(req.channel).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(self.streams.since(ch.as_str(), &req.epoch, req.offset)))
+        let since = (!req.from_oldest).then_some((req.epoch, req.offset));
+        let page = self
+            .sequencer
+            .engine()
+            .read(&ch, ReadQuery { since, limit: req.limit as usize })
+            .await
+            .map_err(|e| self.engine_unavailable(&e))?;
+        let topic = ch.topic();
+        let messages = page
+            .entries
+            .into_iter()
+            .map(|(offset, data)| Delivery {
+                topic: topic.clone(),
+                channel: ch.as_str().to_owned(),
+                data,
+                epoch: page.epoch.clone(),
+                offset,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse { epoch: page.epoch, top: page.top, recovered: page.recovered, messages }))
     }
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {

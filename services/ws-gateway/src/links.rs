@@ -214,7 +214,8 @@ impl HubLinks {
         let attached: Vec<_> =
             self.current().iter().filter_map(|s| s.channel.lock().expect("channel lock").clone()).collect();
         let calls = attached.into_iter().map(|ch| {
-            let req = HistoryRequest { channel: channel.to_owned(), epoch: epoch.to_owned(), offset };
+            let req =
+                HistoryRequest { channel: channel.to_owned(), epoch: epoch.to_owned(), offset, ..Default::default() };
             async move {
                 let mut client = HubClient::new(ch).max_decoding_message_size(64 << 20);
                 tokio::time::timeout(Duration::from_secs(2), client.history(req))

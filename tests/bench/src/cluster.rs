@@ -48,15 +48,11 @@ pub struct Usage {
 }
 
 impl Cluster {
-    pub async fn start(env: &Env, gateways: usize, gateway_args: &[String]) -> Result<Cluster> {
+    pub async fn start(env: &Env, gateways: usize, gateway_args: &[String], hub_args: &[String]) -> Result<Cluster> {
         let logs = env.out.join("logs");
-        let hub = start(
-            &env.bin("hub")?,
-            "hub",
-            &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from),
-            &logs,
-        )
-        .await?;
+        let mut args = ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from).to_vec();
+        args.extend_from_slice(hub_args);
+        let hub = start(&env.bin("hub")?, "hub", &args, &logs).await?;
         let hub_url = format!("http://{}", hub.addr("grpc"));
         let mut gws = Vec::new();
         for i in 0..gateways {

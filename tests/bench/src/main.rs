@@ -17,6 +17,7 @@
 
 mod ceiling;
 mod cluster;
+mod enginebench;
 mod fleet;
 mod hubbench;
 mod plot;
@@ -62,6 +63,8 @@ enum Command {
     Idle(ScenarioArgs),
     /// Hub only: fake gateways attached over gRPC, publishes as fast as the hub takes them.
     Hub(hubbench::HubArgs),
+    /// Channel state engines at the hub: positioned publishes/s and added latency, Redis against memory.
+    Engine(enginebench::EngineArgs),
     /// Seconds-long run with few clients; exits non-zero if a delivery is lost or duplicated.
     Smoke,
     /// Every target of the benchmark (what `make bench` runs), then the plot.
@@ -102,6 +105,7 @@ fn main() -> std::process::ExitCode {
                 Command::Sweep(a) => scenario::sweep_cmd(&env, a).await,
                 Command::Idle(a) => scenario::idle_cmd(&env, a).await,
                 Command::Hub(a) => hubbench::cmd(&env, a).await,
+                Command::Engine(a) => enginebench::cmd(&env, a).await,
                 Command::Smoke => scenario::smoke_cmd(&env).await,
                 Command::Suite(a) => suite::cmd(&env, a).await,
                 Command::Worker { .. } | Command::CeilingServer { .. } => unreachable!("handled above"),

@@ -90,6 +90,9 @@ pub struct ScenarioArgs {
     /// Extra argument for every ws-gateway (repeatable), e.g. --gateway-arg=--outbound-queue=4096.
     #[arg(long = "gateway-arg", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
+    /// Extra argument for the hub (repeatable), e.g. --hub-arg=--engine=redis.
+    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    pub hub_args: Vec<String>,
     /// Connection attempts in flight per worker process while connecting.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
@@ -322,7 +325,7 @@ pub async fn sweep(
 }
 
 async fn pushmesh_fleet(env: &Env, a: &ScenarioArgs) -> Result<(Cluster, Fleet, ConnectStats)> {
-    let cluster = Cluster::start(env, a.gateways, &a.gateway_args).await?;
+    let cluster = Cluster::start(env, a.gateways, &a.gateway_args, &a.hub_args).await?;
     let mut fleet =
         Fleet::spawn(a.connections, a.workers, a.connect_concurrency, &cluster.gateway_addrs(), a.channel(), 10)
             .await?;
@@ -422,7 +425,7 @@ pub async fn run_sweep(env: &Env, a: &ScenarioArgs) -> Result<Vec<SweepResult>> 
 /// RSS per connection (after minus before, over connections); then
 /// broadcast to all of them at `rate` for `duration`.
 pub async fn run_idle(env: &Env, a: &ScenarioArgs) -> Result<IdleResult> {
-    let cluster = Cluster::start(env, a.gateways, &a.gateway_args).await?;
+    let cluster = Cluster::start(env, a.gateways, &a.gateway_args, &a.hub_args).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gw_rss = |c: &Cluster| -> u64 {
         c.gateways.iter().map(|g| procstat::sample(g.pid_or_zero()).map(|s| s.rss_kib).unwrap_or(0)).sum()
@@ -531,6 +534,7 @@ pub async fn smoke_cmd(env: &Env) -> Result<bool> {
         sweep_factor: 1.5,
         sweep_steps: 1,
         gateway_args: Vec::new(),
+        hub_args: Vec::new(),
         connect_concurrency: 128,
         label: None,
     };

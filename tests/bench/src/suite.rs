@@ -64,6 +64,7 @@ fn args(connections: usize, gateways: usize, rate: f64, duration: f64) -> Scenar
         sweep_factor: 1.5,
         sweep_steps: 8,
         gateway_args: Vec::new(),
+        hub_args: Vec::new(),
         connect_concurrency: 128,
         label: None,
     }

@@ -1,14 +1,17 @@
-//! Channel streams: every channel publish gets a stream position (epoch +
-//! offset) and is kept in a bounded, time-limited history, so a client that
-//! resubscribes with the last position it saw gets exactly what it missed,
-//! or is told that recovery was not possible.
+//! The memory engine: channel streams in the owning hub's memory. Every
+//! channel publish gets a stream position (epoch + offset) and is kept in a
+//! bounded, time-limited history, so a client that resubscribes with the
+//! last position it saw gets exactly what it missed, or is told that
+//! recovery was not possible.
 //!
 //! The epoch is per channel stream and random: it changes whenever the
 //! stream's state is lost (hub restart, the channel moving to another hub,
 //! the stream expiring after `ttl` without publishes), so a client never
 //! mistakes offsets of another run for its own. Offsets are assigned under
-//! the stream's mutex and the publish is routed while it is held, so one
-//! channel's messages enter every gateway queue in offset order.
+//! the stream's mutex; the [`crate::sequencer`] routes each batch before
+//! the next one of the channel is positioned, so one channel's messages
+//! enter every gateway queue in offset order. Every call completes before
+//! it returns (the future it hands back is already ready).
 //!
 //! Memory is bounded three ways: entries per channel, entry age, and a
 //! global byte budget (the sweeper trims the oldest entries while over it).
@@ -21,8 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use pushmesh_common::proto::{Delivery, HistoryResponse};
+use futures_util::FutureExt;
+use pushmesh_common::ids::Channel;
 
+use super::{Appended, Engine, EngineError, EngineFuture, NewEntry, Page, ReadQuery, Slot};
 use crate::metrics::HubMetrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +98,7 @@ impl Streams {
 
     /// Assign the next position to a publish (call with the stream locked,
     /// and route before unlocking).
-    pub fn append(&self, st: &mut Stream, data: &Bytes, key: Option<&str>) -> Append {
+    pub fn position(&self, st: &mut Stream, data: &Bytes, key: Option<&str>) -> Append {
         if let Some(k) = key
             && let Some(&offset) = st.keys.get(k)
         {
@@ -119,35 +124,44 @@ impl Streams {
         Append::New { epoch: st.epoch.clone(), offset: st.top }
     }
 
-    /// The messages after (epoch, offset), if the history still has all of them.
-    pub fn since(&self, channel: &str, epoch: &str, offset: u64) -> HistoryResponse {
+    /// The entries after (epoch, offset) if the history still has all of
+    /// them, or from the oldest kept; at most `limit` (0: all).
+    pub fn read_now(&self, channel: &str, query: &ReadQuery) -> Page {
         let Some(stream) = self.inner.read().expect("streams lock").get(channel).cloned() else {
-            return HistoryResponse::default();
+            return Page { recovered: query.since.is_none(), ..Page::default() };
         };
         let st = stream.lock().expect("stream lock");
-        let mut resp = HistoryResponse { epoch: st.epoch.clone(), top: st.top, ..Default::default() };
-        if epoch != st.epoch || offset > st.top {
-            return resp;
+        let mut page = Page { epoch: st.epoch.clone(), top: st.top, ..Default::default() };
+        let after = match &query.since {
+            None => 0,
+            Some((epoch, offset)) => {
+                if *epoch != st.epoch || *offset > st.top {
+                    return page;
+                }
+                let oldest = st.entries.front().map_or(st.top + 1, |e| e.offset);
+                if offset + 1 < oldest {
+                    return page; // trimmed
+                }
+                *offset
+            }
+        };
+        page.recovered = true;
+        let limit = if query.limit == 0 { usize::MAX } else { query.limit };
+        page.entries =
+            st.entries.iter().filter(|e| e.offset > after).take(limit).map(|e| (e.offset, e.data.clone())).collect();
+        page
+    }
+
+    /// Drop a channel's stream (its next publish starts a new epoch).
+    pub fn remove_now(&self, channel: &str) {
+        let removed = self.inner.write().expect("streams lock").remove(channel);
+        if let Some(stream) = removed {
+            let mut st = stream.lock().expect("stream lock");
+            while !st.entries.is_empty() {
+                self.pop_front(&mut st);
+            }
         }
-        let oldest = st.entries.front().map_or(st.top + 1, |e| e.offset);
-        if offset + 1 < oldest {
-            return resp; // trimmed
-        }
-        resp.recovered = true;
-        resp.messages = st
-            .entries
-            .iter()
-            .filter(|e| e.offset > offset)
-            .map(|e| Delivery {
-                topic: format!("{}{channel}", pushmesh_common::ids::topic::CHANNEL_PREFIX),
-                channel: channel.to_owned(),
-                data: e.data.clone(),
-                epoch: st.epoch.clone(),
-                offset: e.offset,
-                ..Default::default()
-            })
-            .collect();
-        resp
+        self.metrics.history_streams.set(self.inner.read().expect("streams lock").len() as i64);
     }
 
     fn add_bytes(&self, n: usize) {
@@ -222,5 +236,46 @@ impl Streams {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+}
+
+impl Engine for Streams {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn append(&self, channel: &Channel, batch: Vec<NewEntry>) -> EngineFuture<Appended> {
+        let stream = self.stream(channel.as_str());
+        let mut st = stream.lock().expect("stream lock");
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut epoch = String::new();
+        for entry in &batch {
+            let key = (!entry.key.is_empty()).then_some(entry.key.as_str());
+            slots.push(match self.position(&mut st, &entry.data, key) {
+                Append::New { epoch: e, offset } => {
+                    epoch = e;
+                    Slot::New(offset)
+                }
+                Append::Duplicate { epoch: e, offset } => {
+                    epoch = e;
+                    Slot::Duplicate(offset)
+                }
+            });
+        }
+        drop(st);
+        futures_util::future::ready(Ok(Appended { epoch, slots })).boxed()
+    }
+
+    fn read(&self, channel: &Channel, query: ReadQuery) -> EngineFuture<Page> {
+        futures_util::future::ready(Ok(self.read_now(channel.as_str(), &query))).boxed()
+    }
+
+    fn remove(&self, channel: &Channel) -> EngineFuture<()> {
+        self.remove_now(channel.as_str());
+        futures_util::future::ready(Ok(())).boxed()
+    }
+
+    fn status(&self) -> Result<(), EngineError> {
+        Ok(())
     }
 }
