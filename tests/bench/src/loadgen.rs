@@ -1,0 +1,716 @@
+//! The lean publisher: an open-loop HTTP/1.1 load generator for workloads of
+//! one small request per message (tens of thousands per second).
+//!
+//! Why not reqwest: at 30,000+ single-request sends/s on a 2-core machine, a
+//! general-purpose client (hyper's connection pool, a task and a channel per
+//! request, header maps, a multi-thread runtime's wake-ups) costs about as
+//! much CPU as the system under test, and its 1 ms timer makes a message up
+//! to a millisecond late before it is even sent. This generator is one
+//! thread and one `epoll` set (mio): a pool of keep-alive connections with at
+//! most one request in flight each; at each message's scheduled time it takes
+//! a free connection (the most recently freed, so few stay hot), opens
+//! another one when none is free (up to a cap), and only at the cap lets the
+//! request wait, which is counted. Responses are parsed with `httparse`
+//! (status, `Content-Length`) and handed to the workload's [`Script`].
+//!
+//! The schedule is kept with a `timerfd` (nanosecond resolution) instead of
+//! `epoll_wait`'s milliseconds, so a request leaves at its time, not at the
+//! next millisecond; how late each one left (the lag) is recorded, so a
+//! reader can tell the generator's delay from the system's.
+//!
+//! The reqwest-based driver ([`run_reqwest`]) runs the same scripts, so the
+//! two can be compared in one benchmark (`--publisher reqwest`).
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId as TimerClock, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::time::{ClockId, clock_gettime};
+use serde::Serialize;
+
+use crate::wire;
+
+/// A request's method: the benchmark sends JSON with POST, and the seed's
+/// form as a GET with a query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// What a workload sends and how it reads the answers.
+pub trait Script: Send {
+    /// Request `i`, scheduled at wall-clock `t_ns`: its path (with query)
+    /// into `path` and, for a POST, its JSON body into `body`.
+    fn request(&mut self, i: u64, t_ns: u64, path: &mut Vec<u8>, body: &mut Vec<u8>) -> Method;
+    /// The answer to request `i`: accepted, or what was wrong with it.
+    fn response(&mut self, i: u64, status: u16, body: &[u8]) -> Result<(), String>;
+}
+
+/// How many requests, how fast, over how many connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub requests: u64,
+    pub per_sec: f64,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Connections opened before the first request.
+    pub warm_connections: usize,
+}
+
+/// What the generator saw.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Outcome {
+    pub requests: u64,
+    /// Answered with a status and body the script accepted.
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Wall-clock ns of request 0's scheduled time.
+    #[serde(skip)]
+    pub start_ns: u64,
+    /// How late requests left against their schedule (0 when on time).
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// Connections opened in all.
+    pub connections: usize,
+    /// Requests that found every connection busy at the cap and waited.
+    pub waited: u64,
+    /// CPU seconds of the generator's own thread (lean generator only).
+    pub thread_cpu_s: Option<f64>,
+}
+
+fn mono_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
+}
+
+fn thread_cpu_s() -> f64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9).unwrap_or(0.0)
+}
+
+fn lag_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+fn lag_figures(out: &mut Outcome, h: &Histogram<u64>) {
+    out.lag_p50_ms = h.value_at_quantile(0.5) as f64 / 1000.0;
+    out.lag_p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+    out.lag_max_ms = h.max() as f64 / 1000.0;
+}
+
+const TIMER: Token = Token(usize::MAX - 1);
+/// After the last scheduled request, answers still missing this long are errors.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+struct Conn {
+    stream: TcpStream,
+    connected: bool,
+    /// The request being written, and how much of it is written.
+    out: Vec<u8>,
+    written: usize,
+    /// Bytes of the answer read so far.
+    input: Vec<u8>,
+    /// The request in flight.
+    current: Option<u64>,
+}
+
+struct Gen<'a, S: Script> {
+    script: &'a mut S,
+    addr: SocketAddr,
+    host: String,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    open: usize,
+    max_connections: usize,
+    /// Idle connections, most recently freed last.
+    free: Vec<usize>,
+    /// Requests due while every connection was busy at the cap.
+    backlog: VecDeque<u64>,
+    in_flight: usize,
+    start_mono: u64,
+    start_wall: u64,
+    gap_ns: f64,
+    lag: Histogram<u64>,
+    out: Outcome,
+    path: Vec<u8>,
+    body: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// Run `plan` against `addr` with `script`, blocking this thread until every
+/// request is answered (or given up on).
+pub fn run<S: Script>(addr: SocketAddr, plan: &Plan, script: &mut S) -> Result<Outcome> {
+    let cpu0 = thread_cpu_s();
+    let poll = Poll::new().context("epoll")?;
+    let timer = TimerFd::new(TimerClock::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
+        .context("timerfd")?;
+    let timer_fd = timer.as_fd().as_raw_fd();
+    poll.registry().register(&mut SourceFd(&timer_fd), TIMER, Interest::READABLE)?;
+    let mut g = Gen {
+        script,
+        addr,
+        host: addr.to_string(),
+        poll,
+        conns: Vec::new(),
+        open: 0,
+        max_connections: plan.max_connections.max(1),
+        free: Vec::new(),
+        backlog: VecDeque::new(),
+        in_flight: 0,
+        start_mono: 0,
+        start_wall: 0,
+        gap_ns: 1e9 / plan.per_sec.max(0.001),
+        lag: lag_histogram(),
+        out: Outcome { requests: plan.requests, ..Default::default() },
+        path: Vec::with_capacity(256),
+        body: Vec::with_capacity(1024),
+        scratch: vec![0; 64 * 1024],
+    };
+    let mut events = Events::with_capacity(1024);
+    g.warm_up(plan.warm_connections.min(g.max_connections), &mut events)?;
+
+    let (m0, w0) = (mono_ns(), wire::now_ns());
+    g.start_mono = m0 + 5_000_000;
+    g.start_wall = w0 + 5_000_000;
+    g.out.start_ns = g.start_wall;
+    let n = plan.requests;
+    let mut next = 0u64;
+    let mut armed = u64::MAX;
+    let mut give_up_at = None;
+    loop {
+        let now = mono_ns();
+        while next < n && g.due(next) <= now {
+            g.dispatch(next);
+            next += 1;
+        }
+        if next >= n && g.in_flight == 0 && g.backlog.is_empty() {
+            break;
+        }
+        let timeout = if next < n {
+            let due = g.due(next);
+            let now = mono_ns();
+            if due <= now {
+                Some(Duration::ZERO)
+            } else {
+                if armed != due {
+                    let wait = TimeSpec::from_duration(Duration::from_nanos(due - now));
+                    timer.set(Expiration::OneShot(wait), TimerSetTimeFlags::empty()).context("arm the timerfd")?;
+                    armed = due;
+                }
+                None
+            }
+        } else {
+            let deadline = *give_up_at.get_or_insert(now + ANSWER_WITHIN.as_nanos() as u64);
+            if now >= deadline {
+                g.give_up();
+                break;
+            }
+            Some(Duration::from_nanos(deadline - now).min(Duration::from_secs(1)))
+        };
+        match g.poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("epoll_wait"),
+        }
+        for ev in events.iter() {
+            if ev.token() == TIMER {
+                // Clear the expiry; EAGAIN when it was already read.
+                let _ = timer.wait();
+                armed = u64::MAX;
+            } else {
+                g.ready(ev.token().0);
+            }
+        }
+        g.drain_backlog();
+    }
+    let mut out = std::mem::take(&mut g.out);
+    lag_figures(&mut out, &g.lag);
+    out.thread_cpu_s = Some(thread_cpu_s() - cpu0);
+    Ok(out)
+}
+
+impl<S: Script> Gen<'_, S> {
+    fn due(&self, i: u64) -> u64 {
+        self.start_mono + (i as f64 * self.gap_ns) as u64
+    }
+
+    /// Open `n` connections and wait (at most 5 s) until they are connected.
+    fn warm_up(&mut self, n: usize, events: &mut Events) -> Result<()> {
+        for _ in 0..n {
+            let c = self.connect()?;
+            self.free.push(c);
+        }
+        let deadline = mono_ns() + 5_000_000_000;
+        while self.conns.iter().flatten().any(|c| !c.connected) {
+            if mono_ns() > deadline {
+                bail!("could not connect to {} within 5 s", self.addr);
+            }
+            self.poll.poll(events, Some(Duration::from_millis(100)))?;
+            let ready: Vec<usize> = events.iter().map(|e| e.token().0).filter(|t| *t != TIMER.0).collect();
+            for c in ready {
+                self.ready(c);
+            }
+            if self.open < n {
+                bail!("connecting to {} failed: {}", self.addr, self.out.first_error.take().unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self) -> Result<usize> {
+        let mut stream = TcpStream::connect(self.addr).with_context(|| format!("connect to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        let c = match self.conns.iter().position(Option::is_none) {
+            Some(c) => c,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        self.poll.registry().register(&mut stream, Token(c), Interest::READABLE | Interest::WRITABLE)?;
+        self.conns[c] = Some(Conn {
+            stream,
+            connected: false,
+            out: Vec::with_capacity(512),
+            written: 0,
+            input: Vec::with_capacity(1024),
+            current: None,
+        });
+        self.open += 1;
+        self.out.connections += 1;
+        Ok(c)
+    }
+
+    /// Request `i` is due: a free connection, else a new one, else wait.
+    fn dispatch(&mut self, i: u64) {
+        if let Some(c) = self.free.pop() {
+            self.assign(c, i);
+        } else if self.open < self.max_connections {
+            match self.connect() {
+                Ok(c) => self.assign(c, i),
+                Err(e) => {
+                    self.in_flight += 1;
+                    self.error(format!("{e:#}"));
+                }
+            }
+        } else {
+            self.backlog.push_back(i);
+            self.out.waited += 1;
+        }
+    }
+
+    /// Waiting requests take the connections that closed: a waiting request
+    /// is otherwise only picked up when an answer frees a connection, and
+    /// a connection the server closed (`Connection: close`) frees none.
+    fn drain_backlog(&mut self) {
+        while !self.backlog.is_empty() && self.free.is_empty() && self.open < self.max_connections {
+            let Some(i) = self.backlog.pop_front() else { break };
+            match self.connect() {
+                Ok(c) => self.assign(c, i),
+                Err(e) => {
+                    self.in_flight += 1;
+                    self.error(format!("{e:#}"));
+                }
+            }
+        }
+    }
+
+    fn assign(&mut self, c: usize, i: u64) {
+        let t_ns = self.start_wall + (i as f64 * self.gap_ns) as u64;
+        self.path.clear();
+        self.body.clear();
+        let method = self.script.request(i, t_ns, &mut self.path, &mut self.body);
+        let Some(conn) = self.conns[c].as_mut() else { return };
+        conn.out.clear();
+        conn.written = 0;
+        let head = match method {
+            Method::Get => "GET ",
+            Method::Post => "POST ",
+        };
+        conn.out.extend_from_slice(head.as_bytes());
+        conn.out.extend_from_slice(&self.path);
+        conn.out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        conn.out.extend_from_slice(self.host.as_bytes());
+        if method == Method::Post {
+            conn.out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+            conn.out.extend_from_slice(self.body.len().to_string().as_bytes());
+        }
+        conn.out.extend_from_slice(b"\r\n\r\n");
+        conn.out.extend_from_slice(&self.body);
+        conn.current = Some(i);
+        self.in_flight += 1;
+        if conn.connected {
+            self.started(i);
+            self.flush(c);
+        }
+    }
+
+    /// Request `i` starts leaving now: record how late that is.
+    fn started(&mut self, i: u64) {
+        let late = mono_ns().saturating_sub(self.due(i));
+        self.lag.saturating_record(late / 1000);
+    }
+
+    fn flush(&mut self, c: usize) {
+        let Some(conn) = self.conns[c].as_mut() else { return };
+        while conn.written < conn.out.len() {
+            match conn.stream.write(&conn.out[conn.written..]) {
+                Ok(0) => return self.fail(c, "the connection took no bytes".to_owned()),
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return self.fail(c, format!("write: {e}")),
+            }
+        }
+    }
+
+    /// An event on connection `c`: connected, writable, or answers to read.
+    fn ready(&mut self, c: usize) {
+        let Some(conn) = self.conns.get_mut(c).and_then(Option::as_mut) else { return };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail(c, format!("connect to {}: {e}", self.addr)),
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => conn.connected = true,
+                Err(e) if e.kind() == ErrorKind::NotConnected => return,
+                Err(e) => return self.fail(c, format!("connect to {}: {e}", self.addr)),
+            }
+            if let Some(i) = conn.current {
+                self.started(i);
+            }
+        }
+        self.flush(c);
+        // Read until the socket is empty (mio's readiness is edge-triggered).
+        loop {
+            let Some(conn) = self.conns[c].as_mut() else { return };
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return self.fail(c, "the server closed the connection before answering".to_owned()),
+                Ok(n) => {
+                    conn.input.extend_from_slice(&self.scratch[..n]);
+                    if !self.answers(c) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return self.fail(c, format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Take every complete answer from `c`'s input; false when `c` is gone.
+    fn answers(&mut self, c: usize) -> bool {
+        loop {
+            let Some(conn) = self.conns[c].as_mut() else { return false };
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head = match resp.parse(&conn.input) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return true,
+                Err(e) => {
+                    self.fail(c, format!("unreadable HTTP answer: {e}"));
+                    return false;
+                }
+            };
+            let status = resp.code.unwrap_or(0);
+            let (mut length, mut close, mut chunked) = (None, false, false);
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    close = h.value.eq_ignore_ascii_case(b"close");
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = true;
+                }
+            }
+            let length = match length {
+                Some(l) if !chunked => l,
+                None if status == 204 || status == 304 => 0,
+                _ => {
+                    self.fail(c, format!("HTTP {status} answer without Content-Length (chunked bodies are not read)"));
+                    return false;
+                }
+            };
+            if conn.input.len() < head + length {
+                return true;
+            }
+            let Some(i) = conn.current.take() else {
+                self.fail(c, format!("an HTTP {status} answer to no request"));
+                return false;
+            };
+            self.in_flight -= 1;
+            match self.script.response(i, status, &conn.input[head..head + length]) {
+                Ok(()) => self.out.ok += 1,
+                Err(e) => {
+                    self.out.errors += 1;
+                    self.out.first_error.get_or_insert(e);
+                }
+            }
+            conn.input.drain(..head + length);
+            if close {
+                self.drop_conn(c);
+                return false;
+            }
+            match self.backlog.pop_front() {
+                Some(j) => self.assign(c, j),
+                None => self.free.push(c),
+            }
+        }
+    }
+
+    fn error(&mut self, why: String) {
+        self.in_flight -= 1;
+        self.out.errors += 1;
+        self.out.first_error.get_or_insert(why);
+    }
+
+    /// Connection `c` broke: its request (if any) failed.
+    fn fail(&mut self, c: usize, why: String) {
+        if let Some(i) = self.conns[c].as_mut().and_then(|conn| conn.current.take()) {
+            self.error(format!("request {i}: {why}"));
+        }
+        self.drop_conn(c);
+    }
+
+    fn drop_conn(&mut self, c: usize) {
+        if let Some(mut conn) = self.conns[c].take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.open -= 1;
+            self.free.retain(|f| *f != c);
+        }
+    }
+
+    /// The deadline passed: whatever is unanswered failed.
+    fn give_up(&mut self) {
+        let stuck: Vec<usize> = (0..self.conns.len()).filter(|c| self.conns[*c].is_some()).collect();
+        for c in stuck {
+            let Some(conn) = self.conns[c].as_mut() else { continue };
+            if let Some(i) = conn.current.take() {
+                self.error(format!("request {i}: no answer within {ANSWER_WITHIN:?}"));
+            }
+        }
+        while self.backlog.pop_front().is_some() {
+            self.in_flight += 1;
+            self.error(format!("no connection became free within {ANSWER_WITHIN:?}"));
+        }
+    }
+}
+
+/// The same schedule and scripts through reqwest (one spawned task per
+/// request, at most `max_connections` in flight), to measure what a
+/// general-purpose client costs next to the lean generator.
+pub async fn run_reqwest<S: Script>(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    plan: &Plan,
+    script: &mut S,
+) -> Result<Outcome> {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+    use tokio::time::Instant;
+    let gap_ns = 1e9 / plan.per_sec.max(0.001);
+    let sem = Arc::new(Semaphore::new(plan.max_connections.max(1)));
+    let start = Instant::now() + Duration::from_millis(20);
+    let start_ns = wire::now_ns() + 20_000_000;
+    let mut out = Outcome { requests: plan.requests, start_ns, ..Default::default() };
+    let mut lag = lag_histogram();
+    let mut handles = Vec::with_capacity(plan.requests as usize);
+    let (mut path, mut body) = (Vec::new(), Vec::new());
+    for i in 0..plan.requests {
+        let offset = Duration::from_nanos((i as f64 * gap_ns) as u64);
+        tokio::time::sleep_until(start + offset).await;
+        if sem.available_permits() == 0 {
+            out.waited += 1;
+        }
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        lag.saturating_record(Instant::now().saturating_duration_since(start + offset).as_micros() as u64);
+        path.clear();
+        body.clear();
+        let method = script.request(i, start_ns + offset.as_nanos() as u64, &mut path, &mut body);
+        let url = format!("http://{addr}{}", String::from_utf8_lossy(&path));
+        let req = match method {
+            Method::Get => http.get(url),
+            Method::Post => http.post(url).header("content-type", "application/json").body(body.clone()),
+        };
+        handles.push(tokio::spawn(async move {
+            let r = req.send().await;
+            let r = match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    r.bytes().await.map(|b| (status, b)).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            drop(permit);
+            r
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.await? {
+            Ok((status, b)) => match script.response(i as u64, status, &b) {
+                Ok(()) => out.ok += 1,
+                Err(e) => {
+                    out.errors += 1;
+                    out.first_error.get_or_insert(e);
+                }
+            },
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert(e);
+            }
+        }
+    }
+    lag_figures(&mut out, &lag);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    /// A real HTTP/1.1 server on a real socket, a thread per connection:
+    /// answers each request with its body echoed back (status 500 when the
+    /// body says "fail"), and closes the connection after every
+    /// `close_every`th answer on it (with `Connection: close`).
+    fn echo_server(close_every: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { continue };
+                std::thread::spawn(move || serve(s, close_every));
+            }
+        });
+        addr
+    }
+
+    fn serve(mut s: StdStream, close_every: usize) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut answered = 0;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = req.parse(&buf) {
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
+                if buf.len() >= head + len {
+                    let body = buf[head..head + len].to_vec();
+                    buf.drain(..head + len);
+                    answered += 1;
+                    let close = close_every > 0 && answered % close_every == 0;
+                    let status = if body == b"fail" { "500 Internal Server Error" } else { "200 OK" };
+                    let conn = if close { "Connection: close\r\n" } else { "" };
+                    let mut out =
+                        format!("HTTP/1.1 {status}\r\n{conn}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+                    out.extend_from_slice(&body);
+                    if s.write_all(&out).is_err() || close {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Request i's body is its number ("fail" for the numbers in `fail`);
+    /// an answer must echo the body of the request it answers.
+    struct Numbers {
+        answered: Vec<u32>,
+        fail: Vec<u64>,
+    }
+
+    impl Script for Numbers {
+        fn request(&mut self, i: u64, _t_ns: u64, path: &mut Vec<u8>, body: &mut Vec<u8>) -> Method {
+            path.extend_from_slice(b"/n");
+            if self.fail.contains(&i) {
+                body.extend_from_slice(b"fail");
+            } else {
+                body.extend_from_slice(i.to_string().as_bytes());
+            }
+            Method::Post
+        }
+
+        fn response(&mut self, i: u64, status: u16, body: &[u8]) -> Result<(), String> {
+            self.answered[i as usize] += 1;
+            if status != 200 {
+                return Err(format!("HTTP {status} for {i}"));
+            }
+            if body != i.to_string().as_bytes() {
+                return Err(format!("request {i} got the answer {:?}", String::from_utf8_lossy(body)));
+            }
+            Ok(())
+        }
+    }
+
+    fn plan(requests: u64, per_sec: f64, max_connections: usize) -> Plan {
+        Plan { requests, per_sec, max_connections, warm_connections: 2 }
+    }
+
+    #[test]
+    fn every_request_gets_its_own_answer_over_kept_alive_connections() {
+        let addr = echo_server(0);
+        let mut s = Numbers { answered: vec![0; 3000], fail: Vec::new() };
+        let o = run(addr, &plan(3000, 30_000.0, 64), &mut s).unwrap();
+        assert_eq!((o.ok, o.errors), (3000, 0), "{:?}", o.first_error);
+        assert!(s.answered.iter().all(|n| *n == 1));
+        // One request in flight per connection, and connections are reused.
+        assert!(o.connections <= 64, "{} connections", o.connections);
+        assert!(o.thread_cpu_s.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn closed_connections_are_replaced_and_errors_counted() {
+        let addr = echo_server(3);
+        let mut s = Numbers { answered: vec![0; 600], fail: vec![10, 20] };
+        let o = run(addr, &plan(600, 5_000.0, 8), &mut s).unwrap();
+        assert_eq!((o.ok, o.errors), (598, 2), "{:?}", o.first_error);
+        assert_eq!(o.first_error.as_deref(), Some("HTTP 500 for 10"));
+        assert!(s.answered.iter().all(|n| *n == 1));
+        // Every third answer closed its connection.
+        assert!(o.connections >= 200, "{} connections", o.connections);
+    }
+
+    #[test]
+    fn at_the_cap_requests_wait_for_a_free_connection() {
+        let addr = echo_server(0);
+        let mut s = Numbers { answered: vec![0; 2000], fail: Vec::new() };
+        // One connection for a burst: most requests find it busy and wait.
+        let o = run(addr, &Plan { requests: 2000, per_sec: 1e9, max_connections: 1, warm_connections: 1 }, &mut s)
+            .unwrap();
+        assert_eq!((o.ok, o.errors, o.connections), (2000, 0, 1), "{:?}", o.first_error);
+        assert!(o.waited > 1000, "{} waited", o.waited);
+        assert!(o.lag_max_ms > 0.0);
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error_not_a_hang() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut s = Numbers { answered: vec![0; 10], fail: Vec::new() };
+        let e = run(addr, &plan(10, 1000.0, 4), &mut s).unwrap_err();
+        assert!(format!("{e:#}").contains("connect"), "{e:#}");
+    }
+}
