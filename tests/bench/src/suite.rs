@@ -154,12 +154,14 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
     let md = summary(&s);
     std::fs::write(env.out.join("summary.md"), &md)?;
     eprintln!("\n{md}");
-    eprintln!(
-        "wrote {}, {} and {}",
-        env.out.join("suite.json").display(),
-        env.out.join("latency.png").display(),
-        env.out.join("summary.md").display()
-    );
+    let mut wrote = vec![env.out.join("suite.json"), env.out.join("summary.md")];
+    if !plotted.is_empty() {
+        wrote.push(env.out.join("latency.png"));
+    }
+    if s.unicast.is_some() {
+        wrote.push(env.out.join("unicast.png"));
+    }
+    eprintln!("wrote {}", wrote.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(true)
 }
 

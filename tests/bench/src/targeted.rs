@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -533,18 +533,9 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The lean generator on its own thread (it blocks in `epoll_wait`).
-async fn run_lean(
-    addr: std::net::SocketAddr,
-    plan: Plan,
-    mut script: MsgScript,
-) -> Result<(loadgen::Outcome, MsgScript)> {
-    tokio::task::spawn_blocking(move || {
-        let o = loadgen::run(addr, &plan, &mut script);
-        o.map(|o| (o, script))
-    })
-    .await
-    .context("the publisher thread")?
+/// The lean generator on a thread of its own (it sleeps to its schedule).
+async fn run_lean(addr: std::net::SocketAddr, plan: Plan, script: MsgScript) -> Result<(loadgen::Outcome, MsgScript)> {
+    loadgen::run_on_thread(addr, plan, script).await
 }
 
 /// The bulk workload's transport (see [`BulkTransport`]: the hook for a

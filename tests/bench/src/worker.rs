@@ -606,3 +606,83 @@ fn on_text(p: &[u8], now: u64, st: &mut State, seen: &mut Seen) {
     st.unique += 1;
     st.hist.saturating_record(now.saturating_sub(t) / 1000);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(first: u64, count: u64, expect: Expect) -> State {
+        State {
+            phase: Phase { id: 1, first, count, expect },
+            counts: vec![0; count as usize],
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).unwrap(),
+            unique: 0,
+            duplicates: 0,
+            stray: 0,
+            closed: 0,
+            last_recv_ns: 0,
+            bytes: 0,
+            misdelivered: 0,
+            out_of_order: 0,
+            open: vec![true],
+            ids: vec!["gw-0:1".to_owned()],
+        }
+    }
+
+    fn seen(client: u64, channel: u64) -> Seen {
+        Seen {
+            phase: 0,
+            bits: Vec::new(),
+            list: Vec::new(),
+            list_end: 0,
+            last_offset: 0,
+            keys: Keys { client, channel },
+        }
+    }
+
+    fn unicast(seq: u64, c: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        wire::targeted_json(seq, 1, c, 64, &mut data);
+        format!(r#"{{"type":"message","data":{}}}"#, String::from_utf8(data).unwrap()).into_bytes()
+    }
+
+    #[test]
+    fn targeted_deliveries_are_checked_for_receiver_and_duplicates() {
+        let mut st = state(100, 10, Expect::Client);
+        let mut me = seen(7, 0);
+        on_text(&unicast(103, 7), 10, &mut st, &mut me);
+        on_text(&unicast(101, 7), 10, &mut st, &mut me);
+        on_text(&unicast(103, 7), 10, &mut st, &mut me); // again: a duplicate
+        on_text(&unicast(104, 8), 10, &mut st, &mut me); // for client 8: misdelivered
+        on_text(&unicast(99, 7), 10, &mut st, &mut me); // an earlier phase's
+        assert_eq!((st.unique, st.duplicates, st.misdelivered, st.stray), (2, 1, 1, 1));
+        assert_eq!(st.counts, [0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+        // The seed's form: the same data inside a JSON string.
+        let text = String::from_utf8(unicast(105, 7)).unwrap();
+        let data = &text[text.find(r#""data":"#).unwrap() + 7..text.len() - 1];
+        let seed = format!(r#"{{"type":"message","data":{}}}"#, serde_json::to_string(data).unwrap());
+        on_text(seed.as_bytes(), 10, &mut st, &mut me);
+        assert_eq!((st.unique, st.counts[5]), (3, 1));
+    }
+
+    #[test]
+    fn channel_offsets_must_rise() {
+        let mut st = state(1, 10, Expect::Channel);
+        let mut me = seen(7, 3);
+        let frame = |seq: u64, ch: u64, offset: u64| {
+            let mut data = Vec::new();
+            wire::targeted_json(seq, 1, ch, 0, &mut data);
+            format!(
+                r#"{{"type":"message","channel":"bench-{ch}","data":{},"epoch":"ab12","offset":{offset}}}"#,
+                String::from_utf8(data).unwrap()
+            )
+            .into_bytes()
+        };
+        on_text(&frame(1, 3, 5), 10, &mut st, &mut me);
+        on_text(&frame(2, 3, 6), 10, &mut st, &mut me);
+        on_text(&frame(4, 3, 8), 10, &mut st, &mut me);
+        on_text(&frame(3, 3, 7), 10, &mut st, &mut me); // older than the one before
+        on_text(&frame(5, 4, 9), 10, &mut st, &mut me); // another channel's
+        assert_eq!((st.unique, st.out_of_order, st.misdelivered), (4, 1, 1));
+    }
+}
