@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt bench bench-smoke clean tools image image-docker image-tools helm-test browser-test
+.PHONY: run test build lint fmt bench bench-smoke clean tools image image-docker image-tools helm-test browser-test sdk-build sdk-test sdk-bundle
 
 ## run: build and start hub + ws-gateway + http-ingress on localhost, restarting any that dies (Ctrl-C stops)
 run:
@@ -14,6 +14,7 @@ test: build image-tools
 	$(CARGO) nextest run --workspace --profile ci
 	$(MAKE) bench-smoke
 	$(MAKE) helm-test
+	$(MAKE) sdk-test
 	$(MAKE) browser-test
 
 ## build: the three service binaries (the end-to-end tests start them)
@@ -49,10 +50,24 @@ image-tools:
 helm-test: tools build
 	.tools/venv/bin/python -m pytest tests/cluster
 
-## browser-test: the demo page in headless Chromium against the real binaries (installs chromium and npm deps if missing)
-browser-test: build
+## browser-test: the demo page and the SDK package in headless Chromium against the real binaries (installs chromium and npm deps if missing)
+browser-test: build sdk-build
 	tests/browser/setup.sh
 	cd tests/browser && node --test
+
+## sdk-build: build the client SDK package in clients/js (installs node and its pinned build tools if missing)
+sdk-build:
+	clients/js/setup.sh
+	cd clients/js && npm run build
+
+## sdk-test: the SDK's unit tests, its tests against the real binaries, and its npm package (files, types)
+sdk-test: build sdk-build
+	cd clients/js && npm test
+
+## sdk-bundle: rebuild the SDK and copy it to the gateway's static/pushmesh.js (commit that file; sdk-test checks it)
+sdk-bundle:
+	clients/js/setup.sh
+	cd clients/js && node scripts/build.mjs --gateway
 
 ## lint: formatting and clippy, warnings are errors
 lint:

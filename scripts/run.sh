@@ -160,9 +160,9 @@ any WebSocket client):
 
 Publish:
   curl 'http://$INGRESS/?content=hello'                                   # broadcast (the seed's form)
-  curl -d '{"channel":"news","data":{"text":"hi"}}' http://$INGRESS/publish
-  curl -d '{"data":"to everyone"}' http://$INGRESS/broadcast
-  curl -d '{"connection":"gw-local:1","data":"just you"}' http://$INGRESS/send
+  curl --json '{"channel":"news","data":{"text":"hi"}}' http://$INGRESS/publish
+  curl --json '{"data":"to everyone"}' http://$INGRESS/broadcast
+  curl --json '{"connection":"gw-local:1","data":"just you"}' http://$INGRESS/send
 
 Metrics: curl http://$GATEWAY/metrics   Logs: $LOGS/
 A service that dies is restarted (try: kill -9 ${PID[hub]}, the hub).

@@ -19,7 +19,8 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.PUSHMESH_BIN_DIR || path.join(ROOT, "target/debug");
+const BIN = process.env.PUSHMESH_BIN_DIR ||
+  (process.env.CARGO_TARGET_DIR ? path.join(process.env.CARGO_TARGET_DIR, "debug") : path.join(ROOT, "target/debug"));
 const OUT = path.join(ROOT, "target/browser");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WAIT = 15_000;
@@ -175,7 +176,7 @@ test("a refused subscribe shows the gateway's error reply", async () => {
 
 test("server-side subscribe from the API shows up on the page", async () => {
   const connection = await page.textContent("#connection");
-  const r = await curl("-d", JSON.stringify({ connection, channel: "from-api" }), `http://${api}/subscribe`);
+  const r = await curl("-H", "content-type: application/json", "-d", JSON.stringify({ connection, channel: "from-api" }), `http://${api}/subscribe`);
   assert.equal(JSON.parse(r).ok, true);
   await page.locator('#channels .chip[data-channel="from-api"]').waitFor();
   await publish("from-api", "pushed by the server");
@@ -217,9 +218,9 @@ test("the seed's console snippet receives a raw-format message", async () => {
       window.ws = new WebSocket(url);
       window.ws.onmessage = (e) => console.log(e.data);
     }, `ws://${gw}/ws?format=raw`);
-    // The first frame is the welcome; after it the connection receives.
+    // The first frame is the seed's welcome line; after it the connection receives.
     const deadline = Date.now() + WAIT;
-    while (!seen.some((t) => t.includes('"type":"welcome"'))) {
+    while (!seen.some((t) => /^worker id:gw-browser connection id:\d+ connected$/.test(t))) {
       assert.ok(Date.now() < deadline, `no welcome frame on the console: ${JSON.stringify(seen)}`);
       await new Promise((r) => setTimeout(r, 25));
     }

@@ -476,7 +476,7 @@ def test_notes_print_the_commands_for_this_release():
     for ns, svc, local, remote in forwards:
         assert ns == "apps" and svc in services
     assert "helm test shop --namespace apps" in notes
-    assert re.search(r"curl .*-d '\{\"channel\":\"news\".*http://127\.0\.0\.1:8081/publish", notes)
+    assert re.search(r"curl .*--json '\{\"channel\":\"news\".*http://127\.0\.0\.1:8081/publish", notes)
     assert "ws://127.0.0.1:8080/ws" in notes
     assert 'Authorization: Bearer $API_KEY' in notes  # credentials are on in production values
     # The Secret lookup line runs as written: check it with kubectl's own jsonpath.

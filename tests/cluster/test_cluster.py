@@ -264,7 +264,7 @@ def test_user_path_websocket_publish_delivery_and_metrics(cluster, manifests):
             await publish_round(cluster, clients, "first")
             # Broadcast, both forms: every client gets each once.
             ingress = cluster.pods_of("http-ingress")[0]
-            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", "-d", json.dumps({"data": {"tag": "bc", "n": 0}}),
+            code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", "--json", json.dumps({"data": {"tag": "bc", "n": 0}}),
                                     f"http://{ingress.ip}:8081/broadcast")
             assert code == 200, body
             code, body = await curl("-H", f"Authorization: Bearer {API_KEY}", f"http://{ingress.ip}:8081/?content=seed-hello")

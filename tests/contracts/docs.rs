@@ -100,3 +100,29 @@ fn a_table_row_says_flag_env_default_and_help() {
     );
     assert!(!t.contains("--help"), "{t}");
 }
+
+/// Every flag of every service (and of `pushmesh dev`) can also be set by a
+/// `PUSHMESH_…` environment variable: containers are configured that way.
+#[test]
+fn every_flag_has_an_environment_variable() {
+    let dev = pushmesh_cli::cli::Cli::command().find_subcommand("dev").cloned().expect("the dev subcommand");
+    let commands = [
+        ("hub", pushmesh_hub::Config::command()),
+        ("ws-gateway", pushmesh_ws_gateway::Config::command()),
+        ("http-ingress", pushmesh_http_ingress::Config::command()),
+        ("pushmesh dev", dev),
+    ];
+    let mut missing = Vec::new();
+    for (name, cmd) in commands {
+        for arg in cmd.get_arguments() {
+            let (Some(long), false) = (arg.get_long(), matches!(arg.get_id().as_str(), "help" | "version")) else {
+                continue;
+            };
+            match arg.get_env().map(|e| e.to_string_lossy().into_owned()) {
+                Some(env) if env.starts_with("PUSHMESH_") => {}
+                other => missing.push(format!("{name} --{long} (env: {other:?})")),
+            }
+        }
+    }
+    assert!(missing.is_empty(), "flags without a PUSHMESH_ environment variable: {missing:#?}");
+}

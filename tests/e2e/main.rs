@@ -2,6 +2,7 @@
 //! ports the kernel picked, driven by real WebSocket and HTTP clients.
 
 mod api;
+mod api_abuse;
 mod bad_input;
 mod faults;
 mod grpc_api;
@@ -12,7 +13,9 @@ mod metrics;
 mod openapi;
 mod partition;
 mod pipeline;
+mod refresh;
 mod reliability;
 mod security;
 mod sockets;
+mod sse;
 mod tls;

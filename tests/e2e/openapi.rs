@@ -355,7 +355,7 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
             .json(json!({ "channel": "room", "data": 2, "idempotency_key": "k-1" })),
         case(publish, Open, "/publish", 200, json_)
             .json(json!({ "channel": "room", "data": 2, "idempotency_key": "k-1" })),
-        case(publish, Open, "/publish", 200, json_)
+        case(publish, Open, "/publish", 415, "unsupported_media_type")
             .raw("application/x-www-form-urlencoded", r#"{"channel":"x","data":0}"#),
         case(publish, Open, "/publish", 400, "invalid_request").json(json!({ "channel": "room" })),
         case(publish, Open, "/publish", 400, "invalid_request")

@@ -155,10 +155,20 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
-    /// Send a signal by name (TERM, STOP, CONT…).
+    /// Send a signal by name (TERM, STOP, CONT…). STOP returns only once
+    /// every thread of the process is stopped: kill(2) returns before a
+    /// thread running on another CPU has stopped, and a request sent in
+    /// that window would still be answered.
     pub fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {} failed", self.pid());
+        if sig == "STOP" {
+            let deadline = std::time::Instant::now() + WAIT;
+            while !all_threads_stopped(self.pid()) {
+                assert!(std::time::Instant::now() < deadline, "{} did not stop within {WAIT:?}", self.name);
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Wait for the process to exit; its exit status.
@@ -172,6 +182,16 @@ impl Proc {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Every thread of `pid` is in the stopped state (or the process is gone).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('T' | 't') | None)
+    })
 }
 
 pub async fn hub() -> Result<Proc> {
@@ -597,5 +617,99 @@ async fn until(watch: &mut tokio::sync::watch::Receiver<u64>, done: impl Fn(u64)
 impl Drop for LinkProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One Server-Sent Event: its type (`message` when unnamed), id and data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.data).with_context(|| format!("event data is not JSON: {}", self.data))
+    }
+}
+
+/// A real Server-Sent Events client over HTTP/1.1 (what `EventSource` and
+/// `curl -N` do): parses the `text/event-stream` as it arrives.
+pub struct SseClient {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    /// The last `id` seen, as a browser keeps it for `Last-Event-ID`.
+    pub last_id: Option<String>,
+}
+
+impl SseClient {
+    /// GET `http://addr/sse{query}` with optional `Last-Event-ID`; fails
+    /// unless the answer is 200 `text/event-stream`.
+    pub async fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Result<SseClient> {
+        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse{query}"));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = tokio::time::timeout(WAIT, req.send()).await.map_err(|_| anyhow!("GET /sse timed out"))??;
+        if r.status() != 200 {
+            let status = r.status();
+            bail!("GET /sse{query} answered {status}: {}", r.text().await.unwrap_or_default());
+        }
+        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        if ct != "text/event-stream" {
+            bail!("content type {ct:?}, expected text/event-stream");
+        }
+        Ok(SseClient {
+            body: Box::pin(r.bytes_stream()),
+            buf: String::new(),
+            last_id: last_event_id.map(str::to_owned),
+        })
+    }
+
+    /// The next event (comments and `retry:` lines are skipped).
+    pub async fn next_event(&mut self) -> Result<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent { event: "message".to_owned(), id: None, data: String::new() };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("data: ") {
+                        if has_data {
+                            ev.data.push('\n');
+                        }
+                        ev.data.push_str(v);
+                        has_data = true;
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_owned());
+                    }
+                }
+                if !has_data {
+                    continue; // a comment (heartbeat) or `retry:` only
+                }
+                if ev.id.is_some() {
+                    self.last_id.clone_from(&ev.id);
+                }
+                return Ok(ev);
+            }
+            let chunk = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut self.body))
+                .await
+                .map_err(|_| anyhow!("no event within {WAIT:?}"))?
+                .ok_or_else(|| anyhow!("the event stream ended"))??;
+            self.buf.push_str(std::str::from_utf8(&chunk).context("event stream is not UTF-8")?);
+        }
+    }
+
+    /// The next event of type `event`, skipping others.
+    pub async fn expect(&mut self, event: &str) -> Result<SseEvent> {
+        loop {
+            let ev = self.next_event().await?;
+            if ev.event == event {
+                return Ok(ev);
+            }
+        }
     }
 }

@@ -299,7 +299,7 @@ pub struct DevArgs {
     pub ingress_grpc_addr: SocketAddr,
 
     /// The gateway's id: the prefix of every connection id.
-    #[arg(long, default_value = "gw-local")]
+    #[arg(long, env = "PUSHMESH_DEV_GATEWAY_ID", default_value = "gw-local")]
     pub gateway_id: String,
 
     /// Require client JWTs signed with this HS256 secret (mint them with `pushmesh token`).
@@ -308,7 +308,7 @@ pub struct DevArgs {
 
     /// More origins allowed to call the ingress from a browser (the gateway's own
     /// origin, for its demo page, is always allowed). "*" allows any.
-    #[arg(long = "cors-allow-origin", value_delimiter = ',')]
+    #[arg(long = "cors-allow-origin", env = "PUSHMESH_DEV_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
     pub cors_allow_origin: Vec<String>,
 
     /// Log filter, in RUST_LOG syntax (e.g. info, or debug,h2=info).
@@ -317,10 +317,10 @@ pub struct DevArgs {
 
     /// Print one JSON line with the bound addresses on stdout first
     /// ({"service":"dev","listening":{…}}), for scripts and tests.
-    #[arg(long)]
+    #[arg(long, env = "PUSHMESH_DEV_ANNOUNCE")]
     pub announce: bool,
 
     /// How long to wait for the services to become ready.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "PUSHMESH_DEV_READY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
 }

@@ -56,12 +56,8 @@ impl Access {
         needs: Scope,
         transport: Transport,
     ) -> Result<Scope, ApiError> {
-        if let (Some(limiter), Some(ip)) = (&self.limiter, peer)
-            && let Err(not_until) = limiter.check_key(&ip)
-        {
-            use governor::clock::Clock;
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+        if let Some(ip) = peer {
+            self.charge(ip, 1)?;
         }
         let Some(keys) = &self.keys else { return Ok(Scope::Admin) };
         keys.check(authorization, needs).map_err(|e| match e {
@@ -77,6 +73,24 @@ impl Access {
                 Transport::Grpc => "this RPC needs an admin key".to_owned(),
             }),
         })
+    }
+
+    /// Take `weight` tokens from `ip`'s rate limit: a batch costs one per
+    /// operation (its first was taken by `check`), so batching is not a way
+    /// around the limit.
+    pub fn charge(&self, ip: IpAddr, weight: u32) -> Result<(), ApiError> {
+        let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(weight)) else { return Ok(()) };
+        match limiter.check_key_n(&ip, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                use governor::clock::Clock;
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                Err(ApiError::RateLimited(wait.as_secs().max(1)))
+            }
+            Err(_) => Err(ApiError::LimitExceeded(format!(
+                "{weight} operations at once exceed this ingress's rate-limit burst; send smaller batches"
+            ))),
+        }
     }
 
     /// Forget idle client IPs so the limiter's memory stays bounded.

@@ -517,6 +517,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Rejected(status) => ApiError::InvalidRequest(status.message().to_owned()),
+            PublishError::TooLarge(msg) => ApiError::MessageTooLarge(msg),
             PublishError::NotFound(msg) => ApiError::UnknownConnection(msg),
             PublishError::Unavailable(msg) => ApiError::Unavailable(format!("no hub accepted the request: {msg}")),
         }

@@ -68,6 +68,21 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
     pub publish_timeout_ms: u64,
 
+    /// Time allowed for a hub to answer a query (presence, stats, users,
+    /// server-side subscribe and disconnect), in milliseconds. Keep it above
+    /// the hubs' --query-timeout-ms, so a hub always answers first, with
+    /// `partial: true` when a gateway did not answer in time.
+    #[arg(long, env = "PUSHMESH_QUERY_TIMEOUT_MS", default_value_t = 3000)]
+    pub query_timeout_ms: u64,
+
+    /// Serve the seed's publish form, `GET /?content=…[&to_worker_id=…&to_connection_id=…]`.
+    /// Any web page can make a visitor's browser send a GET (an image tag
+    /// will do), so on an ingress without API keys that a browser can reach
+    /// this is a way for a page to broadcast; with keys it needs one like
+    /// every route. `false` turns it off (404).
+    #[arg(long, env = "PUSHMESH_SEED_FORM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seed_form: bool,
+
     /// How long publishes are kept to replay to a gateway found cut off
     /// from their hub, in milliseconds; should exceed the gateways' hub
     /// failure detection (about twice their keepalive) plus the probe

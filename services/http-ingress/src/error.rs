@@ -22,7 +22,12 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
-    #[error("unsupported content type {0:?}; send application/json")]
+    /// The body fit, but the message is more than the hubs take.
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error(
+        "unsupported content type {0:?}; send the body as JSON with Content-Type: application/json (curl --json '{{…}}' URL)"
+    )]
     UnsupportedMediaType(String),
     #[error("{0}")]
     LimitExceeded(String),
@@ -46,7 +51,7 @@ impl ApiError {
             Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidChannel(_) => StatusCode::BAD_REQUEST,
             Self::UnknownConnection(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::LimitExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -64,7 +69,7 @@ impl ApiError {
             Self::UnknownConnection(_) => "unknown_connection",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unauthorized(_) => "unauthorized",
@@ -84,7 +89,9 @@ impl ApiError {
             | Self::InvalidChannel(_)
             | Self::UnsupportedMediaType(_)
             | Self::MethodNotAllowed(_) => Code::InvalidArgument,
-            Self::PayloadTooLarge { .. } | Self::LimitExceeded(_) | Self::RateLimited(_) => Code::ResourceExhausted,
+            Self::PayloadTooLarge { .. } | Self::MessageTooLarge(_) | Self::LimitExceeded(_) | Self::RateLimited(_) => {
+                Code::ResourceExhausted
+            }
             Self::UnknownConnection(_) | Self::NotFound(_) => Code::NotFound,
             Self::Unauthorized(_) => Code::Unauthenticated,
             Self::Forbidden(_) => Code::PermissionDenied,

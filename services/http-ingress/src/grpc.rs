@@ -31,9 +31,19 @@ impl GrpcApi {
         Self { state }
     }
 
-    fn authorize<T>(&self, req: &Request<T>, needs: Scope) -> Result<(), Status> {
+    /// The HTTP API's checks, in the same order: rate limit (per client IP),
+    /// API key, then size (the request's encoded size against
+    /// `--max-body-bytes`; tonic's own decoding limit sits a little above it
+    /// so an oversized request gets this clear 413-like error).
+    fn authorize<T: prost::Message>(&self, req: &Request<T>, needs: Scope) -> Result<(), Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.state.access.check(header, None, needs, Transport::Grpc).map(|_| ()).map_err(ApiError::into_status)
+        let peer = req.remote_addr().map(|a| a.ip());
+        self.state.access.check(header, peer, needs, Transport::Grpc).map_err(ApiError::into_status)?;
+        let limit = self.state.access.max_body;
+        if req.get_ref().encoded_len() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge { limit }.into_status());
+        }
+        Ok(())
     }
 }
 

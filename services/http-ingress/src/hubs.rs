@@ -60,8 +60,18 @@ impl HubHandle {
 pub struct HubPool {
     /// The current hub set; replaced whole when discovery changes it.
     hubs: RwLock<Arc<Vec<Arc<HubHandle>>>>,
-    timeout: Duration,
+    timeouts: Timeouts,
     tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// How long each kind of hub call may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A publish (and the health and member probes).
+    pub publish: Duration,
+    /// A query: longer than the hub's own query deadline, so the hub always
+    /// answers first (with whichever gateways answered: `partial`).
+    pub query: Duration,
 }
 
 /// Why no hub took a call.
@@ -69,19 +79,29 @@ pub struct HubPool {
 pub enum PublishError {
     /// A hub refused the request itself (it would refuse it anywhere).
     Rejected(Status),
+    /// The message is larger than the hubs take.
+    TooLarge(String),
     /// Every hub said the target does not exist.
     NotFound(String),
-    /// No hub could be reached or accepted it.
+    /// No hub could be reached or accepted it (what happened, without
+    /// internal addresses).
     Unavailable(String),
+}
+
+/// What kind of hub call, for its timeout and what a failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Publish,
+    Query,
 }
 
 impl HubPool {
     pub fn new(
         urls: &[String],
-        timeout: Duration,
+        timeouts: Timeouts,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<Self> {
-        let pool = Self { hubs: RwLock::default(), timeout, tls };
+        let pool = Self { hubs: RwLock::default(), timeouts, tls };
         pool.set_hubs(urls)?;
         Ok(pool)
     }
@@ -91,8 +111,7 @@ impl HubPool {
             .map_err(|e| {
                 anyhow::anyhow!("hub endpoint {url:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:50051")
             })?
-            .connect_timeout(Duration::from_millis(500).min(self.timeout))
-            .timeout(self.timeout)
+            .connect_timeout(Duration::from_millis(500).min(self.timeouts.publish))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
@@ -145,9 +164,13 @@ impl HubPool {
         hubs.into_iter().map(|(h, ..)| h).collect()
     }
 
+    /// A query, through the hubs in `key`'s order. A query that fails does
+    /// not mark its hub down: a slow gateway makes a slow query, and must
+    /// not move any channel's publishes to another hub (a new epoch); the
+    /// health probe decides who is down.
     pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
         let (_, resp) = self
-            .call(key, "query", |mut c| {
+            .call(key, Call::Query, |mut c| {
                 let req = req.clone();
                 async move { c.query(req).await }
             })
@@ -155,38 +178,53 @@ impl HubPool {
         Ok(resp)
     }
 
-    /// Call the hubs in `key`'s order until one answers. A hub that fails
-    /// before answering (cannot connect, unavailable, deadline) is marked
-    /// down and the next is tried; a refusal of the request itself is final.
-    pub async fn call<T, F, Fut>(&self, key: &str, what: &str, f: F) -> Result<(Arc<HubHandle>, T), PublishError>
+    /// Call the hubs in `key`'s order until one answers, each within the
+    /// call's timeout. A hub that fails a publish before answering (cannot
+    /// connect, unavailable, deadline) is marked down and the next is
+    /// tried; a refusal of the request itself is final. What went wrong is
+    /// logged with the hub's address; the error the API answers with names
+    /// no internal address.
+    pub async fn call<T, F, Fut>(&self, key: &str, kind: Call, f: F) -> Result<(Arc<HubHandle>, T), PublishError>
     where
         F: Fn(HubClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let timeout = match kind {
+            Call::Publish => self.timeouts.publish,
+            Call::Query => self.timeouts.query,
+        };
         let mut not_found = None;
-        let mut last_error = String::from("no hub configured");
+        let (mut tried, mut last_error) = (0, "no hub is configured");
         for hub in self.order(key) {
-            match f(hub.client()).await {
-                Ok(resp) => {
+            tried += 1;
+            let status = match tokio::time::timeout(timeout, f(hub.client())).await {
+                Ok(Ok(resp)) => {
                     hub.up.store(true, Ordering::Relaxed);
                     return Ok((hub, resp.into_inner()));
                 }
-                Err(status) => match status.code() {
-                    Code::InvalidArgument => return Err(PublishError::Rejected(status)),
-                    // The target's gateway may still be re-attaching to this
-                    // hub: ask the next before saying "not found".
-                    Code::NotFound => not_found = Some(status.message().to_owned()),
-                    _ => {
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+            };
+            match status.code() {
+                Code::InvalidArgument => return Err(PublishError::Rejected(status)),
+                Code::OutOfRange => return Err(PublishError::TooLarge(status.message().to_owned())),
+                // The target's gateway may still be re-attaching to this
+                // hub: ask the next before saying "not found".
+                Code::NotFound => not_found = Some(status.message().to_owned()),
+                code => {
+                    if kind == Call::Publish {
                         hub.up.store(false, Ordering::Relaxed);
-                        tracing::warn!(hub = %hub.url, code = ?status.code(), error = %status.message(), "{what} failed; trying the next hub");
-                        last_error = format!("hub {}: {}", hub.url, status.message());
                     }
-                },
+                    last_error = if code == Code::DeadlineExceeded { "timed out" } else { "unavailable" };
+                    tracing::warn!(hub = %hub.url, ?code, error = %status.message(), "{kind:?} failed; trying the next hub");
+                }
             }
         }
         match not_found {
             Some(msg) => Err(PublishError::NotFound(msg)),
-            None => Err(PublishError::Unavailable(last_error)),
+            None => Err(PublishError::Unavailable(format!(
+                "{last_error} ({tried} hubs tried; the ingress log has details)"
+            ))),
         }
     }
 
@@ -208,7 +246,7 @@ impl HubPool {
                 let mut client = HealthClient::new(hub.channel.clone());
                 let req = HealthCheckRequest { service: "pushmesh.v1.Hub".to_owned() };
                 let ok = matches!(
-                    tokio::time::timeout(self.timeout, client.check(req)).await,
+                    tokio::time::timeout(self.timeouts.publish, client.check(req)).await,
                     Ok(Ok(r)) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
                 );
                 let was = hub.up.swap(ok, Ordering::Relaxed);
@@ -235,7 +273,7 @@ impl HubPool {
     /// Refresh a hub's id and member list (forgotten while it is down).
     async fn read_members(&self, hub: &HubHandle, up: bool) {
         let members = if up {
-            match tokio::time::timeout(self.timeout, hub.client().members(MembersRequest {})).await {
+            match tokio::time::timeout(self.timeouts.publish, hub.client().members(MembersRequest {})).await {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
                     *hub.hub_id.lock().expect("hub id lock") = Some(r.hub_id);

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use pushmesh_common::proto::{Links, PublishRequest, PublishResponse, Relay};
 
-use crate::hubs::{HubHandle, HubPool, PublishError};
+use crate::hubs::{Call, HubHandle, HubPool, PublishError};
 use crate::metrics::IngressMetrics;
 use crate::replay::ReplayRing;
 
@@ -57,7 +57,7 @@ impl Relays {
         req.id = random_id();
         let (owner, mut resp) = self
             .pool
-            .call(key, "publish", |mut c| {
+            .call(key, Call::Publish, |mut c| {
                 let req = req.clone();
                 async move { c.publish(req).await }
             })

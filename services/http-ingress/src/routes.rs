@@ -47,8 +47,11 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
     let disconnect = post("disconnect", Scope::Admin).then(|s: Arc<State>, _: Scope, b: Bytes| async move {
         respond(async { s.commands.disconnect(parse(&b)?).await }.await)
     });
-    let batch = post("batch", Scope::Publish)
-        .then(|s: Arc<State>, scope: Scope, b: Bytes| async move { respond(handle_batch(&s, scope, &b).await) });
+    let batch = post("batch", Scope::Publish).and(warp::addr::remote()).then(
+        |s: Arc<State>, scope: Scope, b: Bytes, peer: Option<std::net::SocketAddr>| async move {
+            respond(handle_batch(&s, scope, &b, peer.map(|p| p.ip())).await)
+        },
+    );
     let presence = warp::path!("presence" / String)
         .and(warp::get())
         .and(guard(state.clone(), Scope::Admin))
@@ -75,8 +78,20 @@ pub fn api(state: Arc<State>, health: Health) -> impl Filter<Extract = (impl Rep
         .then(|id: String, _: Scope, s: Arc<State>| async move {
             respond(async { s.commands.user(percent_decoded(&id)?).await }.await)
         });
+    let seed_on = state.seed_form;
     let seed = warp::path::end()
         .and(warp::get())
+        .and_then(move || async move {
+            if seed_on {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::NotFound(
+                    "the seed's GET form is turned off on this ingress (--seed-form=false); use POST /broadcast or /send"
+                        .to_owned(),
+                )))
+            }
+        })
+        .untuple_one()
         .and(guard(state.clone(), Scope::Publish))
         .and(with(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
@@ -153,20 +168,22 @@ fn guard(state: Arc<State>, needs: Scope) -> impl Filter<Extract = (Scope,), Err
     )
 }
 
+/// Only `application/json` bodies. A browser may send a form (urlencoded,
+/// multipart) or `text/plain` to any site without asking it first (no CORS
+/// preflight), so accepting those would let any web page make a visitor's
+/// browser publish or disconnect through an ingress it can reach; a JSON
+/// body from another origin needs a preflight, which fails without CORS.
 fn content_type_json() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and_then(|ct: Option<String>| async move {
             match ct {
-                None => Ok(()),
                 Some(ct) if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") => {
                     Ok(())
                 }
-                // curl -d sends this by default; accept it as JSON so the
-                // one-line examples work without -H.
-                Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => Ok(()),
                 Some(ct) => {
                     Err(warp::reject::custom(ApiError::UnsupportedMediaType(pushmesh_common::ids::truncate(&ct, 80))))
                 }
+                None => Err(warp::reject::custom(ApiError::UnsupportedMediaType("none".to_owned()))),
             }
         })
         .untuple_one()
@@ -234,7 +251,7 @@ fn limit_param(q: &HashMap<String, String>) -> Result<Option<u32>> {
 
 /// `POST /batch [cmd, …]`: each command runs in order and gets its own
 /// result; a bad command fails alone.
-async fn handle_batch(s: &State, scope: Scope, body: &[u8]) -> Result<BatchResults> {
+async fn handle_batch(s: &State, scope: Scope, body: &[u8], peer: Option<std::net::IpAddr>) -> Result<BatchResults> {
     let commands: Vec<&RawValue> = parse(body)?;
     if commands.len() > s.access.max_batch {
         return Err(ApiError::InvalidRequest(format!(
@@ -242,6 +259,10 @@ async fn handle_batch(s: &State, scope: Scope, body: &[u8]) -> Result<BatchResul
             commands.len(),
             s.access.max_batch
         )));
+    }
+    // One token per operation: the request's own was taken at the door.
+    if let Some(ip) = peer {
+        s.access.charge(ip, (commands.len() as u32).saturating_sub(1))?;
     }
     Ok(s.commands.batch(commands, scope == Scope::Admin).await)
 }

@@ -21,7 +21,7 @@ use pushmesh_common::health::Health;
 
 use crate::access::Access;
 use crate::config::Config;
-use crate::hubs::HubPool;
+use crate::hubs::{HubPool, Timeouts};
 use crate::metrics::IngressMetrics;
 use crate::relay::Relays;
 use crate::replay::ReplayRing;
@@ -49,8 +49,11 @@ impl Ingress {
         let hub_set_stop = CancellationToken::new();
         let hub_set = source.watch(hub_set_stop.clone()).await;
         let initial = hub_set.borrow().clone();
-        let timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
-        let pool = Arc::new(HubPool::new(&initial, timeout, tls)?);
+        let timeouts = Timeouts {
+            publish: Duration::from_millis(config.publish_timeout_ms.max(1)),
+            query: Duration::from_millis(config.query_timeout_ms.max(1)),
+        };
+        let pool = Arc::new(HubPool::new(&initial, timeouts, tls)?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
@@ -118,7 +121,11 @@ impl Ingress {
                 "no API keys configured: anyone who reaches this port can publish; set PUSHMESH_API_KEYS for production"
             );
         }
-        let state = Arc::new(State { commands: crate::commands::Commands { hubs: relays, metrics }, access });
+        let state = Arc::new(State {
+            commands: crate::commands::Commands { hubs: relays, metrics },
+            access,
+            seed_form: config.seed_form,
+        });
         {
             let (state, stop) = (state.clone(), background.clone());
             tasks.spawn(async move {
@@ -132,9 +139,10 @@ impl Ingress {
         }
         let grpc_shutdown = shutdown.clone();
         let grpc_server = tonic::transport::Server::builder()
-            .add_service(pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(
-                state.clone(),
-            )))
+            .add_service(
+                pushmesh_common::proto::push_api_server::PushApiServer::new(crate::grpc::GrpcApi::new(state.clone()))
+                    .max_decoding_message_size(grpc_decode_limit(config.max_body_bytes)),
+            )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 async move { grpc_shutdown.cancelled().await },
@@ -176,6 +184,13 @@ impl Ingress {
         tracing::info!("ingress stopped");
         Ok(())
     }
+}
+
+/// tonic refuses a request larger than this before the API sees it; a
+/// little above the body limit, so the API's own size check (with its clear
+/// error) is what an oversized request normally meets.
+fn grpc_decode_limit(max_body: u64) -> usize {
+    usize::try_from(max_body).unwrap_or(usize::MAX).saturating_add(64 << 10)
 }
 
 /// A browser request from an origin not on the list: the JSON error shape,

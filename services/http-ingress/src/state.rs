@@ -7,4 +7,6 @@ use crate::commands::Commands;
 pub struct State {
     pub commands: Commands,
     pub access: Access,
+    /// Serve the seed's `GET /?content=…` form.
+    pub seed_form: bool,
 }

@@ -2,7 +2,9 @@
 //! public key) whose `sub` is the user id bound to the connection, whose
 //! `channels` claim lists the channel patterns the client may subscribe to
 //! (`*` matches any run of characters: `chat:*`, `user:42:*`, `*`), and
-//! whose `exp` is enforced.
+//! whose `exp` is enforced: at connect, and on the live connection, which
+//! is closed (4002) once `exp` passes unless the client presented a newer
+//! token with the `refresh` command. A `nbf` in the future is refused.
 //!
 //! With no key configured, every client is anonymous and may subscribe to
 //! any channel: convenient for local development, wrong for production (the
@@ -33,11 +35,22 @@ pub struct Grant {
     pub user: Option<UserId>,
     /// `None`: any channel (anonymous mode).
     pub channels: Option<Vec<String>>,
+    /// The token's `exp` (seconds since the epoch); `None` in anonymous mode.
+    pub expires: Option<u64>,
 }
 
 impl Grant {
     pub fn anonymous() -> Self {
-        Self { user: None, channels: None }
+        Self { user: None, channels: None, expires: None }
+    }
+
+    /// How long until a connection holding this grant must close: `exp`
+    /// plus the leeway the token was checked with at connect (a token that
+    /// was accepted must not be cut off at once). `None`: never.
+    pub fn expires_in(&self) -> Option<std::time::Duration> {
+        let exp = self.expires?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        Some(std::time::Duration::from_secs((exp + LEEWAY_SECS).saturating_sub(now)))
     }
 
     pub fn may_subscribe(&self, channel: &str) -> bool {
@@ -48,11 +61,15 @@ impl Grant {
     }
 }
 
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
     #[serde(default)]
     channels: Vec<String>,
+    exp: u64,
 }
 
 pub struct Authenticator {
@@ -95,7 +112,8 @@ impl Authenticator {
         }
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         Ok(Some(Self { key, validation }))
     }
@@ -105,6 +123,7 @@ impl Authenticator {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".to_owned()),
             ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".to_owned()),
+            ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf is in the future)".to_owned()),
             ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c:?}")),
             _ => AuthError::Invalid("malformed token".to_owned()),
         })?;
@@ -112,7 +131,7 @@ impl Authenticator {
             Some(sub) => Some(UserId::new(sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?),
             None => None,
         };
-        Ok(Grant { user, channels: Some(data.claims.channels) })
+        Ok(Grant { user, channels: Some(data.claims.channels), expires: Some(data.claims.exp) })
     }
 }
 

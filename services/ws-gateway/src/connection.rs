@@ -11,8 +11,9 @@
 //!
 //! Either side can end the connection: the client (close frame, EOF,
 //! protocol error), the fan-out (slow consumer), the server API
-//! (disconnect), or shutdown (1012). Frames still queued when it ends are
-//! counted as dropped with the reason.
+//! (disconnect), shutdown (1012), or the token's expiry (4002: the reader
+//! holds a timer for `exp` that a `refresh` command moves). Frames still
+//! queued when it ends are counted as dropped with the reason.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::auth::{AuthError, Authenticator, Grant};
 use crate::config::Config;
 use crate::metrics::GatewayMetrics;
 use crate::protocol::{self, Command, Reply, close};
-use crate::queue::{CloseSignal, Frame, OutQueue, SendError};
+use crate::queue::{CloseSignal, Frame, OutQueue, Outbound, SendError};
 use crate::recovery::{Recovery, Subscriber};
 use crate::registry::{ConnEntry, JoinError, Registry};
 
@@ -107,7 +108,7 @@ impl Clients {
         self
     }
 
-    fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -143,7 +144,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
         tx.hold(protocol::wire_text(protocol::reply_frame(Some(reply_id), &Reply::Ok)));
     }
     tx.hold(protocol::wire_text(protocol::welcome_frame(&id, grant.user.as_ref(), raw)));
-    let entry = ConnEntry::new(tx.clone(), raw, close.clone(), grant.user.clone());
+    let entry = ConnEntry::new(Outbound::Ws(tx.clone()), raw, close.clone(), grant.user.clone());
     let confirmation = match shared.registry.insert(seq, entry, shared.settings.max_connections_per_user) {
         Ok(w) => w,
         Err(e) => {
@@ -162,8 +163,15 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
-    let conn =
-        Conn { raw, seq, shared: shared.clone(), tx: tx.clone(), close: close.clone(), grant, heard: Heard::default() };
+    let conn = Conn {
+        raw,
+        seq,
+        shared: shared.clone(),
+        tx: tx.clone(),
+        close: close.clone(),
+        grant: std::sync::Mutex::new(grant),
+        heard: Heard::default(),
+    };
     let reason = {
         let reader = conn.read(&mut inbound);
         let writer = write(&tx, &close, &shared, &conn.heard);
@@ -211,6 +219,13 @@ struct Inbound {
     out: Arc<OutQueue>,
     /// The connection was closed or failed: nothing more to read.
     ended: bool,
+    /// The token's deadline: reading ends when it passes (`expired`).
+    /// Kept here, checked where the reader waits anyway, rather than in a
+    /// `select!` around every read, which would grow every idle
+    /// connection's task.
+    deadline: Expiry,
+    /// Reading ended because the deadline passed.
+    expired: bool,
 }
 
 impl Inbound {
@@ -221,13 +236,23 @@ impl Inbound {
         } else {
             WebSocketContext::from_partially_read(read_buf.to_vec(), Role::Server, config)
         };
-        Self { ctx, out, ended: false }
+        Self { ctx, out, ended: false, deadline: None, expired: false }
+    }
+
+    /// Whether the token's deadline has passed (checked before every read,
+    /// so a client that never lets the socket go quiet is cut off too).
+    fn past_deadline(&mut self) -> bool {
+        if self.deadline.as_ref().is_some_and(|d| tokio::time::Instant::now() >= d.deadline()) {
+            self.ended = true;
+            self.expired = true;
+        }
+        self.expired
     }
 
     /// The next message; `None` once the connection is closed (as
     /// `tokio_tungstenite::WebSocketStream` would say it).
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
-        while !self.ended {
+        while !self.ended && !self.past_deadline() {
             match self.ctx.read(&mut SocketIo { out: &self.out }) {
                 Ok(m) => return Some(Ok(m)),
                 // Waits in the socket's reader slot, not its waiter list:
@@ -235,7 +260,17 @@ impl Inbound {
                 // there, which would otherwise keep that finished task's
                 // memory (1.5 KB) alive for the connection's lifetime.
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if std::future::poll_fn(|cx| self.out.socket().poll_read_ready(cx)).await.is_err() {
+                    let (out, deadline) = (&self.out, &mut self.deadline);
+                    let ready = std::future::poll_fn(|cx| {
+                        if let Some(d) = deadline.as_mut() {
+                            // Ready: the loop's check ends the reading.
+                            if d.as_mut().poll(cx).is_ready() {
+                                return std::task::Poll::Ready(Ok(()));
+                            }
+                        }
+                        out.socket().poll_read_ready(cx)
+                    });
+                    if ready.await.is_err() {
                         self.ended = true;
                     }
                 }
@@ -429,9 +464,14 @@ struct Conn {
     shared: Arc<Clients>,
     tx: Arc<OutQueue>,
     close: Arc<CloseSignal>,
-    grant: Grant,
+    /// Replaced by a `refresh`; locked only briefly, never across an await.
+    grant: std::sync::Mutex<Grant>,
     heard: Heard,
 }
+
+/// The live token's deadline: boxed (a `Sleep` is large, and only
+/// connections with a token have one).
+type Expiry = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
 
 impl Conn {
     /// The reader half: returns when the client is gone or must be closed
@@ -439,6 +479,7 @@ impl Conn {
     async fn read(&self, inbound: &mut Inbound) {
         let cfg = &self.shared.settings;
         let mut budget = CommandBudget::new(cfg.commands_per_sec, cfg.commands_burst);
+        inbound.deadline = self.expiry();
         while let Some(msg) = inbound.next().await {
             self.heard.now();
             match msg {
@@ -454,7 +495,10 @@ impl Conn {
                     // Boxed: a command's future (a subscribe with recovery
                     // is large) would otherwise sit in every idle
                     // connection's task; commands are rare, the box cheap.
-                    Box::pin(self.command(text.as_str())).await
+                    if Box::pin(self.command(text.as_str())).await {
+                        // A refresh moved the deadline.
+                        inbound.deadline = self.expiry();
+                    }
                 }
                 Ok(Message::Binary(_)) => {
                     self.close.fire(
@@ -489,9 +533,22 @@ impl Conn {
                 Err(_) => return,
             }
         }
+        if inbound.expired {
+            self.close.fire(
+                close::TOKEN_EXPIRED,
+                "token expired: send {\"op\":\"refresh\",\"token\":…} with a new one before exp",
+                "token_expired",
+            );
+        }
     }
 
-    async fn command(&self, text: &str) {
+    /// A timer for the current token's deadline.
+    fn expiry(&self) -> Expiry {
+        self.grant.lock().expect("grant lock").expires_in().map(|d| Box::pin(tokio::time::sleep(d)))
+    }
+
+    /// Handle one command; true when it replaced the grant (a refresh).
+    async fn command(&self, text: &str) -> bool {
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
             Err(e) => {
@@ -499,20 +556,23 @@ impl Conn {
                 let msg =
                     format!("invalid command: {e}; expected {{\"id\":1,\"op\":\"subscribe\",\"channel\":\"news\"}}");
                 self.reply(protocol::salvage_id(text), Reply::error("bad_request", msg));
-                return;
+                return false;
             }
         };
         let (op, reply) = match cmd.op.as_str() {
             "subscribe" => ("subscribe", self.subscribe(&cmd).await),
             "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
             "ping" => ("ping", Reply::Ok),
-            "auth" => ("auth", Reply::error("bad_request", "already authenticated")),
+            "refresh" => ("refresh", self.refresh(&cmd)),
+            "auth" => {
+                ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
+            }
             other => (
                 "unknown",
                 Reply::error(
                     "unknown_op",
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe or ping",
+                        "unknown op {:?}; expected subscribe, unsubscribe, ping or refresh",
                         pushmesh_common::ids::truncate(other, 40)
                     ),
                 ),
@@ -524,6 +584,7 @@ impl Conn {
         if !matches!(reply, Reply::AlreadySent) && (!ok || cmd.id.is_some()) {
             self.reply(cmd.id, reply);
         }
+        ok && op == "refresh"
     }
 
     fn channel(cmd: &Command) -> Result<Channel, Reply> {
@@ -539,7 +600,7 @@ impl Conn {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if !self.grant.may_subscribe(channel.as_str()) {
+        if !self.grant.lock().expect("grant lock").may_subscribe(channel.as_str()) {
             return Reply::error(
                 "permission_denied",
                 format!("your token does not allow channel {:?}", channel.as_str()),
@@ -553,12 +614,46 @@ impl Conn {
                 Err(e) => join_error(e),
             };
         };
-        let who = Subscriber { seq: self.seq, out: &self.tx, close: &self.close, raw: self.raw };
+        let out = Outbound::Ws(self.tx.clone());
+        let who = Subscriber { seq: self.seq, out: &out, close: &self.close, raw: self.raw };
         let since = (since.epoch.as_str(), since.offset);
-        match self.shared.recovery.subscribe(who, &channel, since, cmd.id, max, timeout).await {
+        let reply = |r: &Reply| protocol::reply_frame(cmd.id, r);
+        match self.shared.recovery.subscribe(who, &channel, since, reply, max, timeout).await {
             Ok(()) => Reply::AlreadySent,
             Err(e) => join_error(e),
         }
+    }
+
+    /// A new token for the live connection: checked like one at connect,
+    /// for the same user; it replaces the grant (its `channels` govern
+    /// later subscribes; channels already joined stay) and its `exp` the
+    /// deadline. A refused one changes nothing.
+    fn refresh(&self, cmd: &Command) -> Reply {
+        let Some(auth) = &self.shared.auth else {
+            return Reply::error(
+                "bad_request",
+                "this gateway checks no tokens (no JWT key configured): there is nothing to refresh",
+            );
+        };
+        let Some(token) = cmd.token.as_deref() else {
+            return Reply::error("bad_request", "refresh needs a \"token\": the new JWT");
+        };
+        let new = match auth.check(token) {
+            Ok(g) => g,
+            Err(AuthError::Expired) => {
+                return Reply::error("token_expired", "the new token has expired already; the current token stays");
+            }
+            Err(e) => return Reply::error("invalid_token", format!("{e}; the current token stays")),
+        };
+        let mut grant = self.grant.lock().expect("grant lock");
+        if new.user != grant.user {
+            return Reply::error(
+                "permission_denied",
+                "the new token is for another user (sub): a refresh must keep the connection's user; the current token stays",
+            );
+        }
+        *grant = new;
+        Reply::Ok
     }
 
     fn unsubscribe(&self, cmd: &Command) -> Reply {

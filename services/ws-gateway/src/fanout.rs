@@ -28,7 +28,7 @@ use pushmesh_common::proto::Delivery;
 
 use crate::metrics::GatewayMetrics;
 use crate::protocol;
-use crate::queue::SendError;
+use crate::queue::{Outbound, SendError};
 use crate::recovery::{Admit, Recovery};
 use crate::registry::{ConnEntry, Recipients, Registry};
 
@@ -130,7 +130,11 @@ impl Fanout {
     }
 
     fn send(&self, conn: &ConnEntry, frames: &mut Frames<'_>) {
-        match conn.out.send_wire(frames.wire(conn.raw), true, true) {
+        let sent = match &conn.out {
+            Outbound::Ws(q) => q.send_wire(frames.wire(conn.raw), true, true),
+            Outbound::Sse(q) => q.send(&frames.text(false), true, true),
+        };
+        match sent {
             Ok(true) => frames.written += 1,
             Ok(false) => {}
             Err(SendError::Full) => {

@@ -1,7 +1,8 @@
 //! The gateway's HTTP front: one hyper HTTP/1 server on one port answering
 //! `/ws` (the WebSocket upgrade, done here so the handshake, the upgrade
-//! checks and the socket's buffer sizes are ours), and `/healthz`,
-//! `/readyz`, `/metrics`.
+//! checks and the socket's buffer sizes are ours), `/healthz`, `/readyz`,
+//! `/metrics`, and the demo page (`/`) with the client SDK it runs on
+//! (`/pushmesh.js`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,11 +21,12 @@ use tokio_util::task::TaskTracker;
 use pushmesh_common::admin;
 use pushmesh_common::health::Health;
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Refusal, Slot};
+use crate::auth::{AuthError, Grant};
 use crate::connection::{self, Clients};
 use crate::links::AttachedCount;
 
-type Body = Full<Bytes>;
+type Body = crate::sse::Body;
 
 /// What the HTTP front works with.
 pub struct Front {
@@ -37,8 +39,14 @@ pub struct Front {
     pub tasks: TaskTracker,
 }
 
-/// The demo page (`GET /`): plain HTML and JS, no build step.
+/// The demo page (`GET /`): plain HTML and CSS, on the client SDK.
 const DEMO_PAGE: &str = include_str!("../static/index.html");
+
+/// The client SDK's bundle (`GET /pushmesh.js`), as the npm package ships
+/// it. Built by npm tools (clients/js, `make sdk-bundle`), which cargo
+/// cannot run, so the build output is committed here; the SDK's tests fail
+/// when it differs from a fresh build.
+const SDK_BUNDLE: &str = include_str!("../static/pushmesh.js");
 
 /// Accept until shutdown; an HTTP connection still open then finishes its
 /// request and closes (an upgraded one is the connection task's to close).
@@ -90,9 +98,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
 fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, shared, ip),
+        (&Method::GET, "/sse") => sse(req, shared, ip),
         (&Method::GET, "/") => {
             let mut r = text(StatusCode::OK, DEMO_PAGE);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r
+        }
+        (&Method::GET, "/pushmesh.js") => {
+            let mut r = text(StatusCode::OK, SDK_BUNDLE);
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+            // Revalidated on every load: a gateway upgrade brings its own SDK.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -105,14 +122,14 @@ fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Re
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(admin::METRICS_CONTENT_TYPE));
             r
         }
-        (_, "/" | "/ws" | "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/" | "/pushmesh.js" | "/ws" | "/sse" | "/healthz" | "/readyz" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is allowed here")
         }
         (_, path) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!(
-                "no route {}; the gateway serves / (demo page), /ws, /healthz, /readyz and /metrics",
+                "no route {}; the gateway serves / (demo page), /pushmesh.js (client SDK), /ws, /sse (Server-Sent Events), /healthz, /readyz and /metrics",
                 pushmesh_common::ids::truncate(path, 100)
             ),
         ),
@@ -147,39 +164,12 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr)
         Ok(p) => p,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", &msg),
     };
-    if shared.health.is_draining() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "this gateway is shutting down; connect to another");
+    if let Err(r) = ready(&shared) {
+        return r.response();
     }
-    // A client accepted here now would wait for messages that cannot come.
-    if shared.attached.current() == 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "this gateway is not attached to any hub yet; retry, or connect to another gateway",
-        );
-    }
-    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let slot = match shared.admission.admit(origin, ip) {
+    let slot = match admit(&req, &shared, ip) {
         Ok(slot) => slot,
-        Err(refusal) => {
-            let (code, kind, msg) = match refusal {
-                Refusal::Origin(o) => {
-                    (StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {o:?} is not allowed to connect"))
-                }
-                Refusal::GatewayFull(n) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "gateway_full",
-                    format!("this gateway holds its maximum of {n} connections; connect to another"),
-                ),
-                Refusal::TooManyFromIp(n) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_connections",
-                    format!("your address already holds {n} connections here, the limit"),
-                ),
-            };
-            shared.clients.metrics.refused.with_label_values(&[kind]).inc();
-            return error(code, kind, &msg);
-        }
+        Err(r) => return r.response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let clients = shared.clients.clone();
@@ -194,12 +184,102 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr)
         }
         drop(slot);
     });
-    let mut resp = Response::new(Body::default());
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    resp
+}
+
+/// Whether a new client can be served here now.
+fn ready(shared: &Front) -> Result<(), Refused> {
+    if shared.health.is_draining() {
+        return Err(Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this gateway is shutting down; connect to another",
+        ));
+    }
+    // A client accepted here now would wait for messages that cannot come.
+    if shared.attached.current() == 0 {
+        return Err(Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "this gateway is not attached to any hub yet; retry, or connect to another gateway",
+        ));
+    }
+    Ok(())
+}
+
+/// Admission (origin, caps per gateway and per address), for WebSocket and
+/// SSE alike; the slot is held for the connection's life.
+fn admit(req: &Request<Incoming>, shared: &Front, ip: std::net::IpAddr) -> Result<Slot, Refused> {
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    shared.admission.admit(origin, ip).map_err(|refusal| {
+        let (code, kind, msg) = match refusal {
+            Refusal::Origin(o) => {
+                (StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {o:?} is not allowed to connect"))
+            }
+            Refusal::GatewayFull(n) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway_full",
+                format!("this gateway holds its maximum of {n} connections; connect to another"),
+            ),
+            Refusal::TooManyFromIp(n) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!("your address already holds {n} connections here, the limit"),
+            ),
+        };
+        shared.clients.metrics.refused.with_label_values(&[kind]).inc();
+        Refused::new(code, kind, msg)
+    })
+}
+
+/// `GET /sse?channel=…`: an event stream (see `sse`).
+fn sse(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
+    let clients = &shared.clients;
+    let r = match crate::sse::parse(&req, clients.settings.max_channels) {
+        Ok(r) => r,
+        Err((status, code, message)) => return error(status, code, &message),
+    };
+    if let Err(e) = ready(&shared) {
+        return e.response();
+    }
+    let grant = match &clients.auth {
+        None => Grant::anonymous(),
+        Some(auth) => match r.token().map(|t| auth.check(t)) {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
+                let label = if e == AuthError::Expired { "expired" } else { "invalid" };
+                clients.metrics.auth_failures.with_label_values(&[label]).inc();
+                return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            }
+            None => {
+                clients.metrics.auth_failures.with_label_values(&["missing"]).inc();
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "authentication required: pass ?token=JWT or the header Authorization: Bearer JWT",
+                );
+            }
+        },
+    };
+    if let Some(ch) = r.channels().iter().find(|c| !grant.may_subscribe(c.as_str())) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            &format!("your token does not allow channel {:?}", ch.as_str()),
+        );
+    }
+    let slot = match admit(&req, &shared, ip) {
+        Ok(slot) => slot,
+        Err(e) => return e.response(),
+    };
+    let (resp, task) = crate::sse::start(clients.clone(), r, grant, slot);
+    shared.tasks.spawn(task);
     resp
 }
 
@@ -235,15 +315,32 @@ fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
     *r.status_mut() = code;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
+/// A request refused before anything was set up for it.
+pub struct Refused {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn response(&self) -> Response<Body> {
+        error(self.status, self.code, &self.message)
+    }
+}
+
 fn error(code: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": kind, "message": message } }).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = code;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -5,7 +5,8 @@
 //! ask `recovery` about recovering ones, encode once with `protocol`) →
 //! `queue` (write into each socket). A client's walk: `http` (accept,
 //! admission, upgrade) → `connection` (auth, commands) → `registry` (join,
-//! leave) → `links` (interest sent to every hub, confirmations).
+//! leave) → `links` (interest sent to every hub, confirmations). `sse` is
+//! the Server-Sent Events front: the same connections, one-way.
 //! `server` wires the parts; no module imports a module that imports it
 //! back.
 
@@ -25,6 +26,7 @@ pub mod queue;
 pub mod recovery;
 pub mod registry;
 pub mod server;
+pub mod sse;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -7,6 +7,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 pub struct GatewayMetrics {
     pub registry: Registry,
     pub connections: IntGauge,
+    /// Server-Sent Events streams open now.
+    pub sse_connections: IntGauge,
     pub accepted: IntCounter,
     pub disconnects: IntCounterVec,
     /// Message frames written to client sockets.
@@ -27,17 +29,32 @@ pub struct GatewayMetrics {
 
 pub const DROP_REASONS: &[&str] =
     &["slow_consumer", "client_gone", "shutdown", "unknown_connection", "protocol_error", "invalid_payload"];
-pub const DISCONNECT_REASONS: &[&str] =
-    &["client", "slow_consumer", "protocol_error", "shutdown", "auth", "user_limit", "server", "rate_limited", "idle"];
+pub const DISCONNECT_REASONS: &[&str] = &[
+    "client",
+    "slow_consumer",
+    "protocol_error",
+    "shutdown",
+    "auth",
+    "user_limit",
+    "server",
+    "rate_limited",
+    "idle",
+    "token_expired",
+];
 
 impl GatewayMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
         let connections =
             IntGauge::new("pushmesh_gateway_connections", "Client WebSocket connections open now.").expect("metric");
-        let accepted =
-            IntCounter::new("pushmesh_gateway_connections_accepted_total", "Client WebSocket connections accepted.")
+        let sse_connections =
+            IntGauge::new("pushmesh_gateway_sse_connections", "Server-Sent Events streams open now (GET /sse).")
                 .expect("metric");
+        let accepted = IntCounter::new(
+            "pushmesh_gateway_connections_accepted_total",
+            "Client connections accepted (WebSocket and Server-Sent Events).",
+        )
+        .expect("metric");
         let disconnects = IntCounterVec::new(
             Opts::new("pushmesh_gateway_disconnects_total", "Client connections ended, by reason."),
             &["reason"],
@@ -97,6 +114,7 @@ impl GatewayMetrics {
             Box::new(auth_failures.clone()),
             Box::new(queries.clone()),
             Box::new(connections.clone()),
+            Box::new(sse_connections.clone()),
             Box::new(accepted.clone()),
             Box::new(disconnects.clone()),
             Box::new(deliveries.clone()),
@@ -119,7 +137,7 @@ impl GatewayMetrics {
             disconnects.with_label_values(&[r]);
         }
         // Every series a dashboard or alert may read exists from the start, at 0.
-        for op in ["subscribe", "unsubscribe", "ping", "auth", "unknown", "invalid"] {
+        for op in ["subscribe", "unsubscribe", "ping", "auth", "refresh", "unknown", "invalid"] {
             for result in ["ok", "error"] {
                 commands.with_label_values(&[op, result]);
             }
@@ -130,6 +148,7 @@ impl GatewayMetrics {
         Self {
             registry,
             connections,
+            sse_connections,
             accepted,
             disconnects,
             deliveries,

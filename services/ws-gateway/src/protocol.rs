@@ -36,7 +36,8 @@ pub mod close {
     /// Authentication required, or the token is invalid (bad signature,
     /// malformed, algorithm not allowed, missing `exp`).
     pub const UNAUTHORIZED: u16 = 4001;
-    /// The token's `exp` has passed: get a fresh token and reconnect.
+    /// The token's `exp` has passed (at connect, or on the live connection
+    /// with no `refresh` in time): get a fresh token and reconnect.
     pub const TOKEN_EXPIRED: u16 = 4002;
     /// The user already has the maximum number of connections here.
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
@@ -107,6 +108,27 @@ pub fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
     Utf8Bytes::try_from(d.data.clone()).unwrap_or_else(|_| data.to_owned().into())
 }
 
+/// The (channel, epoch, offset) of a message frame built by `json_frame`,
+/// read from its fixed layout without parsing the data in between.
+pub fn message_position(frame: &str) -> Option<(&str, &str, u64)> {
+    let rest = frame.strip_prefix(r#"{"type":"message","channel":""#)?;
+    let channel = &rest[..rest.find('"')?];
+    let tail = &frame[frame.rfind(r#","epoch":""#)? + r#","epoch":""#.len()..];
+    let (epoch, tail) = tail.split_once(r#"","offset":"#)?;
+    let offset = tail.strip_suffix('}')?.parse().ok()?;
+    Some((channel, epoch, offset))
+}
+
+/// The `type` of a (control) frame, e.g. `welcome` or `reply`.
+pub fn frame_type(frame: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Typed>(frame).ok().map(|t| t.kind)
+}
+
 /// A delivery's frame in the connection's format.
 pub fn message_frame(d: &Delivery, data: &str, raw: bool) -> Utf8Bytes {
     if raw { raw_frame(d, data) } else { json_frame(d, data) }
@@ -123,7 +145,7 @@ pub struct Command {
     /// `subscribe` only: the last stream position the client saw; the
     /// messages after it are recovered from the hub's history.
     pub since: Option<Since>,
-    /// `auth` only: the JWT.
+    /// `auth` and `refresh`: the JWT.
     pub token: Option<String>,
 }
 
@@ -213,6 +235,22 @@ pub fn salvage_id(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod frames {
     use pushmesh_common::ids::{ConnectionId, GatewayId};
+
+    #[test]
+    fn a_message_frames_position_is_read_back_whatever_its_data() {
+        let d = pushmesh_common::proto::Delivery {
+            channel: "news".into(),
+            epoch: "00ff".into(),
+            offset: 42,
+            ..Default::default()
+        };
+        let data = r#"{"x":1,"epoch":"zz","offset":9}"#;
+        let frame = super::json_frame(&d, data);
+        assert_eq!(super::message_position(frame.as_str()), Some(("news", "00ff", 42)));
+        let broadcast = super::json_frame(&pushmesh_common::proto::Delivery::default(), "1");
+        assert_eq!(super::message_position(broadcast.as_str()), None);
+        assert_eq!(super::frame_type(r#"{"id":1,"ok":true,"type":"reply"}"#).as_deref(), Some("reply"));
+    }
 
     #[test]
     fn raw_clients_get_the_seed_welcome_line() {

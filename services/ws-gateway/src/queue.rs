@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
@@ -265,6 +265,195 @@ impl OutQueue {
     }
 }
 
+/// Where one connection's frames go: a WebSocket's socket, or the chunk
+/// queue an SSE response body drains.
+#[derive(Clone)]
+pub enum Outbound {
+    Ws(Arc<OutQueue>),
+    Sse(Arc<SseQueue>),
+}
+
+impl Outbound {
+    /// A text frame for this connection only (a reply, the welcome, a
+    /// recovered message).
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        match self {
+            Self::Ws(q) => q.try_send(frame),
+            Self::Sse(q) => q.send(&frame.text, frame.is_delivery, true).map(|_| ()),
+        }
+    }
+}
+
+/// The outbound side of a Server-Sent Events connection: events queued as
+/// chunks of text for the response body to take, bounded like a
+/// WebSocket's queue (a full queue is a slow consumer).
+///
+/// Every frame the gateway builds is JSON; here a message frame becomes a
+/// `data:` event (the default event type, so `EventSource.onmessage` gets
+/// it) and any other frame an event named after its `type` (`welcome`,
+/// `subscribed`…). A channel message moves the connection's position in
+/// that channel, and its event carries the positions of every channel of
+/// the stream as its `id`, so the browser's `Last-Event-ID` on reconnect
+/// says where to resume each of them.
+pub struct SseQueue {
+    state: Mutex<SseState>,
+    notify: Notify,
+    bound: usize,
+    /// The stream's channels, in the order of the `id` positions.
+    channels: Vec<String>,
+}
+
+#[derive(Default)]
+struct SseState {
+    chunks: VecDeque<Bytes>,
+    /// Events queued that carry a message (for the bound and the counts).
+    messages: usize,
+    closed: bool,
+    /// Per channel (as `channels`): the last (epoch, offset) sent.
+    positions: Vec<Option<(String, u64)>>,
+}
+
+impl SseQueue {
+    pub fn new(channels: Vec<String>, positions: Vec<Option<(String, u64)>>, bound: usize) -> Self {
+        let state = SseState { positions, ..Default::default() };
+        Self { state: Mutex::new(state), notify: Notify::new(), bound: bound.max(1), channels }
+    }
+
+    /// Queue one frame as an event. `Ok(false)`: queued (an SSE event is
+    /// never written at once; the body takes it).
+    pub fn send(&self, text: &str, is_delivery: bool, bounded: bool) -> Result<bool, SendError> {
+        let mut st = self.state.lock().expect("sse lock");
+        if st.closed {
+            return Err(SendError::Closed);
+        }
+        if bounded && is_delivery && st.messages >= self.bound {
+            return Err(SendError::Full);
+        }
+        let mut event = String::with_capacity(text.len() + 64);
+        if is_delivery {
+            if let Some((channel, epoch, offset)) = crate::protocol::message_position(text)
+                && let Some(i) = self.channels.iter().position(|c| c == channel)
+            {
+                st.positions[i] = Some((epoch.to_owned(), offset));
+                event.push_str("id: ");
+                event.push_str(&last_event_id(&st.positions));
+                event.push('\n');
+            }
+            st.messages += 1;
+        } else if let Some(kind) = crate::protocol::frame_type(text) {
+            event.push_str("event: ");
+            event.push_str(&kind);
+            event.push('\n');
+        }
+        push_data(&mut event, text);
+        st.chunks.push_back(Bytes::from(event));
+        drop(st);
+        self.notify.notify_one();
+        Ok(false)
+    }
+
+    /// A comment line: keeps proxies from closing an idle stream.
+    pub fn heartbeat(&self) {
+        let mut st = self.state.lock().expect("sse lock");
+        if !st.closed {
+            st.chunks.push_back(Bytes::from_static(b": ping\n\n"));
+            drop(st);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queue raw text ahead of everything (the `retry:` advice).
+    pub fn raw(&self, text: &'static str) {
+        let mut st = self.state.lock().expect("sse lock");
+        st.chunks.push_back(Bytes::from_static(text.as_bytes()));
+    }
+
+    /// Refuse further events, drop what is queued and end the stream with
+    /// a `close` event (code and reason, as a WebSocket close would say).
+    /// Returns the messages dropped. Idempotent.
+    pub fn close(&self, code: u16, reason: &str) -> u64 {
+        let mut st = self.state.lock().expect("sse lock");
+        if st.closed {
+            return 0;
+        }
+        st.closed = true;
+        let lost = st.messages as u64;
+        st.chunks.clear();
+        st.messages = 0;
+        let data = serde_json::json!({ "type": "close", "code": code, "reason": reason }).to_string();
+        let mut event = String::from("event: close\n");
+        push_data(&mut event, &data);
+        st.chunks.push_back(Bytes::from(event));
+        drop(st);
+        self.notify.notify_one();
+        lost
+    }
+
+    /// The client went away (the body was dropped): nothing more goes out.
+    /// Returns the messages that never did.
+    pub fn abandon(&self) -> u64 {
+        let mut st = self.state.lock().expect("sse lock");
+        st.closed = true;
+        let lost = st.messages as u64;
+        st.chunks = VecDeque::new();
+        st.messages = 0;
+        drop(st);
+        self.notify.notify_one();
+        lost
+    }
+
+    /// The next chunk for the response body; `None` once closed and drained.
+    pub async fn next_chunk(&self) -> Option<Bytes> {
+        loop {
+            {
+                let mut st = self.state.lock().expect("sse lock");
+                if let Some(c) = st.chunks.pop_front() {
+                    if !c.starts_with(b":") && !c.starts_with(b"event: ") {
+                        st.messages = st.messages.saturating_sub(1);
+                    }
+                    return Some(c);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().expect("sse lock").closed
+    }
+}
+
+/// `epoch:offset` per channel, comma-separated (empty for a channel with
+/// no position yet); one channel: exactly `epoch:offset`.
+fn last_event_id(positions: &[Option<(String, u64)>]) -> String {
+    let mut id = String::new();
+    for (i, p) in positions.iter().enumerate() {
+        if i > 0 {
+            id.push(',');
+        }
+        if let Some((epoch, offset)) = p {
+            id.push_str(epoch);
+            id.push(':');
+            id.push_str(itoa::Buffer::new().format(*offset));
+        }
+    }
+    id
+}
+
+/// `data: <text>\n\n`, one `data:` line per line of text (a published
+/// JSON value may hold line breaks between its tokens).
+fn push_data(event: &mut String, text: &str) {
+    for line in text.split('\n') {
+        event.push_str("data: ");
+        event.push_str(line.strip_suffix('\r').unwrap_or(line));
+        event.push('\n');
+    }
+    event.push('\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +529,29 @@ mod tests {
         async fn writable_for_test(&self) {
             self.wire.writable().await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn sse_events_carry_every_channels_position_and_close_ends_the_stream() {
+        let q = SseQueue::new(vec!["a".into(), "b".into()], vec![None, Some(("e0".into(), 3))], 2);
+        q.send(r#"{"type":"welcome","connection":"gw:1"}"#, false, false).unwrap();
+        let m = r#"{"type":"message","channel":"a","data":{"x":1},"epoch":"e1","offset":7}"#;
+        q.send(m, true, true).unwrap();
+        q.send(r#"{"type":"message","data":"broadcast"}"#, true, true).unwrap();
+        assert_eq!(q.send(m, true, true), Err(SendError::Full), "the bound counts messages");
+        assert_eq!(
+            &q.next_chunk().await.unwrap()[..],
+            br#"event: welcome
+data: {"type":"welcome","connection":"gw:1"}
+
+"#
+        );
+        let first = q.next_chunk().await.unwrap();
+        assert_eq!(std::str::from_utf8(&first).unwrap(), format!("id: e1:7,e0:3\ndata: {m}\n\n"));
+        assert_eq!(&q.next_chunk().await.unwrap()[..], b"data: {\"type\":\"message\",\"data\":\"broadcast\"}\n\n");
+        assert_eq!(q.close(1012, "restart"), 0);
+        let last = q.next_chunk().await.unwrap();
+        assert!(last.starts_with(b"event: close\ndata: {"), "{last:?}");
+        assert_eq!(q.next_chunk().await, None);
     }
 }

@@ -31,7 +31,7 @@ use pushmesh_common::ids::Channel;
 
 use crate::links::HubLinks;
 use crate::protocol::{self, Reply};
-use crate::queue::{CloseSignal, Frame, OutQueue};
+use crate::queue::{CloseSignal, Frame, Outbound};
 use crate::registry::{JoinError, Registry};
 
 /// One (connection, channel)'s recovery state.
@@ -66,7 +66,7 @@ pub enum Admit {
 /// The connection a recovering subscribe is for.
 pub struct Subscriber<'a> {
     pub seq: u64,
-    pub out: &'a OutQueue,
+    pub out: &'a Outbound,
     pub close: &'a CloseSignal,
     pub raw: bool,
 }
@@ -86,14 +86,16 @@ impl Recovery {
     }
 
     /// Subscribe `who` to `channel`, recovering what it missed after
-    /// `since` (epoch, offset). The reply (with `recovered`) and the
-    /// messages are queued to the connection; an error means nothing was.
+    /// `since` (epoch, offset). The answer `reply` builds from the outcome
+    /// (`Reply::Subscribed`: the WebSocket reply, or an SSE `subscribed`
+    /// event) and then the messages are queued to the connection; an error
+    /// means nothing was.
     pub async fn subscribe(
         &self,
         who: Subscriber<'_>,
         channel: &Channel,
         since: (&str, u64),
-        reply_id: Option<u64>,
+        reply: impl FnOnce(&Reply) -> Utf8Bytes,
         max_channels: usize,
         timeout: Duration,
     ) -> Result<(), JoinError> {
@@ -116,7 +118,7 @@ impl Recovery {
                 frames.push(protocol::message_frame(&d, data, who.raw));
             }
         }
-        let reply = protocol::reply_frame(reply_id, &Reply::Subscribed { recovered, epoch: current, offset: top });
+        let reply = reply(&Reply::Subscribed { recovered, epoch: current, offset: top });
         self.finish(&who, channel, reply, frames, recovered.then_some((epoch, last)));
         Ok(())
     }

@@ -27,12 +27,13 @@ use std::time::Duration;
 use pushmesh_common::ids::{Channel, Topic, UserId};
 
 use crate::links::{Confirmation, HubLinks};
-use crate::queue::{CloseSignal, OutQueue};
+use crate::queue::{CloseSignal, Outbound};
 
 /// The registry's handle on one connection: what the fan-out and the
 /// server API need to reach it.
 pub struct ConnEntry {
-    pub out: Arc<OutQueue>,
+    pub out: Outbound,
+    /// `?format=raw`: deliveries are the bare content.
     pub raw: bool,
     pub close: Arc<CloseSignal>,
     pub user: Option<UserId>,
@@ -43,7 +44,7 @@ pub struct ConnEntry {
 }
 
 impl ConnEntry {
-    pub fn new(out: Arc<OutQueue>, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
+    pub fn new(out: Outbound, raw: bool, close: Arc<CloseSignal>, user: Option<UserId>) -> Self {
         Self { out, raw, close, user, recovers: AtomicBool::new(false), channels: Vec::new() }
     }
 
