@@ -77,7 +77,11 @@ impl Cluster {
             args.extend_from_slice(gateway_args);
             gws.push(start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
         }
-        let mut args: Vec<String> = ["--listen-addr", "127.0.0.1:0", "--hub", &hub_url].map(String::from).to_vec();
+        // Both listeners on kernel-chosen ports: a fixed gRPC port (the
+        // default 8082) collides with anything else on the machine.
+        let mut args: Vec<String> = ["--listen-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--hub", &hub_url]
+            .map(String::from)
+            .to_vec();
         args.extend_from_slice(ingress_args);
         let ingress = start(&env.bin("http-ingress")?, "ingress", &args, &logs).await?;
         let c = Cluster { hub, gateways: gws, ingress };
