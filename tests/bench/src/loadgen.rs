@@ -65,11 +65,47 @@ pub trait Script: Send {
     fn response(&mut self, i: u64, status: u16, body: &[u8]) -> Result<(), String>;
 }
 
+/// When requests are due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrivals {
+    /// Evenly spaced, 1/rate apart: every request finds the system as idle
+    /// as the rate allows (the most wake-ups per request).
+    #[default]
+    Uniform,
+    /// A Poisson process of the same rate (exponential gaps, the same seed
+    /// every run): independent senders, so requests sometimes bunch up.
+    Poisson,
+}
+
+impl Arrivals {
+    /// Each request's due time, in ns from the start.
+    pub fn offsets(self, requests: u64, per_sec: f64) -> Vec<u64> {
+        let mean_ns = 1e9 / per_sec.max(0.001);
+        match self {
+            Arrivals::Uniform => (0..requests).map(|i| (i as f64 * mean_ns) as u64).collect(),
+            Arrivals::Poisson => {
+                let mut t = 0.0f64;
+                (0..requests)
+                    .map(|i| {
+                        let at = t as u64;
+                        // A uniform number in (0, 1] from the request's index.
+                        let u = ((wire::spread_bits(i) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                        t += -u.ln() * mean_ns;
+                        at
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// How many requests, how fast, over how many connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub requests: u64,
     pub per_sec: f64,
+    pub arrivals: Arrivals,
     /// Most connections open at once.
     pub max_connections: usize,
     /// Connections opened before the first request.
@@ -147,7 +183,8 @@ struct Gen<'a, S: Script> {
     in_flight: usize,
     start_mono: u64,
     start_wall: u64,
-    gap_ns: f64,
+    /// Each request's due time from the start, ns.
+    offsets: Vec<u64>,
     lag: Histogram<u64>,
     out: Outcome,
     path: Vec<u8>,
@@ -197,7 +234,7 @@ pub fn run<S: Script>(addr: SocketAddr, plan: &Plan, script: &mut S) -> Result<O
         in_flight: 0,
         start_mono: 0,
         start_wall: 0,
-        gap_ns: 1e9 / plan.per_sec.max(0.001),
+        offsets: plan.arrivals.offsets(plan.requests, plan.per_sec),
         lag: lag_histogram(),
         out: Outcome { requests: plan.requests, ..Default::default() },
         path: Vec::with_capacity(256),
@@ -249,7 +286,7 @@ pub fn run<S: Script>(addr: SocketAddr, plan: &Plan, script: &mut S) -> Result<O
 
 impl<S: Script> Gen<'_, S> {
     fn due(&self, i: u64) -> u64 {
-        self.start_mono + (i as f64 * self.gap_ns) as u64
+        self.start_mono + self.offsets[i as usize]
     }
 
     fn poll_once(&mut self, events: &mut Events, timeout: Option<Duration>) -> Result<()> {
@@ -342,7 +379,7 @@ impl<S: Script> Gen<'_, S> {
     }
 
     fn assign(&mut self, c: usize, i: u64) {
-        let t_ns = self.start_wall + (i as f64 * self.gap_ns) as u64;
+        let t_ns = self.start_wall + self.offsets[i as usize];
         self.path.clear();
         self.body.clear();
         let method = self.script.request(i, t_ns, &mut self.path, &mut self.body);
@@ -543,7 +580,7 @@ pub async fn run_reqwest<S: Script>(
     use std::sync::Arc;
     use tokio::sync::Semaphore;
     use tokio::time::Instant;
-    let gap_ns = 1e9 / plan.per_sec.max(0.001);
+    let offsets = plan.arrivals.offsets(plan.requests, plan.per_sec);
     let sem = Arc::new(Semaphore::new(plan.max_connections.max(1)));
     let start = Instant::now() + Duration::from_millis(20);
     let start_ns = wire::now_ns() + 20_000_000;
@@ -552,7 +589,7 @@ pub async fn run_reqwest<S: Script>(
     let mut handles = Vec::with_capacity(plan.requests as usize);
     let (mut path, mut body) = (Vec::new(), Vec::new());
     for i in 0..plan.requests {
-        let offset = Duration::from_nanos((i as f64 * gap_ns) as u64);
+        let offset = Duration::from_nanos(offsets[i as usize]);
         tokio::time::sleep_until(start + offset).await;
         if sem.available_permits() == 0 {
             out.waited += 1;
@@ -687,7 +724,7 @@ mod tests {
     }
 
     fn plan(requests: u64, per_sec: f64, max_connections: usize) -> Plan {
-        Plan { requests, per_sec, max_connections, warm_connections: 2 }
+        Plan { requests, per_sec, arrivals: Arrivals::Uniform, max_connections, warm_connections: 2 }
     }
 
     #[test]
@@ -719,11 +756,26 @@ mod tests {
         let addr = echo_server(0);
         let mut s = Numbers { answered: vec![0; 2000], fail: Vec::new() };
         // One connection for a burst: most requests find it busy and wait.
-        let o =
-            run(addr, &Plan { requests: 2000, per_sec: 1e9, max_connections: 1, warm_connections: 1 }, &mut s).unwrap();
+        let burst =
+            Plan { requests: 2000, per_sec: 1e9, arrivals: Arrivals::Uniform, max_connections: 1, warm_connections: 1 };
+        let o = run(addr, &burst, &mut s).unwrap();
         assert_eq!((o.ok, o.errors, o.connections), (2000, 0, 1), "{:?}", o.first_error);
         assert!(o.waited > 1000, "{} waited", o.waited);
         assert!(o.lag_max_ms > 0.0);
+    }
+
+    #[test]
+    fn poisson_arrivals_keep_the_rate_and_bunch_up() {
+        let u = Arrivals::Uniform.offsets(100_000, 10_000.0);
+        let p = Arrivals::Poisson.offsets(100_000, 10_000.0);
+        assert_eq!(u[1], 100_000);
+        // 10 s at 10,000/s either way (within 2% for the Poisson process).
+        let end = *p.last().unwrap() as f64 / 1e9;
+        assert!((9.8..10.2).contains(&end), "{end} s");
+        assert!(p.windows(2).all(|w| w[0] <= w[1]));
+        // Exponential gaps: about 1 − e^−0.5 ≈ 39% are under half the mean.
+        let short = p.windows(2).filter(|w| w[1] - w[0] < 50_000).count() as f64 / 1e5;
+        assert!((0.37..0.42).contains(&short), "{short}");
     }
 
     #[test]

@@ -217,6 +217,7 @@ pub struct MsgPhase {
     pub form: String,
     /// lean or reqwest.
     pub publisher: String,
+    pub arrivals: crate::loadgen::Arrivals,
     pub connections: usize,
     pub gateways: usize,
     pub channels: Option<usize>,

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::cluster::{self, Cluster};
 use crate::fleet::Fleet;
-use crate::loadgen::{self, Method, Plan, Script};
+use crate::loadgen::{self, Arrivals, Method, Plan, Script};
 use crate::msgceiling::MsgCeiling;
 use crate::procstat;
 use crate::report::{self, Latency, MsgPhase, MsgRatio, MsgRun, MsgSweep};
@@ -127,11 +127,18 @@ pub struct MsgArgs {
     /// Skip the per-message ceiling.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Measure only the per-message ceiling.
+    #[arg(long, conflicts_with = "no_ceiling")]
+    pub no_pushmesh: bool,
     /// Unicast: POST /send, or the seed's GET form.
     #[arg(long, value_enum, default_value = "send")]
     pub form: Form,
     #[arg(long, value_enum, default_value = "lean")]
     pub publisher: Publisher,
+    /// When messages are due: evenly spaced, or a Poisson process of the
+    /// same rate.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub arrivals: Arrivals,
     /// Most publisher connections (requests in flight) at once.
     #[arg(long, default_value_t = 1024)]
     pub publisher_connections: usize,
@@ -175,8 +182,10 @@ impl MsgArgs {
             sweep_factor: 1.5,
             sweep_steps: 8,
             no_ceiling: false,
+            no_pushmesh: false,
             form: Form::Send,
             publisher: Publisher::Lean,
+            arrivals: Arrivals::Uniform,
             publisher_connections: 1024,
             channels: 5_000,
             batch: 1_000,
@@ -358,6 +367,7 @@ impl<'a> Ctx<'a> {
         let plan = Plan {
             requests,
             per_sec: rate / per_request as f64,
+            arrivals: a.arrivals,
             max_connections: a.publisher_connections,
             warm_connections: ((rate / per_request as f64) / 2_000.0).ceil().clamp(2.0, 64.0) as usize,
         };
@@ -425,6 +435,7 @@ impl<'a> Ctx<'a> {
                 Workload::Bulk => format!("{:?}", a.transport).to_lowercase(),
             },
             publisher: format!("{:?}", a.publisher).to_lowercase(),
+            arrivals: a.arrivals,
             connections: a.connections,
             gateways: a.gateways,
             channels: (self.workload == Workload::Channels).then_some(a.channels),
@@ -701,7 +712,7 @@ pub async fn run(env: &Env, workload: Workload, a: &MsgArgs) -> Result<MsgRun> {
     let logs = env.out.join("logs");
     let mut run = MsgRun { workload, config: a.config_label(workload), ..Default::default() };
     report::print_msg_header();
-    {
+    if !a.no_pushmesh {
         let cluster = Cluster::start_with(env, a.gateways, &a.gateway_args, &a.ingress_args(workload)).await?;
         let fleet = Fleet::spawn_spread(
             a.connections,

@@ -48,11 +48,15 @@ pub fn targeted_json(seq: u64, t_ns: u64, c: u64, size: usize, out: &mut Vec<u8>
 /// (splitmix64): consecutive messages go to unrelated receivers, as in a
 /// real chat or notification load, and every run addresses the same ones.
 pub fn spread(seq: u64, n: usize) -> usize {
+    (spread_bits(seq) % n.max(1) as u64) as usize
+}
+
+/// 64 well-mixed bits from `seq` (splitmix64's finaliser).
+pub fn spread_bits(seq: u64) -> u64 {
     let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % n.max(1) as u64) as usize
+    z ^ (z >> 31)
 }
 
 /// Percent-encode `text` for a query string (everything but the unreserved
