@@ -293,7 +293,7 @@ fn summary(s: &Suite) -> String {
         let _ = writeln!(
             o,
             "| channels: 10,000 conns over {} channels (2 subscribers each), 10,000 publishes/s (figures) | {}; pushmesh {:.1} µs CPU per publish | {} |",
-            p.channels.unwrap_or(0),
+            thousands(p.channels.unwrap_or(0) as f64),
             msg_figures(p),
             p.system_us_per_message,
             yes(p.correct())
@@ -317,8 +317,12 @@ fn summary(s: &Suite) -> String {
 /// p50/p99/max, delivered, and everything that went wrong, in one cell.
 fn msg_figures(p: &MsgPhase) -> String {
     let mut t = format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {:.0}/s delivered, lost {}",
-        p.latency_ms.p50, p.latency_ms.p99, p.latency_ms.max, p.delivered_rate, p.lost
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {}/s delivered, lost {}",
+        p.latency_ms.p50,
+        p.latency_ms.p99,
+        p.latency_ms.max,
+        thousands(p.delivered_rate),
+        p.lost
     );
     for (n, what) in [
         (p.duplicates, "duplicated"),
@@ -347,7 +351,8 @@ fn unicast_rows(o: &mut String, u: &MsgRun) {
         if let Some(p) = u.fixed_at("pushmesh", rate) {
             let _ = writeln!(
                 o,
-                "| {WHAT}: p99 ≤ {bound} ms at {rate:.0} sends/s | {}{} | {} |",
+                "| {WHAT}: p99 ≤ {bound} ms at {} sends/s | {}{} | {} |",
+                thousands(rate),
                 msg_figures(p),
                 vs_ceiling(u, rate),
                 yes(p.correct() && p.latency_ms.p99 <= bound)
@@ -356,7 +361,7 @@ fn unicast_rows(o: &mut String, u: &MsgRun) {
     }
     if let Some(s) = u.sweep_of("pushmesh") {
         let measured = match &s.best {
-            Some(b) => format!("{:.0}/s (p99 {:.1} ms, lost 0)", b.offered_rate, b.latency_ms.p99),
+            Some(b) => format!("{}/s (p99 {:.1} ms, lost 0)", thousands(b.offered_rate), b.latency_ms.p99),
             None => "no rate passed".to_owned(),
         };
         let _ = writeln!(
@@ -366,7 +371,9 @@ fn unicast_rows(o: &mut String, u: &MsgRun) {
         );
         let c = u.sweep_of("per-message ceiling");
         let (measured, met) = match (s.max_rate, c.and_then(|c| c.max_rate)) {
-            (Some(p), Some(c)) => (format!("{:.2}× ({p:.0}/s against the ceiling's {c:.0}/s)", p / c), p / c >= 0.8),
+            (Some(p), Some(c)) => {
+                (format!("{:.2}× ({}/s against the ceiling's {}/s)", p / c, thousands(p), thousands(c)), p / c >= 0.8)
+            }
             (p, c) => (format!("pushmesh {p:?}/s, ceiling {c:?}/s: no ratio"), false),
         };
         let _ = writeln!(o, "| (the same) ≥ 0.8× the per-message ceiling | {measured} | {} |", yes(met));
@@ -401,5 +408,29 @@ fn bulk_rows(o: &mut String, b: &MsgRun) {
             p.system_us_per_message,
             yes(p.pass)
         );
+    }
+}
+
+/// 12345.6 → "12,346".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < -0.5 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(super::thousands(15937.5), "15,938");
+        assert_eq!(super::thousands(1000.0), "1,000");
+        assert_eq!(super::thousands(999.0), "999");
+        assert_eq!(super::thousands(1_234_567.0), "1,234,567");
     }
 }
