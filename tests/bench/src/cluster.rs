@@ -49,6 +49,17 @@ pub struct Usage {
 
 impl Cluster {
     pub async fn start(env: &Env, gateways: usize, gateway_args: &[String], hub_args: &[String]) -> Result<Cluster> {
+        Self::start_with(env, gateways, gateway_args, hub_args, &[]).await
+    }
+
+    /// `start`, with extra arguments for the ingress too.
+    pub async fn start_with(
+        env: &Env,
+        gateways: usize,
+        gateway_args: &[String],
+        hub_args: &[String],
+        ingress_args: &[String],
+    ) -> Result<Cluster> {
         let logs = env.out.join("logs");
         let mut args = ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from).to_vec();
         args.extend_from_slice(hub_args);
@@ -63,13 +74,13 @@ impl Cluster {
             args.extend_from_slice(gateway_args);
             gws.push(start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
         }
-        let ingress = start(
-            &env.bin("http-ingress")?,
-            "ingress",
-            &["--listen-addr", "127.0.0.1:0", "--hub", &hub_url].map(String::from),
-            &logs,
-        )
-        .await?;
+        // Both listeners on kernel-chosen ports: a fixed gRPC port (the
+        // default 8082) collides with anything else on the machine.
+        let mut args: Vec<String> = ["--listen-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--hub", &hub_url]
+            .map(String::from)
+            .to_vec();
+        args.extend_from_slice(ingress_args);
+        let ingress = start(&env.bin("http-ingress")?, "ingress", &args, &logs).await?;
         let c = Cluster { hub, gateways: gws, ingress };
         for g in &c.gateways {
             pushmesh_tests::wait_ready(g.addr("http")).await?;

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::worker::{Cmd, Event, Report, Spec};
+use crate::worker::{ChannelSpread, Cmd, Event, Expect, Report, Spec};
 
 /// Most connections one worker holds: the per-process open-file limit is
 /// 20,000 and a worker needs a few descriptors of its own.
@@ -41,6 +41,8 @@ pub struct Merged {
     pub closed: u64,
     pub open: usize,
     pub last_recv_ns: u64,
+    pub misdelivered: u64,
+    pub out_of_order: u64,
 }
 
 /// Connect-phase totals.
@@ -66,9 +68,24 @@ impl Fleet {
         channel: Option<&str>,
         tag: u8,
     ) -> Result<Fleet> {
+        Self::spawn_spread(total, min_workers, connect_concurrency, targets, channel, None, tag).await
+    }
+
+    /// `spawn`, with each client subscribed to its own channel of `spread`
+    /// (when given) instead of `channel`.
+    pub async fn spawn_spread(
+        total: usize,
+        min_workers: usize,
+        connect_concurrency: usize,
+        targets: &[SocketAddr],
+        channel: Option<&str>,
+        spread: Option<ChannelSpread>,
+        tag: u8,
+    ) -> Result<Fleet> {
         let n = min_workers.max(total.div_ceil(MAX_PER_WORKER)).max(1);
         let exe = std::env::current_exe().context("own executable")?;
         let mut workers = Vec::with_capacity(n);
+        let mut first_client = 0;
         for index in 0..n {
             let count = total / n + usize::from(index < total % n);
             let sources: Vec<Ipv4Addr> = (0..count.div_ceil(PER_SOURCE).max(1))
@@ -85,7 +102,10 @@ impl Fleet {
                 per_source: PER_SOURCE,
                 channel: channel.map(str::to_owned),
                 concurrency: connect_concurrency,
+                first_client,
+                spread: spread.clone(),
             };
+            first_client += count;
             let mut child = Command::new(&exe)
                 .arg("worker")
                 .arg("--spec")
@@ -174,7 +194,23 @@ impl Fleet {
     }
 
     pub async fn phase(&mut self, first: u64, count: u64) -> Result<()> {
-        self.all(&Cmd::Phase { first, count }, Duration::from_secs(30)).await.map(drop)
+        self.phase_expecting(first, count, Expect::Everyone).await
+    }
+
+    pub async fn phase_expecting(&mut self, first: u64, count: u64, expect: Expect) -> Result<()> {
+        self.all(&Cmd::Phase { first, count, expect }, Duration::from_secs(30)).await.map(drop)
+    }
+
+    /// Every client's connection id, by global client number ("" for a
+    /// client that is not open).
+    pub async fn ids(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for ev in self.all(&Cmd::Ids, Duration::from_secs(30)).await? {
+            if let Event::Ids { ids } = ev {
+                out.extend(ids);
+            }
+        }
+        Ok(out)
     }
 
     /// Unique deliveries so far, and open connections.
@@ -200,10 +236,26 @@ impl Fleet {
             closed: 0,
             open: 0,
             last_recv_ns: 0,
+            misdelivered: 0,
+            out_of_order: 0,
         };
         for ev in self.all(&Cmd::Report, Duration::from_secs(60)).await? {
             let Event::Report(r) = ev else { continue };
-            let Report { hist_us, counts, unique, duplicates, stray, closed, open, last_recv_ns, .. } = *r;
+            let Report {
+                hist_us,
+                counts,
+                unique,
+                duplicates,
+                stray,
+                closed,
+                open,
+                last_recv_ns,
+                misdelivered,
+                out_of_order,
+                ..
+            } = *r;
+            m.misdelivered += misdelivered;
+            m.out_of_order += out_of_order;
             for (v, c) in hist_us {
                 m.hist.saturating_record_n(v, c);
             }

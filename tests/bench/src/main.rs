@@ -11,6 +11,12 @@
 //! most this machine can deliver to that many sockets; pushmesh's figures
 //! are reported as a ratio to it.
 //!
+//! The targeted workloads (`unicast`, `channels`, `bulk`) measure the
+//! per-message path instead: each message is for one client, published by
+//! a lean open-loop HTTP generator (`loadgen`), and compared with a
+//! per-message ceiling (`msgceiling`): one process that reads HTTP requests
+//! and writes one frame to the addressed socket.
+//!
 //! Everything the tool starts is killed when it ends, also on failure or
 //! Ctrl-C: services and workers are `kill_on_drop` children, and a worker
 //! exits by itself when its parent's pipe closes.
@@ -20,12 +26,15 @@ mod cluster;
 mod enginebench;
 mod fleet;
 mod hubbench;
+mod loadgen;
+mod msgceiling;
 mod plot;
 mod procstat;
 mod publisher;
 mod report;
 mod scenario;
 mod suite;
+mod targeted;
 mod wire;
 mod worker;
 
@@ -65,7 +74,13 @@ enum Command {
     Hub(hubbench::HubArgs),
     /// Channel state engines at the hub: positioned publishes/s and added latency, Redis against memory.
     Engine(enginebench::EngineArgs),
-    /// Seconds-long run with few clients; exits non-zero if a delivery is lost or duplicated.
+    /// One POST /send per message, each to one client by its connection id; against the per-message ceiling.
+    Unicast(targeted::MsgArgs),
+    /// Publishes spread over many channels with one or two subscribers each.
+    Channels(targeted::MsgArgs),
+    /// Many sends per request (POST /batch); against the per-message ceiling.
+    Bulk(targeted::MsgArgs),
+    /// Seconds-long run with few clients; exits non-zero if a delivery is lost, duplicated or misdelivered.
     Smoke,
     /// Every target of the benchmark (what `make bench` runs), then the plot.
     Suite(suite::SuiteArgs),
@@ -81,6 +96,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// (internal) The per-message ceiling: HTTP request in, one frame to the addressed socket out.
+    #[command(hide = true)]
+    MsgCeilingServer {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Most clients (slots in its table).
+        #[arg(long, default_value_t = 50_000)]
+        capacity: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +112,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Worker { spec } => return worker::main(&spec),
         Command::CeilingServer { threads } => return ceiling::server_main(threads),
+        Command::MsgCeilingServer { threads, capacity } => return msgceiling::server_main(threads, capacity),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -106,9 +131,14 @@ fn main() -> std::process::ExitCode {
                 Command::Idle(a) => scenario::idle_cmd(&env, a).await,
                 Command::Hub(a) => hubbench::cmd(&env, a).await,
                 Command::Engine(a) => enginebench::cmd(&env, a).await,
+                Command::Unicast(a) => targeted::cmd(&env, targeted::Workload::Unicast, a).await,
+                Command::Channels(a) => targeted::cmd(&env, targeted::Workload::Channels, a).await,
+                Command::Bulk(a) => targeted::cmd(&env, targeted::Workload::Bulk, a).await,
                 Command::Smoke => scenario::smoke_cmd(&env).await,
                 Command::Suite(a) => suite::cmd(&env, a).await,
-                Command::Worker { .. } | Command::CeilingServer { .. } => unreachable!("handled above"),
+                Command::Worker { .. } | Command::CeilingServer { .. } | Command::MsgCeilingServer { .. } => {
+                    unreachable!("handled above")
+                }
             }
         };
         // Dropping `work` on a signal kills every child (kill_on_drop).

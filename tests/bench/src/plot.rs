@@ -59,6 +59,34 @@ pub fn latency_vs_rate(path: &Path, results: &[SweepResult]) -> Result<()> {
 /// A named line: (delivered rate, p50 ms, p99 ms) points.
 type Series = (String, Vec<(f64, f64, f64)>);
 
+/// The unicast sweeps (and fixed phases) of pushmesh and the per-message
+/// ceiling: latency against delivered sends/s.
+pub fn msg_latency_vs_rate(path: &Path, run: &crate::report::MsgRun) -> Result<()> {
+    if let Err(e) = register_font() {
+        eprintln!("plot: {e}");
+        return Ok(());
+    }
+    let series: Vec<Series> = ["pushmesh", "per-message ceiling"]
+        .iter()
+        .map(|system| {
+            let mut pts: Vec<(f64, f64, f64)> = run
+                .fixed
+                .iter()
+                .chain(run.sweeps.iter().flat_map(|s| &s.steps))
+                .filter(|p| p.system == *system && p.delivered > 0)
+                .map(|p| (p.delivered_rate, p.latency_ms.p50.max(0.01), p.latency_ms.p99.max(0.01)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            pts.dedup_by(|a, b| a.0 == b.0);
+            (format!("{} — {system}", run.config), pts)
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    let caption = "targeted sends: end-to-end latency vs delivered rate (p99 solid, p50 thin)";
+    draw_series(path, caption, "delivered sends per second", series)
+        .map_err(|e| anyhow!("plot {}: {e}", path.display()))
+}
+
 fn draw(path: &Path, results: &[SweepResult]) -> Result<(), Box<dyn std::error::Error>> {
     let series: Vec<Series> = results
         .iter()
@@ -74,6 +102,20 @@ fn draw(path: &Path, results: &[SweepResult]) -> Result<(), Box<dyn std::error::
         })
         .filter(|(_, p)| !p.is_empty())
         .collect();
+    draw_series(
+        path,
+        "pushmesh: end-to-end latency vs delivered rate (p99 solid, p50 thin)",
+        "delivered messages per second",
+        series,
+    )
+}
+
+fn draw_series(
+    path: &Path,
+    caption: &str,
+    x_desc: &str,
+    series: Vec<Series>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let max_x = series.iter().flat_map(|(_, p)| p.iter().map(|v| v.0)).fold(1.0, f64::max) * 1.05;
     let max_y = series.iter().flat_map(|(_, p)| p.iter().map(|v| v.2)).fold(1.0, f64::max) * 2.0;
     let min_y = series.iter().flat_map(|(_, p)| p.iter().map(|v| v.1)).fold(f64::MAX, f64::min).max(0.01) / 2.0;
@@ -81,14 +123,14 @@ fn draw(path: &Path, results: &[SweepResult]) -> Result<(), Box<dyn std::error::
     let root = BitMapBackend::new(path, (1280, 800)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("pushmesh: end-to-end latency vs delivered rate (p99 solid, p50 thin)", ("sans-serif", 24))
+        .caption(caption, ("sans-serif", 24))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..max_x, (min_y..max_y).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("delivered messages per second")
+        .x_desc(x_desc)
         .y_desc("latency, ms (log scale)")
         .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
         .y_label_formatter(&|y| format!("{y}"))

@@ -203,3 +203,223 @@ pub fn ratio(results: &[SweepResult], ceiling_system: &str) -> Option<f64> {
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.to_owned() } else { s.chars().take(n - 1).collect::<String>() + "…" }
 }
+
+// ---- targeted workloads (unicast, channels, bulk) ---------------------------
+
+/// One phase of a targeted workload: a rate of messages, each for one
+/// client (or one channel's subscribers), and what arrived where.
+#[derive(Debug, Clone, Serialize)]
+pub struct MsgPhase {
+    pub config: String,
+    pub workload: crate::targeted::Workload,
+    pub system: String,
+    /// How messages were asked for: send, seed, publish, batch.
+    pub form: String,
+    /// lean or reqwest.
+    pub publisher: String,
+    pub arrivals: crate::loadgen::Arrivals,
+    pub connections: usize,
+    pub gateways: usize,
+    pub channels: Option<usize>,
+    /// Messages per HTTP request (1 but for bulk).
+    pub per_request: u64,
+    pub payload_bytes: usize,
+    /// Messages per second asked for.
+    pub offered_rate: f64,
+    pub duration_s: f64,
+    pub messages: u64,
+    pub requests: u64,
+    /// Messages the system accepted.
+    pub accepted: u64,
+    pub publish_errors: u64,
+    pub publish_first_error: Option<String>,
+    /// Deliveries owed: Σ over accepted messages of their receivers.
+    pub expected: u64,
+    /// Distinct deliveries to the right client.
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Deliveries to a client the message was not for.
+    pub misdelivered: u64,
+    /// Channel messages whose offset did not rise on a connection.
+    pub out_of_order: u64,
+    /// Deliveries of an earlier phase's messages that arrived in this one.
+    pub stray: u64,
+    /// Clients closed by the server during the phase.
+    pub disconnected: u64,
+    /// Deliveries per second the schedule asked for.
+    pub offered_delivery_rate: f64,
+    /// Distinct deliveries / (last delivery − first scheduled message).
+    pub delivered_rate: f64,
+    /// Scheduled send time → the client read the frame.
+    pub latency_ms: Latency,
+    /// CPU µs per message over the system's processes (pushmesh: hub,
+    /// gateways and ingress; the ceiling: its one process).
+    pub system_us_per_message: f64,
+    /// The same per process.
+    pub us_per_message: Vec<(String, f64)>,
+    /// The benchmark process's CPU (the publisher) per HTTP request, and in
+    /// cores over the schedule: near 1 means the load generator was the limit.
+    pub publisher_us_per_request: f64,
+    pub publisher_cores: f64,
+    /// The client workers' CPU per delivery.
+    pub workers_us_per_delivery: f64,
+    /// What the load generator saw (lag behind its schedule, connections).
+    pub generator: crate::loadgen::Outcome,
+    pub usage: Vec<Usage>,
+    /// CPU seconds the machine spent on anything but the processes above.
+    pub other_cpu_s: f64,
+    pub pass: bool,
+}
+
+impl MsgPhase {
+    /// Every message accepted reached exactly its receivers, in order.
+    pub fn correct(&self) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.misdelivered == 0
+            && self.out_of_order == 0
+            && self.publish_errors == 0
+            && self.expected > 0
+    }
+
+    /// Sustained: correct, p99 within the bound, and deliveries kept up
+    /// with the schedule.
+    pub fn passes(&self, max_p99_ms: f64) -> bool {
+        self.correct() && self.latency_ms.p99 <= max_p99_ms && self.delivered_rate >= 0.9 * self.offered_delivery_rate
+    }
+
+    /// CPU µs per message of processes named `prefix…`.
+    pub fn us(&self, prefix: &str) -> f64 {
+        self.us_per_message.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| v).sum::<f64>() + 0.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MsgSweep {
+    pub config: String,
+    pub system: String,
+    /// Offered rate (messages/s) of the best passing phase.
+    pub max_rate: Option<f64>,
+    pub best: Option<MsgPhase>,
+    pub steps: Vec<MsgPhase>,
+}
+
+/// pushmesh's figure over the ceiling's.
+#[derive(Debug, Clone, Serialize)]
+pub struct MsgRatio {
+    pub what: String,
+    pub pushmesh: f64,
+    pub ceiling: f64,
+    pub ratio: f64,
+}
+
+/// A targeted workload on pushmesh and on the per-message ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct MsgRun {
+    pub workload: crate::targeted::Workload,
+    pub config: String,
+    /// Fixed-rate phases, pushmesh's then the ceiling's.
+    pub fixed: Vec<MsgPhase>,
+    pub sweeps: Vec<MsgSweep>,
+    pub ratios: Vec<MsgRatio>,
+}
+
+impl Default for MsgRun {
+    fn default() -> Self {
+        MsgRun {
+            workload: crate::targeted::Workload::Unicast,
+            config: String::new(),
+            fixed: Vec::new(),
+            sweeps: Vec::new(),
+            ratios: Vec::new(),
+        }
+    }
+}
+
+impl MsgRun {
+    pub fn fixed_at(&self, system: &str, rate: f64) -> Option<&MsgPhase> {
+        self.fixed.iter().find(|p| p.system == system && p.offered_rate == rate)
+    }
+
+    pub fn sweep_of(&self, system: &str) -> Option<&MsgSweep> {
+        self.sweeps.iter().find(|s| s.system == system)
+    }
+}
+
+pub fn print_msg_header() {
+    eprintln!(
+        "{:<38} {:<10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6} {:>4} {:>5} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6} {:>7} {:>6} {:>5}  pass",
+        "configuration",
+        "system",
+        "msgs/s",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "lost",
+        "dup",
+        "misdl",
+        "order",
+        "err",
+        "sysµs/m",
+        "ingr",
+        "hub",
+        "gws",
+        "pubµs/r",
+        "lag99",
+        "other",
+    );
+}
+
+pub fn print_msg_row(r: &MsgPhase) {
+    let sys = if r.system == "pushmesh" { "pushmesh" } else { "ceiling" };
+    eprintln!(
+        "{:<38} {:<10} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>6} {:>4} {:>5} {:>5} {:>5} {:>7.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1} {:>6.2} {:>5.1}  {}{}",
+        truncate(&r.config, 38),
+        sys,
+        r.offered_rate,
+        r.delivered_rate,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.p999,
+        r.latency_ms.max,
+        r.lost,
+        r.duplicates,
+        r.misdelivered,
+        r.out_of_order,
+        r.publish_errors,
+        r.system_us_per_message,
+        r.us("ingress"),
+        r.us("hub"),
+        r.us("gw-"),
+        r.publisher_us_per_request,
+        r.generator.lag_p99_ms,
+        r.other_cpu_s,
+        if r.pass { "yes" } else { "no" },
+        match (&r.publish_first_error, r.disconnected) {
+            (Some(e), _) => format!("  publish errors {}: {}", r.publish_errors, truncate(e, 100)),
+            (None, d) if d > 0 => format!("  {d} clients closed by the server"),
+            _ => String::new(),
+        }
+    );
+}
+
+pub fn print_msg_ratios(run: &MsgRun) {
+    for r in &run.ratios {
+        eprintln!(
+            "{}: {}: pushmesh {:.2} / ceiling {:.2} = {:.2}×",
+            run.config, r.what, r.pushmesh, r.ceiling, r.ratio
+        );
+    }
+    for s in &run.sweeps {
+        match &s.best {
+            Some(b) => eprintln!(
+                "{}: {} sustains {:.0} messages/s (p99 {:.2} ms, nothing lost)",
+                s.config, s.system, b.offered_rate, b.latency_ms.p99
+            ),
+            None => eprintln!("{}: {}: no rate passed", s.config, s.system),
+        }
+    }
+}

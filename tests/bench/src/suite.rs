@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use crate::hubbench::{self, HubArgs, HubResult};
 use crate::procstat;
-use crate::report::{self, IdleResult, SweepResult};
+use crate::report::{self, IdleResult, MsgPhase, MsgRun, SweepResult};
 use crate::scenario::{self, Env, ScenarioArgs, TargetKind};
+use crate::targeted::{self, MsgArgs, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
@@ -20,11 +21,17 @@ pub enum Part {
     Sweep,
     Connect,
     Fifty,
+    /// Targeted sends, one request each: fixed rates, the sweep, the ceiling.
+    Unicast,
+    /// Many sends per request (/batch), and the ceiling.
+    Bulk,
+    /// Publishes over many small channels (figures).
+    Channels,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
-    /// Parts to run (default: all): hub, fixed, sweep, connect, fifty.
+    /// Parts to run (default: all): hub, fixed, sweep, connect, fifty, unicast, bulk, channels.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
     /// Seconds of publishing per phase.
@@ -47,6 +54,19 @@ struct Suite {
     /// The same with 256 in flight: a reconnect storm.
     connect_10k_burst: Option<IdleResult>,
     fifty_k: Option<IdleResult>,
+    /// 10,000 clients over 2 gateways, one POST /send per message: 1,000
+    /// and 10,000 sends/s, then the sweep; and the per-message ceiling.
+    unicast: Option<MsgRun>,
+    /// The same clients, 1,000 sends per POST /batch at 200,000 sends/s.
+    bulk: Option<MsgRun>,
+    /// The same clients over 5,000 channels, 10,000 publishes/s.
+    channels: Option<MsgRun>,
+}
+
+/// The targeted workloads' suite settings (issue 11's targets): 10,000
+/// clients over 2 gateways, 64-byte data.
+fn msg_args(rate: &[f64], duration: f64) -> MsgArgs {
+    MsgArgs { rate: rate.to_vec(), duration, ..MsgArgs::defaults() }
 }
 
 fn args(connections: usize, gateways: usize, rate: f64, duration: f64) -> ScenarioArgs {
@@ -109,7 +129,24 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
         let fifty = ScenarioArgs { connect_concurrency: 48, ..args(50_000, 3, 100_000.0, a.duration) };
         s.fifty_k = Some(scenario::run_idle(env, &fifty).await?);
     }
+    if want(Part::Unicast) {
+        procstat::wait_quiet(quiet).await;
+        let u = MsgArgs { sweep: true, ..msg_args(&[1_000.0, 10_000.0], a.duration) };
+        s.unicast = Some(targeted::run(env, Workload::Unicast, &u).await?);
+    }
+    if want(Part::Bulk) {
+        procstat::wait_quiet(quiet).await;
+        s.bulk = Some(targeted::run(env, Workload::Bulk, &msg_args(&[200_000.0], a.duration)).await?);
+    }
+    if want(Part::Channels) {
+        procstat::wait_quiet(quiet).await;
+        let c = MsgArgs { no_ceiling: true, ..msg_args(&[10_000.0], a.duration) };
+        s.channels = Some(targeted::run(env, Workload::Channels, &c).await?);
+    }
     report::write_json(&env.out.join("suite.json"), &s)?;
+    if let Some(u) = &s.unicast {
+        crate::plot::msg_latency_vs_rate(&env.out.join("unicast.png"), u)?;
+    }
     let mut plotted = s.sweep_10k.clone();
     plotted.extend(s.fixed_1k.iter().cloned());
     if !plotted.is_empty() {
@@ -118,12 +155,14 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
     let md = summary(&s);
     std::fs::write(env.out.join("summary.md"), &md)?;
     eprintln!("\n{md}");
-    eprintln!(
-        "wrote {}, {} and {}",
-        env.out.join("suite.json").display(),
-        env.out.join("latency.png").display(),
-        env.out.join("summary.md").display()
-    );
+    let mut wrote = vec![env.out.join("suite.json"), env.out.join("summary.md")];
+    if !plotted.is_empty() {
+        wrote.push(env.out.join("latency.png"));
+    }
+    if s.unicast.is_some() {
+        wrote.push(env.out.join("unicast.png"));
+    }
+    eprintln!("wrote {}", wrote.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(true)
 }
 
@@ -243,6 +282,24 @@ fn summary(s: &Suite) -> String {
             b.map_or("-", |b| yes(b.lost == 0))
         );
     }
+    if let Some(u) = &s.unicast {
+        unicast_rows(&mut o, u);
+    }
+    if let Some(b) = &s.bulk {
+        bulk_rows(&mut o, b);
+    }
+    if let Some(c) = &s.channels
+        && let Some(p) = c.fixed_at("pushmesh", 10_000.0)
+    {
+        let _ = writeln!(
+            o,
+            "| channels: 10,000 conns over {} channels (2 subscribers each), 10,000 publishes/s (figures) | {}; pushmesh {:.1} µs CPU per publish | {} |",
+            thousands(p.channels.unwrap_or(0) as f64),
+            msg_figures(p),
+            p.system_us_per_message,
+            yes(p.correct())
+        );
+    }
     for h in &s.hub {
         let _ = writeln!(
             o,
@@ -256,4 +313,125 @@ fn summary(s: &Suite) -> String {
         );
     }
     o
+}
+
+/// p50/p99/max, delivered, and everything that went wrong, in one cell.
+fn msg_figures(p: &MsgPhase) -> String {
+    let mut t = format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {}/s delivered, lost {}",
+        p.latency_ms.p50,
+        p.latency_ms.p99,
+        p.latency_ms.max,
+        thousands(p.delivered_rate),
+        p.lost
+    );
+    for (n, what) in [
+        (p.duplicates, "duplicated"),
+        (p.misdelivered, "misdelivered"),
+        (p.out_of_order, "out of order"),
+        (p.publish_errors, "refused"),
+    ] {
+        if n > 0 {
+            let _ = write!(t, ", **{n} {what}**");
+        }
+    }
+    t
+}
+
+/// The ceiling's figure next to pushmesh's.
+fn vs_ceiling(run: &MsgRun, rate: f64) -> String {
+    match run.fixed_at("per-message ceiling", rate) {
+        Some(c) => format!("; ceiling p50 {:.2} ms, p99 {:.2} ms", c.latency_ms.p50, c.latency_ms.p99),
+        None => String::new(),
+    }
+}
+
+fn unicast_rows(o: &mut String, u: &MsgRun) {
+    const WHAT: &str = "unicast, 10,000 conns / 2 gateways, one POST /send per message";
+    for (rate, bound) in [(1_000.0, 1.0), (10_000.0, 5.0)] {
+        if let Some(p) = u.fixed_at("pushmesh", rate) {
+            let _ = writeln!(
+                o,
+                "| {WHAT}: p99 ≤ {bound} ms at {} sends/s | {}{} | {} |",
+                thousands(rate),
+                msg_figures(p),
+                vs_ceiling(u, rate),
+                yes(p.correct() && p.latency_ms.p99 <= bound)
+            );
+        }
+    }
+    if let Some(s) = u.sweep_of("pushmesh") {
+        let measured = match &s.best {
+            Some(b) => format!("{}/s (p99 {:.1} ms, lost 0)", thousands(b.offered_rate), b.latency_ms.p99),
+            None => "no rate passed".to_owned(),
+        };
+        let _ = writeln!(
+            o,
+            "| highest sustained single-request sends/s, p99 ≤ 50 ms, zero loss: ≥ 33,000/s | {measured} | {} |",
+            yes(s.max_rate.is_some_and(|r| r >= 33_000.0))
+        );
+        let c = u.sweep_of("per-message ceiling");
+        let (measured, met) = match (s.max_rate, c.and_then(|c| c.max_rate)) {
+            (Some(p), Some(c)) => {
+                (format!("{:.2}× ({}/s against the ceiling's {}/s)", p / c, thousands(p), thousands(c)), p / c >= 0.8)
+            }
+            (p, c) => (format!("pushmesh {p:?}/s, ceiling {c:?}/s: no ratio"), false),
+        };
+        let _ = writeln!(o, "| (the same) ≥ 0.8× the per-message ceiling | {measured} | {} |", yes(met));
+    }
+    if let Some(p) = u.fixed_at("pushmesh", 10_000.0) {
+        let ceiling = u
+            .fixed_at("per-message ceiling", 10_000.0)
+            .map_or(String::new(), |c| format!("; ceiling {:.1} µs", c.system_us_per_message));
+        let _ = writeln!(
+            o,
+            "| CPU per send over all pushmesh processes ≤ 40 µs at 10,000 sends/s | {:.1} µs (ingress {:.1}, hub {:.1}, gateways {:.1}){ceiling}; publisher {:.1} µs per request ({:.2} cores), client workers {:.1} µs per delivery | {} |",
+            p.system_us_per_message,
+            p.us("ingress"),
+            p.us("hub"),
+            p.us("gw-"),
+            p.publisher_us_per_request,
+            p.publisher_cores,
+            p.workers_us_per_delivery,
+            yes(p.system_us_per_message <= 40.0)
+        );
+    }
+}
+
+fn bulk_rows(o: &mut String, b: &MsgRun) {
+    if let Some(p) = b.fixed_at("pushmesh", 200_000.0) {
+        let _ = writeln!(
+            o,
+            "| bulk: ≥ 200,000 targeted deliveries/s through /batch ({} sends per request), p99 ≤ 50 ms | {}{}; pushmesh {:.1} µs CPU per send | {} |",
+            p.per_request,
+            msg_figures(p),
+            vs_ceiling(b, 200_000.0),
+            p.system_us_per_message,
+            yes(p.pass)
+        );
+    }
+}
+
+/// 12345.6 → "12,346".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < -0.5 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(super::thousands(15937.5), "15,938");
+        assert_eq!(super::thousands(1000.0), "1,000");
+        assert_eq!(super::thousands(999.0), "999");
+        assert_eq!(super::thousands(1_234_567.0), "1,234,567");
+    }
 }

@@ -25,6 +25,78 @@ pub fn data_json(seq: u64, t_ns: u64, pad: usize) -> String {
     }
 }
 
+/// The data of a targeted message (unicast, channels, bulk): sequence
+/// number, scheduled send time, and `c`, the intended receiver (a client's
+/// global number, or a channel's), which the worker compares with its own so
+/// a misdelivery is caught; padded with `"p"` to at least `size` bytes of
+/// JSON text in all.
+pub fn targeted_json(seq: u64, t_ns: u64, c: u64, size: usize, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let start = out.len();
+    let _ = write!(out, r#"{{"s":{seq},"t":{t_ns},"c":{c}"#);
+    // Counting the closing brace; the padding field `,"p":""` is 7 bytes.
+    let used = out.len() - start + 1;
+    if size >= used + 7 {
+        out.extend_from_slice(br#","p":""#);
+        out.resize(out.len() + (size - used - 7), b'x');
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+/// An even, deterministic spread of sequence numbers over `n` receivers
+/// (splitmix64): consecutive messages go to unrelated receivers, as in a
+/// real chat or notification load, and every run addresses the same ones.
+pub fn spread(seq: u64, n: usize) -> usize {
+    (spread_bits(seq) % n.max(1) as u64) as usize
+}
+
+/// 64 well-mixed bits from `seq` (splitmix64's finaliser).
+pub fn spread_bits(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Percent-encode `text` for a query string (everything but the unreserved
+/// characters).
+pub fn percent_encode(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// Decode a query-string value (`%XX` and `+`); `None` when malformed.
+pub fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(v);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The client frame exactly as the gateway encodes a broadcast delivery.
 pub fn message_json(seq: u64, t_ns: u64, pad: usize) -> String {
     format!(r#"{{"type":"message","data":{}}}"#, data_json(seq, t_ns, pad))
@@ -111,6 +183,20 @@ pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
+/// A field of the benchmark's data, as JSON (`"s":1`) or, when the data
+/// travelled as a JSON string (the seed's `content`), escaped (`\"s\":1`).
+pub fn field(text: &[u8], name: u8) -> Option<u64> {
+    let plain = [b'"', name, b'"', b':'];
+    number_after(text, &plain).or_else(|| number_after(text, &[b'\\', b'"', name, b'\\', b'"', b':']))
+}
+
+/// The JSON string after `key` (e.g. `"connection":"`) up to the next quote.
+pub fn string_after<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = text[at..].iter().position(|b| *b == b'"')?;
+    Some(&text[at..at + len])
+}
+
 /// The client's upgrade request (a fixed key: the accept value is checked
 /// by status only).
 pub fn upgrade_request(host: &std::net::SocketAddr, path: &str) -> Vec<u8> {
@@ -140,6 +226,41 @@ mod tests {
         let (_, r, _) = parse_frame(&rest[n2..]).unwrap().unwrap();
         assert_eq!(r.len(), 70_000);
         assert!(parse_frame(&b[..3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn targeted_data_is_padded_to_size_and_parsed_back() {
+        let mut b = Vec::new();
+        targeted_json(7, 1_700_000_000_000_000_000, 12, 64, &mut b);
+        assert_eq!(b.len(), 64, "{}", String::from_utf8_lossy(&b));
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!((v["s"].as_u64(), v["c"].as_u64()), (Some(7), Some(12)));
+        let mut short = Vec::new();
+        targeted_json(7, 1, 12, 0, &mut short);
+        assert_eq!(short, br#"{"s":7,"t":1,"c":12}"#);
+        // As the seed form delivers it: a JSON string holding the text.
+        let escaped = serde_json::to_string(std::str::from_utf8(&b).unwrap()).unwrap();
+        assert_eq!(field(escaped.as_bytes(), b's'), Some(7));
+        assert_eq!(field(escaped.as_bytes(), b'c'), Some(12));
+        assert_eq!(field(&b, b't'), Some(1_700_000_000_000_000_000));
+    }
+
+    #[test]
+    fn percent_coding_round_trips() {
+        let mut e = Vec::new();
+        percent_encode(br#"{"s":1} gw-0:7"#, &mut e);
+        assert_eq!(e, b"%7B%22s%22%3A1%7D%20gw-0%3A7");
+        assert_eq!(percent_decode(&e).unwrap(), br#"{"s":1} gw-0:7"#);
+        assert!(percent_decode(b"%7").is_none());
+    }
+
+    #[test]
+    fn spread_is_even() {
+        let mut n = [0u32; 10];
+        for s in 0..100_000 {
+            n[spread(s, 10)] += 1;
+        }
+        assert!(n.iter().all(|c| (9_000..11_000).contains(c)), "{n:?}");
     }
 
     #[test]

@@ -38,6 +38,47 @@ pub struct Spec {
     pub channel: Option<String>,
     /// Connection attempts in flight at once.
     pub concurrency: usize,
+    /// The global number of this worker's first client (clients are
+    /// numbered over the whole fleet; targeted messages name their receiver
+    /// by it).
+    #[serde(default)]
+    pub first_client: usize,
+    /// Subscribe client g to its own channel, `{prefix}{g % count}` (the
+    /// channels workload), instead of `channel`.
+    #[serde(default)]
+    pub spread: Option<ChannelSpread>,
+}
+
+/// Clients spread over `count` channels named `{prefix}{n}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelSpread {
+    pub prefix: String,
+    pub count: usize,
+}
+
+impl Spec {
+    /// The channel client `slot` of this worker subscribes to, if any.
+    pub fn channel_of(&self, slot: usize) -> Option<String> {
+        match &self.spread {
+            Some(s) => Some(format!("{}{}", s.prefix, (self.first_client + slot) % s.count.max(1))),
+            None => self.channel.clone(),
+        }
+    }
+}
+
+/// Who a phase's messages are for, and so how deliveries are checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Every client gets every message (broadcast, one shared channel):
+    /// duplicates are found with a bit per sequence number per client.
+    #[default]
+    Everyone,
+    /// Each message is for one client, whose global number is its data's
+    /// `c`; any other receiver is a misdelivery.
+    Client,
+    /// Each message is for one channel of the spread, numbered by `c`.
+    Channel,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,7 +87,14 @@ pub enum Cmd {
     /// Open every connection that is not open (all of them, the first time).
     Connect,
     /// Count deliveries of sequence numbers `first..first+count` from now on.
-    Phase { first: u64, count: u64 },
+    Phase {
+        first: u64,
+        count: u64,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// Every client's connection id, from its welcome frame.
+    Ids,
     /// Cheap progress counters.
     Stats,
     /// Everything measured in this phase.
@@ -76,6 +124,10 @@ pub enum Event {
         open: usize,
     },
     Report(Box<Report>),
+    /// Per client slot, its connection id ("" when it is not open).
+    Ids {
+        ids: Vec<String>,
+    },
     Error {
         message: String,
     },
@@ -96,12 +148,21 @@ pub struct Report {
     pub open: usize,
     pub last_recv_ns: u64,
     pub bytes: u64,
+    /// Targeted messages received by a client they were not for.
+    #[serde(default)]
+    pub misdelivered: u64,
+    /// Channel messages whose `offset` was not above the previous one on
+    /// the same connection.
+    #[serde(default)]
+    pub out_of_order: u64,
 }
 
+#[derive(Clone, Copy)]
 struct Phase {
     id: u64,
     first: u64,
     count: u64,
+    expect: Expect,
 }
 
 /// The accounting every connection task updates.
@@ -115,8 +176,12 @@ struct State {
     closed: u64,
     last_recv_ns: u64,
     bytes: u64,
+    misdelivered: u64,
+    out_of_order: u64,
     /// Per connection slot: open or not.
     open: Vec<bool>,
+    /// Per connection slot: the id its welcome frame gave.
+    ids: Vec<String>,
 }
 
 impl State {
@@ -148,7 +213,7 @@ pub fn main(spec: &str) -> std::process::ExitCode {
 
 async fn run(spec: Spec) {
     let state = Rc::new(RefCell::new(State {
-        phase: Phase { id: 0, first: 0, count: 0 },
+        phase: Phase { id: 0, first: 0, count: 0, expect: Expect::Everyone },
         counts: Vec::new(),
         hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
         unique: 0,
@@ -157,7 +222,10 @@ async fn run(spec: Spec) {
         closed: 0,
         last_recv_ns: 0,
         bytes: 0,
+        misdelivered: 0,
+        out_of_order: 0,
         open: vec![false; spec.count],
+        ids: vec![String::new(); spec.count],
     }));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
@@ -177,9 +245,9 @@ async fn run(spec: Spec) {
 async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
     match cmd {
         Cmd::Connect => connect_all(spec, state).await,
-        Cmd::Phase { first, count } => {
+        Cmd::Phase { first, count, expect } => {
             let mut st = state.borrow_mut();
-            st.phase = Phase { id: st.phase.id + 1, first, count };
+            st.phase = Phase { id: st.phase.id + 1, first, count, expect };
             st.counts = vec![0; count as usize];
             st.hist.reset();
             st.unique = 0;
@@ -188,7 +256,14 @@ async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
             st.closed = 0;
             st.last_recv_ns = 0;
             st.bytes = 0;
+            st.misdelivered = 0;
+            st.out_of_order = 0;
             Event::Ok
+        }
+        Cmd::Ids => {
+            let st = state.borrow();
+            let ids = st.ids.iter().zip(&st.open).map(|(id, open)| if *open { id.clone() } else { String::new() });
+            Event::Ids { ids: ids.collect() }
         }
         Cmd::Stats => {
             let st = state.borrow();
@@ -206,13 +281,16 @@ async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
                 open: st.open_count(),
                 last_recv_ns: st.last_recv_ns,
                 bytes: st.bytes,
+                misdelivered: st.misdelivered,
+                out_of_order: st.out_of_order,
             }))
         }
     }
 }
 
-/// A connected client's socket and the bytes read past its handshake.
-type Opened = (TcpStream, Vec<u8>);
+/// A connected client's socket, the bytes read past its handshake, and its
+/// connection id from the welcome frame.
+type Opened = (TcpStream, Vec<u8>, String);
 
 /// Open every closed slot; a slot that fails is tried again (at most three
 /// attempts), as a real client would, and the retries are counted.
@@ -249,7 +327,7 @@ async fn connect_pass(spec: &Spec, state: &Shared) -> (usize, usize, Option<Stri
             let target = spec.targets[i % spec.targets.len()];
             let source = spec.sources[(i / spec.per_source.max(1)).min(spec.sources.len() - 1)];
             let t = std::time::Instant::now();
-            let r = connect_one(target, source, spec.channel.as_deref()).await;
+            let r = connect_one(target, source, spec.channel_of(i).as_deref()).await;
             (i, r, t.elapsed())
         })
         .buffer_unordered(spec.concurrency.max(1))
@@ -260,10 +338,16 @@ async fn connect_pass(spec: &Spec, state: &Shared) -> (usize, usize, Option<Stri
     let slow = results.iter().filter(|r| r.2 > Duration::from_millis(500)).count();
     for (i, r, _) in results {
         match r {
-            Ok((stream, leftover)) => {
+            Ok((stream, leftover, id)) => {
                 ok += 1;
-                state.borrow_mut().open[i] = true;
-                tokio::task::spawn_local(read_loop(i, stream, leftover, state.clone()));
+                {
+                    let mut st = state.borrow_mut();
+                    st.open[i] = true;
+                    st.ids[i] = id;
+                }
+                let client = (spec.first_client + i) as u64;
+                let keys = Keys { client, channel: spec.spread.as_ref().map_or(0, |s| client % s.count.max(1) as u64) };
+                tokio::task::spawn_local(read_loop(i, keys, stream, leftover, state.clone()));
             }
             Err(e) => {
                 failed += 1;
@@ -312,6 +396,9 @@ async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>
         if !contains(&welcome, br#""type":"welcome""#) {
             bail!("expected the welcome frame, got {}", String::from_utf8_lossy(&welcome));
         }
+        let id = wire::string_after(&welcome, br#""connection":""#)
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .ok_or_else(|| anyhow!("no connection id in the welcome {}", String::from_utf8_lossy(&welcome)))?;
         if let Some(ch) = channel {
             let mut f = Vec::new();
             let cmd = format!(r#"{{"id":1,"op":"subscribe","channel":"{ch}"}}"#);
@@ -322,7 +409,7 @@ async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>
                 bail!("subscribe to {ch} failed: {}", String::from_utf8_lossy(&reply));
             }
         }
-        Ok((s, buf))
+        Ok((s, buf, id))
     };
     tokio::time::timeout(Duration::from_secs(20), work).await.map_err(|_| anyhow!("connect to {target} timed out"))?
 }
@@ -344,14 +431,30 @@ async fn next_text(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
     }
 }
 
-/// Per connection: which sequence numbers of the current phase it has seen.
+/// Per connection: which sequence numbers of the current phase it has seen
+/// (a bit per number when every client gets every message; the list of
+/// numbers when messages are targeted, a few per client), and the highest
+/// channel offset so far.
 struct Seen {
     phase: u64,
     bits: Vec<u64>,
+    list: Vec<u64>,
+    /// One past the highest number in `list`: a larger one cannot be a
+    /// duplicate, so the common case needs no search.
+    list_end: u64,
+    last_offset: u64,
+    keys: Keys,
 }
 
-async fn read_loop(slot: usize, stream: TcpStream, mut pending: Vec<u8>, state: Shared) {
-    let mut seen = Seen { phase: 0, bits: Vec::new() };
+/// What a targeted message's `c` must be for this connection.
+#[derive(Clone, Copy)]
+struct Keys {
+    client: u64,
+    channel: u64,
+}
+
+async fn read_loop(slot: usize, keys: Keys, stream: TcpStream, mut pending: Vec<u8>, state: Shared) {
+    let mut seen = Seen { phase: 0, bits: Vec::new(), list: Vec::new(), list_end: 0, last_offset: 0, keys };
     let mut replies = Vec::new();
     if !pending.is_empty() {
         let now = wire::now_ns();
@@ -443,30 +546,143 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A delivery is any text frame carrying the benchmark's `"s"` and `"t"`
-/// (welcome and reply frames have neither), whatever the key order.
+/// (welcome and reply frames have neither), whatever the key order, as
+/// JSON or (the seed's form) inside a JSON string.
 fn on_text(p: &[u8], now: u64, st: &mut State, seen: &mut Seen) {
-    let (Some(seq), Some(t)) = (wire::number_after(p, br#""s":"#), wire::number_after(p, br#""t":"#)) else {
+    let (Some(seq), Some(t)) = (wire::field(p, b's'), wire::field(p, b't')) else {
         return;
     };
     st.last_recv_ns = now;
-    let Phase { id, first, count } = st.phase;
+    // Per channel, the hub's offsets must rise on every connection (each
+    // connection of the channels workload is on one channel; the hub is
+    // not restarted during a run, so the epoch does not change).
+    if let Some(offset) = wire::number_after(p, br#""offset":"#) {
+        if offset <= seen.last_offset {
+            st.out_of_order += 1;
+        }
+        seen.last_offset = seen.last_offset.max(offset);
+    }
+    let Phase { id, first, count, expect } = st.phase;
     if seq < first || seq >= first + count {
         st.stray += 1;
         return;
     }
-    if seen.phase != id {
-        seen.phase = id;
-        seen.bits.clear();
-        seen.bits.resize(count.div_ceil(64) as usize, 0);
-    }
     let i = (seq - first) as usize;
-    let (w, b) = (i / 64, 1u64 << (i % 64));
-    if seen.bits[w] & b != 0 {
-        st.duplicates += 1;
-        return;
+    if expect == Expect::Everyone {
+        if seen.phase != id {
+            seen.phase = id;
+            seen.bits.clear();
+            seen.bits.resize(count.div_ceil(64) as usize, 0);
+        }
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        if seen.bits[w] & b != 0 {
+            st.duplicates += 1;
+            return;
+        }
+        seen.bits[w] |= b;
+    } else {
+        let want = if expect == Expect::Client { seen.keys.client } else { seen.keys.channel };
+        if wire::field(p, b'c') != Some(want) {
+            st.misdelivered += 1;
+            return;
+        }
+        if seen.phase != id {
+            seen.phase = id;
+            seen.list.clear();
+            if seen.list.capacity() > 1024 {
+                seen.list.shrink_to(64);
+            }
+            seen.list_end = 0;
+        }
+        if seq >= seen.list_end {
+            seen.list_end = seq + 1;
+        } else if seen.list.contains(&seq) {
+            st.duplicates += 1;
+            return;
+        }
+        seen.list.push(seq);
     }
-    seen.bits[w] |= b;
     st.counts[i] += 1;
     st.unique += 1;
     st.hist.saturating_record(now.saturating_sub(t) / 1000);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(first: u64, count: u64, expect: Expect) -> State {
+        State {
+            phase: Phase { id: 1, first, count, expect },
+            counts: vec![0; count as usize],
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).unwrap(),
+            unique: 0,
+            duplicates: 0,
+            stray: 0,
+            closed: 0,
+            last_recv_ns: 0,
+            bytes: 0,
+            misdelivered: 0,
+            out_of_order: 0,
+            open: vec![true],
+            ids: vec!["gw-0:1".to_owned()],
+        }
+    }
+
+    fn seen(client: u64, channel: u64) -> Seen {
+        Seen {
+            phase: 0,
+            bits: Vec::new(),
+            list: Vec::new(),
+            list_end: 0,
+            last_offset: 0,
+            keys: Keys { client, channel },
+        }
+    }
+
+    fn unicast(seq: u64, c: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        wire::targeted_json(seq, 1, c, 64, &mut data);
+        format!(r#"{{"type":"message","data":{}}}"#, String::from_utf8(data).unwrap()).into_bytes()
+    }
+
+    #[test]
+    fn targeted_deliveries_are_checked_for_receiver_and_duplicates() {
+        let mut st = state(100, 10, Expect::Client);
+        let mut me = seen(7, 0);
+        on_text(&unicast(103, 7), 10, &mut st, &mut me);
+        on_text(&unicast(101, 7), 10, &mut st, &mut me);
+        on_text(&unicast(103, 7), 10, &mut st, &mut me); // again: a duplicate
+        on_text(&unicast(104, 8), 10, &mut st, &mut me); // for client 8: misdelivered
+        on_text(&unicast(99, 7), 10, &mut st, &mut me); // an earlier phase's
+        assert_eq!((st.unique, st.duplicates, st.misdelivered, st.stray), (2, 1, 1, 1));
+        assert_eq!(st.counts, [0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+        // The seed's form: the same data inside a JSON string.
+        let text = String::from_utf8(unicast(105, 7)).unwrap();
+        let data = &text[text.find(r#""data":"#).unwrap() + 7..text.len() - 1];
+        let seed = format!(r#"{{"type":"message","data":{}}}"#, serde_json::to_string(data).unwrap());
+        on_text(seed.as_bytes(), 10, &mut st, &mut me);
+        assert_eq!((st.unique, st.counts[5]), (3, 1));
+    }
+
+    #[test]
+    fn channel_offsets_must_rise() {
+        let mut st = state(1, 10, Expect::Channel);
+        let mut me = seen(7, 3);
+        let frame = |seq: u64, ch: u64, offset: u64| {
+            let mut data = Vec::new();
+            wire::targeted_json(seq, 1, ch, 0, &mut data);
+            format!(
+                r#"{{"type":"message","channel":"bench-{ch}","data":{},"epoch":"ab12","offset":{offset}}}"#,
+                String::from_utf8(data).unwrap()
+            )
+            .into_bytes()
+        };
+        on_text(&frame(1, 3, 5), 10, &mut st, &mut me);
+        on_text(&frame(2, 3, 6), 10, &mut st, &mut me);
+        on_text(&frame(4, 3, 8), 10, &mut st, &mut me);
+        on_text(&frame(3, 3, 7), 10, &mut st, &mut me); // older than the one before
+        on_text(&frame(5, 4, 9), 10, &mut st, &mut me); // another channel's
+        assert_eq!((st.unique, st.out_of_order, st.misdelivered), (4, 1, 1));
+    }
 }
