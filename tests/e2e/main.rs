@@ -14,6 +14,7 @@ mod make_run;
 mod metrics;
 mod openapi;
 mod partition;
+mod per_message;
 mod pipeline;
 mod refresh;
 mod reliability;

@@ -34,6 +34,9 @@ enum Via {
     Down,
     /// Browsers from one origin allowed (`--cors-allow-origin`).
     Cors,
+    /// Its hub confirms sends within 200 ms, and the only gateway is
+    /// frozen (SIGSTOP) while the cases run.
+    Frozen,
 }
 
 /// One request and the answer it must get.
@@ -301,6 +304,15 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
     let keyed = ingress(&urls, &["--api-key", &format!("{ADMIN},{PUBLISHER}:publish")]).await?;
     let limited = ingress(&urls, &["--rate-limit-per-sec", "1", "--rate-limit-burst", "1"]).await?;
     let cors = ingress(&urls, &["--cors-allow-origin", "https://app.example"]).await?;
+    // A frozen gateway, for confirmed sends that time out.
+    let frozen_hub = hub_with(&["--confirm-timeout-ms", "200"]).await?;
+    let frozen_urls = [hub_url(&frozen_hub)];
+    let frozen_gw = gateway(&frozen_urls, &[]).await?;
+    let frozen = ingress(&frozen_urls, &[]).await?;
+    wait_ready(frozen_gw.addr("http")).await?;
+    wait_ready(frozen.addr("http")).await?;
+    let stuck = Client::connect(frozen_gw.addr("http"), "").await?;
+    let stuck_number = stuck.connection.rsplit_once(':').expect("connection id").1.to_owned();
     let mut gone = hub().await?;
     let gone_url = hub_url(&gone);
     gone.kill().await;
@@ -501,6 +513,13 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
     for op in [healthz, readyz, metrics_] {
         cases.push(case(op, Cors, op.0, 403, "forbidden").header("origin", FOREIGN_ORIGIN));
     }
+    // Confirmed sends to a connection whose gateway never answers.
+    cases.push(
+        case(send_, Frozen, "/send", 504, "confirm_timeout")
+            .json(json!({ "connection": stuck.connection, "data": 1, "confirm": true })),
+    );
+    let frozen_seed = format!("/?content=x&to_worker_id={}&to_connection_id={stuck_number}&confirm=1", stuck.gateway);
+    cases.push(case(seed, Frozen, frozen_seed, 504, "confirm_timeout"));
     // A publish key on an admin route.
     for op in admin_only {
         let path = gets.iter().find(|(g, _)| *g == op).map(|(_, p)| *p).unwrap_or(op.0);
@@ -517,7 +536,9 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
         Limited => limited.addr("http"),
         Down => down.addr("http"),
         Cors => cors.addr("http"),
+        Frozen => frozen.addr("http"),
     };
+    frozen_gw.signal("STOP");
     let mut failures = Vec::new();
     let mut produced: BTreeMap<Answer, usize> = BTreeMap::new();
     for (i, c) in cases.iter().enumerate() {
@@ -555,6 +576,9 @@ async fn the_ingress_answers_exactly_as_docs_openapi_json_says() -> anyhow::Resu
             }
         }
     }
+
+    frozen_gw.signal("CONT");
+    drop(stuck);
 
     let documented = spec.answers();
     let missing: Vec<&Answer> = documented.iter().filter(|a| !produced.contains_key(*a)).collect();

@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 
 use pushmesh_common::ids::{Channel, ConnectionId, Topic, UserId};
 use pushmesh_common::proto::{
-    Broadcast, ConnectionChannel, Disconnect, HistoryRequest, PublishRequest, QueryOp, QueryRequest, QueryResponse,
-    StatsQuery, publish_request::Target, query_op,
+    Broadcast, Confirmed, ConnectionChannel, Disconnect, HistoryRequest, PublishRequest, QueryOp, QueryRequest,
+    QueryResponse, StatsQuery, publish_request::Target, query_op,
 };
 
 use crate::error::{ApiError, ErrorBody};
@@ -60,6 +60,9 @@ pub struct Published {
     /// The idempotency key matched an earlier publish: nothing was sent.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// A confirmed send: the connection's gateway said it got it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
 }
 
 /// A command that answers nothing but success.
@@ -191,6 +194,9 @@ pub struct SendBody {
     pub(crate) data: Box<RawValue>,
     #[serde(default)]
     pub(crate) exclude: Vec<String>,
+    /// To a connection: answer once its gateway said whether it got it.
+    #[serde(default)]
+    pub(crate) confirm: bool,
     #[serde(default, rename = "op")]
     pub(crate) _op: Option<String>,
 }
@@ -296,7 +302,10 @@ impl Commands {
     pub async fn send(&self, b: SendBody) -> Result<Published, ApiError> {
         let exclude = exclude_list(&b.exclude)?;
         match one_of(b.connection, b.user, "send")? {
-            Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)?).await,
+            Target::Connection(c) => self.send_to_connection(&c, data_bytes(&b.data)?, b.confirm).await,
+            Target::User(_) if b.confirm => Err(ApiError::InvalidRequest(
+                "confirm is for sends to one connection; a user's connections are not confirmed".to_owned(),
+            )),
             Target::User(u) => {
                 let u = user(u)?;
                 let req = PublishRequest {
@@ -311,15 +320,25 @@ impl Commands {
         }
     }
 
-    pub async fn send_to_connection(&self, conn: &str, data: Bytes) -> Result<Published, ApiError> {
+    /// A direct send. With `confirm`, answered once the connection's gateway
+    /// said whether it got it: 404 when it has no such connection, 504 when
+    /// it did not say in time (it may or may not have been delivered).
+    pub async fn send_to_connection(&self, conn: &str, data: Bytes, confirm: bool) -> Result<Published, ApiError> {
         let id = connection(conn)?;
         let req = PublishRequest {
             target: Some(Target::Connection(id.to_string())),
             data,
             exclude: Vec::new(),
+            confirm,
             ..Default::default()
         };
-        self.route(&Topic::Gateway(id.gateway().clone()), "connection", req).await
+        let published = self.route(&Topic::Gateway(id.gateway().clone()), "connection", req).await?;
+        match published.delivered {
+            Some(false) => Err(ApiError::UnknownConnection(format!(
+                "connection {id} is not connected: its gateway has no such connection"
+            ))),
+            _ => Ok(published),
+        }
     }
 
     pub async fn broadcast_data(&self, data: Bytes) -> Result<Published, ApiError> {
@@ -501,16 +520,42 @@ impl Commands {
         }
     }
 
-    /// Every command of a `/batch`, in order; a bad one fails alone.
+    /// Every command of a `/batch`; a bad one fails alone.
+    ///
+    /// Publishes, broadcasts and sends are started in order and run
+    /// together: the hub streams and the sequencer keep one target's
+    /// messages in the order they were started, and a batch costs about one
+    /// round trip per hub instead of one per command. A subscribe,
+    /// unsubscribe or disconnect waits for everything before it, and
+    /// everything after it waits for it, so "subscribe, then publish" still
+    /// reaches the new subscriber.
     pub async fn batch(&self, commands: Vec<&RawValue>, admin: bool) -> BatchResults {
         let mut results = Vec::with_capacity(commands.len());
+        let mut run: Vec<&RawValue> = Vec::new();
         for raw in commands {
-            results.push(match self.batch_one(raw, admin).await {
+            let barrier = matches!(
+                parse::<OpOnly>(raw.get().as_bytes()).ok().and_then(|o| o.op).as_deref(),
+                Some("subscribe" | "unsubscribe" | "disconnect")
+            );
+            if barrier {
+                results.extend(self.batch_run(std::mem::take(&mut run), admin).await);
+                results.extend(self.batch_run(vec![raw], admin).await);
+            } else {
+                run.push(raw);
+            }
+        }
+        results.extend(self.batch_run(run, admin).await);
+        BatchResults { results }
+    }
+
+    async fn batch_run(&self, run: Vec<&RawValue>, admin: bool) -> Vec<BatchItem> {
+        let started = run.into_iter().map(|raw| async move {
+            match self.batch_one(raw, admin).await {
                 Ok(v) => BatchItem::Ok(v),
                 Err(e) => BatchItem::Err(e.body()),
-            });
-        }
-        BatchResults { results }
+            }
+        });
+        futures_util::future::join_all(started).await
     }
 
     /// Publish through the hubs, with the metrics every publish records.
@@ -526,8 +571,20 @@ impl Commands {
                     offset: positioned.then_some(resp.offset),
                     epoch: positioned.then_some(resp.epoch),
                     duplicate: resp.duplicate,
+                    delivered: None,
                 };
-                ("ok", Ok(published))
+                match Confirmed::try_from(resp.confirmed).unwrap_or(Confirmed::Unspecified) {
+                    Confirmed::Unspecified => ("ok", Ok(published)),
+                    Confirmed::Delivered => ("ok", Ok(Published { delivered: Some(true), ..published })),
+                    Confirmed::UnknownConnection => ("ok", Ok(Published { delivered: Some(false), ..published })),
+                    Confirmed::Timeout => (
+                        "unconfirmed",
+                        Err(ApiError::ConfirmTimeout(
+                            "the connection's gateway did not confirm the send in time; it may or may not have been delivered"
+                                .to_owned(),
+                        )),
+                    ),
+                }
             }
             Err(e) => {
                 let label = if matches!(e, PublishError::Unavailable(_)) { "unavailable" } else { "rejected" };

@@ -39,6 +39,9 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("{0}")]
     Unavailable(String),
+    /// A confirmed send its gateway did not confirm in time.
+    #[error("{0}")]
+    ConfirmTimeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,6 +60,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConfirmTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +80,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited(_) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
+            Self::ConfirmTimeout(_) => "confirm_timeout",
             Self::Internal(_) => "internal",
         }
     }
@@ -96,6 +101,7 @@ impl ApiError {
             Self::Unauthorized(_) => Code::Unauthenticated,
             Self::Forbidden(_) => Code::PermissionDenied,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::ConfirmTimeout(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
         }
     }

@@ -6,14 +6,20 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use prost::Message as _;
 use serde_json::value::RawValue;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use pushmesh_common::proto::push_api_server::PushApi;
 use pushmesh_common::proto::{
-    ApiBroadcastRequest, ApiClient, ApiDisconnectRequest, ApiDisconnectResponse, ApiEmpty, ApiGatewayStats,
+    ApiBroadcastRequest, ApiClient, ApiDisconnectRequest, ApiDisconnectResponse, ApiEmpty, ApiFailure, ApiGatewayStats,
     ApiHistoryMessage, ApiHistoryRequest, ApiHistoryResponse, ApiMembershipRequest, ApiPresenceRequest,
     ApiPresenceResponse, ApiPublishRequest, ApiPublishResponse, ApiSendRequest, ApiStatsRequest, ApiStatsResponse,
+    ApiStreamRequest, ApiStreamResult, api_stream_request, api_stream_result,
 };
 
 use crate::access::Transport;
@@ -51,9 +57,8 @@ fn to_status(e: ApiError) -> Status {
     e.into_status()
 }
 
-fn data(json: String) -> Result<Box<RawValue>, Status> {
-    RawValue::from_string(json)
-        .map_err(|e| to_status(ApiError::InvalidRequest(format!("data_json is not valid JSON: {e}"))))
+fn data(json: String) -> Result<Box<RawValue>, ApiError> {
+    RawValue::from_string(json).map_err(|e| ApiError::InvalidRequest(format!("data_json is not valid JSON: {e}")))
 }
 
 fn opt(s: String) -> Option<String> {
@@ -66,6 +71,66 @@ fn published(p: Published) -> ApiPublishResponse {
         epoch: p.epoch.unwrap_or_default(),
         offset: p.offset.unwrap_or(0),
         duplicate: p.duplicate,
+        delivered: p.delivered.unwrap_or(false),
+    }
+}
+
+// The gRPC requests as the HTTP API's bodies: one path for both.
+
+fn publish_body(r: ApiPublishRequest) -> Result<PublishBody, ApiError> {
+    Ok(PublishBody { channel: r.channel, data: data(r.data_json)?, idempotency_key: opt(r.idempotency_key), _op: None })
+}
+
+fn broadcast_body(r: ApiBroadcastRequest) -> Result<BroadcastBody, ApiError> {
+    Ok(BroadcastBody { data: data(r.data_json)?, exclude: r.exclude, _op: None })
+}
+
+fn send_body(r: ApiSendRequest) -> Result<SendBody, ApiError> {
+    Ok(SendBody {
+        connection: opt(r.connection),
+        user: opt(r.user),
+        data: data(r.data_json)?,
+        exclude: r.exclude,
+        confirm: r.confirm,
+        _op: None,
+    })
+}
+
+/// Most items of one `PublishStream` being handled at once; past it the
+/// stream is read no further until some are answered (flow control then
+/// holds the caller back).
+const STREAM_IN_FLIGHT: usize = 4096;
+
+impl GrpcApi {
+    /// One item of a `PublishStream`: the same checks and command as the
+    /// unary RPC (its rate-limit token and size included), answered by id.
+    async fn stream_item(state: &State, peer: Option<std::net::IpAddr>, item: ApiStreamRequest) -> ApiStreamResult {
+        let size = item.encoded_len() as u64;
+        let outcome = async {
+            if let Some(ip) = peer {
+                state.access.charge(ip, 1)?;
+            }
+            if size > state.access.max_body {
+                return Err(ApiError::PayloadTooLarge { limit: state.access.max_body });
+            }
+            let c = &state.commands;
+            match item.command {
+                Some(api_stream_request::Command::Publish(r)) => c.publish(publish_body(r)?).await,
+                Some(api_stream_request::Command::Broadcast(r)) => c.broadcast(broadcast_body(r)?).await,
+                Some(api_stream_request::Command::Send(r)) => c.send(send_body(r)?).await,
+                None => {
+                    Err(ApiError::InvalidRequest("the item has no command (publish, broadcast or send)".to_owned()))
+                }
+            }
+        }
+        .await;
+        let outcome = match outcome {
+            Ok(p) => api_stream_result::Outcome::Ok(published(p)),
+            Err(e) => {
+                api_stream_result::Outcome::Error(ApiFailure { code: e.code().to_owned(), message: e.to_string() })
+            }
+        };
+        ApiStreamResult { id: item.id, outcome: Some(outcome) }
     }
 }
 
@@ -73,35 +138,21 @@ fn published(p: Published) -> ApiPublishResponse {
 impl PushApi for GrpcApi {
     async fn publish(&self, req: Request<ApiPublishRequest>) -> Result<Response<ApiPublishResponse>, Status> {
         self.authorize(&req, Scope::Publish)?;
-        let r = req.into_inner();
-        let body = PublishBody {
-            channel: r.channel,
-            data: data(r.data_json)?,
-            idempotency_key: opt(r.idempotency_key),
-            _op: None,
-        };
+        let body = publish_body(req.into_inner()).map_err(to_status)?;
         let v = self.state.commands.publish(body).await.map_err(to_status)?;
         Ok(Response::new(published(v)))
     }
 
     async fn broadcast(&self, req: Request<ApiBroadcastRequest>) -> Result<Response<ApiPublishResponse>, Status> {
         self.authorize(&req, Scope::Publish)?;
-        let r = req.into_inner();
-        let body = BroadcastBody { data: data(r.data_json)?, exclude: r.exclude, _op: None };
+        let body = broadcast_body(req.into_inner()).map_err(to_status)?;
         let v = self.state.commands.broadcast(body).await.map_err(to_status)?;
         Ok(Response::new(published(v)))
     }
 
     async fn send(&self, req: Request<ApiSendRequest>) -> Result<Response<ApiPublishResponse>, Status> {
         self.authorize(&req, Scope::Publish)?;
-        let r = req.into_inner();
-        let body = SendBody {
-            connection: opt(r.connection),
-            user: opt(r.user),
-            data: data(r.data_json)?,
-            exclude: r.exclude,
-            _op: None,
-        };
+        let body = send_body(req.into_inner()).map_err(to_status)?;
         let v = self.state.commands.send(body).await.map_err(to_status)?;
         Ok(Response::new(published(v)))
     }
@@ -192,5 +243,40 @@ impl PushApi for GrpcApi {
                 .map(|m| ApiHistoryMessage { offset: m.offset, data_json: m.data.get().to_owned() })
                 .collect(),
         }))
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<ApiStreamResult, Status>>;
+
+    /// Items are started in the order they arrive (one channel's publishes
+    /// keep their order) and answered as they complete, by id.
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<ApiStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let peer = req.remote_addr().map(|a| a.ip());
+        // The key once for the stream; the rate limit per item.
+        self.state.access.check(header, None, Scope::Publish, Transport::Grpc).map_err(ApiError::into_status)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut running = FuturesUnordered::new();
+            let mut reading = true;
+            while reading || !running.is_empty() {
+                tokio::select! {
+                    item = inbound.message(), if reading && running.len() < STREAM_IN_FLIGHT => match item {
+                        Ok(Some(item)) => running.push(Self::stream_item(&state, peer, item)),
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                    Some(result) = running.next(), if !running.is_empty() => {
+                        if tx.send(Ok(result)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -27,10 +29,13 @@ use pushmesh_common::proto::hub_client::HubClient;
 use pushmesh_common::proto::{HistoryRequest, HistoryResponse, Member, MembersRequest, QueryRequest, QueryResponse};
 
 use crate::metrics::IngressMetrics;
+use crate::stream::{ENGINE_ERROR_HEADER, PublishStream};
 
 pub struct HubHandle {
     pub url: String,
     channel: Channel,
+    /// Publishes go over one long-lived stream (see `stream`).
+    pub publisher: PublishStream,
     up: AtomicBool,
     /// The hub's id and its attached gateways, from its last `Members`.
     hub_id: Mutex<Option<String>>,
@@ -62,11 +67,10 @@ pub struct HubPool {
     hubs: RwLock<Arc<Vec<Arc<HubHandle>>>>,
     timeouts: Timeouts,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Owns the publish streams' tasks, and ends them.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
-
-/// Set by a hub on an UNAVAILABLE that comes from its channel state engine
-/// (the hub's `service::ENGINE_ERROR_HEADER`).
-const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
 
 /// How long each kind of hub call may take.
 #[derive(Debug, Clone, Copy)]
@@ -104,8 +108,10 @@ impl HubPool {
         urls: &[String],
         timeouts: Timeouts,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        tasks: TaskTracker,
+        stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pool = Self { hubs: RwLock::default(), timeouts, tls };
+        let pool = Self { hubs: RwLock::default(), timeouts, tls, tasks, stop };
         pool.set_hubs(urls)?;
         Ok(pool)
     }
@@ -123,9 +129,11 @@ impl HubPool {
             Some(tls) => endpoint.tls_config(tls.clone())?,
             None => endpoint,
         };
+        let channel = endpoint.connect_lazy();
         Ok(HubHandle {
             url: url.to_owned(),
-            channel: endpoint.connect_lazy(),
+            publisher: PublishStream::new(channel.clone(), self.tasks.clone(), self.stop.clone()),
+            channel,
             up: AtomicBool::new(false),
             hub_id: Mutex::new(None),
             members: Mutex::new(Vec::new()),
@@ -174,9 +182,9 @@ impl HubPool {
     /// health probe decides who is down.
     pub async fn query(&self, key: &str, req: QueryRequest) -> Result<QueryResponse, PublishError> {
         let (_, resp) = self
-            .call(key, Call::Query, |mut c| {
+            .call(key, Call::Query, |hub| {
                 let req = req.clone();
-                async move { c.query(req).await }
+                async move { hub.client().query(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
         Ok(resp)
@@ -187,9 +195,9 @@ impl HubPool {
     /// query, a failure does not mark the hub down.
     pub async fn history(&self, key: &str, req: HistoryRequest) -> Result<HistoryResponse, PublishError> {
         let (_, resp) = self
-            .call(key, Call::Query, |mut c| {
+            .call(key, Call::Query, |hub| {
                 let req = req.clone();
-                async move { c.history(req).await }
+                async move { hub.client().history(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
         Ok(resp)
@@ -203,8 +211,8 @@ impl HubPool {
     /// no internal address.
     pub async fn call<T, F, Fut>(&self, key: &str, kind: Call, f: F) -> Result<(Arc<HubHandle>, T), PublishError>
     where
-        F: Fn(HubClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+        F: Fn(Arc<HubHandle>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let timeout = match kind {
             Call::Publish => self.timeouts.publish,
@@ -215,10 +223,10 @@ impl HubPool {
         let (mut tried, mut last_error) = (0, "no hub is configured");
         for hub in self.order(key) {
             tried += 1;
-            let status = match tokio::time::timeout(timeout, f(hub.client())).await {
+            let status = match tokio::time::timeout(timeout, f(hub.clone())).await {
                 Ok(Ok(resp)) => {
                     hub.up.store(true, Ordering::Relaxed);
-                    return Ok((hub, resp.into_inner()));
+                    return Ok((hub, resp));
                 }
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),

@@ -20,6 +20,7 @@ pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod stream;
 
 pub use config::Config;
 pub use server::Ingress;

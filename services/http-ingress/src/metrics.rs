@@ -25,7 +25,7 @@ pub struct IngressMetrics {
 }
 
 pub const TARGETS: &[&str] = &["channel", "broadcast", "connection", "user"];
-pub const RESULTS: &[&str] = &["ok", "rejected", "unavailable"];
+pub const RESULTS: &[&str] = &["ok", "rejected", "unavailable", "unconfirmed"];
 
 impl IngressMetrics {
     pub fn new() -> Self {

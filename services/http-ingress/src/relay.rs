@@ -57,9 +57,9 @@ impl Relays {
         req.id = random_id();
         let (owner, mut resp) = self
             .pool
-            .call(key, Call::Publish, |mut c| {
+            .call(key, Call::Publish, |hub| {
                 let req = req.clone();
-                async move { c.publish(req).await }
+                async move { hub.publisher.publish(req).await }
             })
             .await?;
         if !resp.duplicate {

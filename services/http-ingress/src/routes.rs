@@ -323,7 +323,21 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<()> {
         Some(c) => c,
     };
     let data = Bytes::from(serde_json::to_string(content).map_err(|e| ApiError::Internal(e.to_string()))?);
+    // `confirm=1`: answer once the connection's gateway said it got it.
+    let confirm = match q.get("confirm").map(String::as_str) {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "confirm={:?}: use confirm=1 to wait for the gateway to confirm delivery",
+                pushmesh_common::ids::truncate(other, 20)
+            )));
+        }
+    };
     match (q.get("to_worker_id"), q.get("to_connection_id")) {
+        (None, None) if confirm => Err(ApiError::InvalidRequest(
+            "confirm=1 is for a send to one client (to_worker_id and to_connection_id), not a broadcast".to_owned(),
+        )),
         (None, None) => s.commands.broadcast_data(data).await.map(|_| ()),
         (Some(w), Some(c)) => {
             let conn = if c.contains(':') { c.clone() } else { format!("{w}:{c}") };
@@ -334,7 +348,7 @@ async fn handle_seed(s: &State, q: HashMap<String, String>) -> Result<()> {
                     id.gateway().as_str()
                 )));
             }
-            s.commands.send_to_connection(&conn, data).await.map(|_| ())
+            s.commands.send_to_connection(&conn, data, confirm).await.map(|_| ())
         }
         // The seed fell back to a broadcast here; a half-addressed send
         // reaching every client is a bug waiting to happen, so refuse it.

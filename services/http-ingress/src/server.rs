@@ -34,6 +34,9 @@ pub struct Ingress {
     grpc: TcpListener,
     access: Access,
     pool: Arc<HubPool>,
+    /// Every background task, and what stops them once the API drained.
+    tasks: TaskTracker,
+    background: CancellationToken,
     /// The hub set from --hub and --hub-dns, and what stops its resolver.
     hub_set: (tokio::sync::watch::Receiver<Vec<String>>, CancellationToken),
     pub metrics: IngressMetrics,
@@ -53,7 +56,9 @@ impl Ingress {
             publish: Duration::from_millis(config.publish_timeout_ms.max(1)),
             query: Duration::from_millis(config.query_timeout_ms.max(1)),
         };
-        let pool = Arc::new(HubPool::new(&initial, timeouts, tls)?);
+        let tasks = TaskTracker::new();
+        let background = CancellationToken::new();
+        let pool = Arc::new(HubPool::new(&initial, timeouts, tls, tasks.clone(), background.clone())?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
@@ -64,6 +69,8 @@ impl Ingress {
             grpc,
             access,
             pool,
+            tasks,
+            background,
             hub_set: (hub_set, hub_set_stop),
             metrics: IngressMetrics::new(),
             health: Health::new("no hub checked yet"),
@@ -79,17 +86,24 @@ impl Ingress {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingress { config, listener, grpc, access, pool, hub_set: (mut hub_set, hub_set_stop), metrics, health } =
-            self;
-        let tasks = TaskTracker::new();
+        let Ingress {
+            config,
+            listener,
+            grpc,
+            access,
+            pool,
+            tasks,
+            background,
+            hub_set: (mut hub_set, hub_set_stop),
+            metrics,
+            health,
+        } = self;
         let relays = Arc::new(Relays::new(
             pool.clone(),
             metrics.clone(),
             ReplayRing::new(Duration::from_millis(config.relay_replay_ms), config.relay_replay_bytes),
             tasks.clone(),
         ));
-        // Background work stops when the API has drained.
-        let background = CancellationToken::new();
         // Follow the hub set (DNS discovery).
         {
             let (pool, stop) = (pool.clone(), background.clone());

@@ -18,6 +18,7 @@ use pushmesh_common::proto::{
 };
 
 use crate::metrics::HubMetrics;
+use crate::publish::Confirms;
 use crate::query::Queries;
 use crate::topics::{Link, Outbound, TopicTable};
 
@@ -32,11 +33,13 @@ pub struct AttachSettings {
 }
 
 /// Start serving a stream whose `Hello` named `gateway`.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     gateway: String,
     inbound: Streaming<AttachRequest>,
     table: Arc<TopicTable>,
     queries: Arc<Queries>,
+    confirms: Arc<Confirms>,
     metrics: HubMetrics,
     settings: &AttachSettings,
     shutdown: CancellationToken,
@@ -54,7 +57,7 @@ pub fn start(
     let _ = resp_tx.try_send(Ok(hello));
 
     tokio::spawn(forward(queue_rx, resp_tx, metrics, settings.batch_max));
-    tokio::spawn(read(link, inbound, table, queries, shutdown));
+    tokio::spawn(read(link, inbound, table, queries, confirms, shutdown));
     ReceiverStream::new(resp_rx)
 }
 
@@ -63,6 +66,7 @@ async fn read(
     mut inbound: Streaming<AttachRequest>,
     table: Arc<TopicTable>,
     queries: Arc<Queries>,
+    confirms: Arc<Confirms>,
     shutdown: CancellationToken,
 ) {
     let why = loop {
@@ -81,6 +85,12 @@ async fn read(
             Some(attach_request::Kind::Unsubscribe(c)) => (c.request_id, false, c.topics),
             Some(attach_request::Kind::QueryReply(r)) => {
                 queries.complete(r);
+                continue;
+            }
+            Some(attach_request::Kind::Acks(acks)) => {
+                for ack in &acks.items {
+                    confirms.complete(ack);
+                }
                 continue;
             }
             Some(attach_request::Kind::Links(links)) => {

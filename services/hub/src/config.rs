@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_QUERY_TIMEOUT_MS", default_value_t = 2000)]
     pub query_timeout_ms: u64,
 
+    /// How long a confirmed direct send waits for its gateway to say
+    /// whether the connection got it, in milliseconds (then it is answered
+    /// as timed out: it may or may not have been delivered).
+    #[arg(long, env = "PUSHMESH_CONFIRM_TIMEOUT_MS", default_value_t = 1000)]
+    pub confirm_timeout_ms: u64,
+
     /// Messages kept per channel for recovery (0: positions only).
     #[arg(long, env = "PUSHMESH_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod publish;
 pub mod query;
 pub mod sequencer;
 pub mod server;

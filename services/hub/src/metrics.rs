@@ -16,6 +16,8 @@ pub struct HubMetrics {
     pub dropped: IntCounterVec,
     /// Publish requests refused, by reason.
     pub rejected: IntCounterVec,
+    /// Confirmed direct sends, by what the gateway said.
+    pub confirms: IntCounterVec,
     pub publish_duration: Histogram,
     pub gateways: IntGauge,
     pub topics: IntGauge,
@@ -68,6 +70,17 @@ impl HubMetrics {
             &["reason"],
         )
         .expect("metric");
+        let confirms = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_hub_confirmed_sends_total",
+                "Confirmed direct sends, by result: delivered, unknown_connection, timeout.",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        for r in ["delivered", "unknown_connection", "timeout"] {
+            confirms.with_label_values(&[r]);
+        }
         let publish_duration = Histogram::with_opts(
             HistogramOpts::new("pushmesh_hub_publish_duration_seconds", "Time to route one publish to gateway queues.")
                 .buckets(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
@@ -128,6 +141,7 @@ impl HubMetrics {
             Box::new(batches.clone()),
             Box::new(dropped.clone()),
             Box::new(rejected.clone()),
+            Box::new(confirms.clone()),
             Box::new(publish_duration.clone()),
             Box::new(gateways.clone()),
             Box::new(topics.clone()),
@@ -168,6 +182,7 @@ impl HubMetrics {
             batches,
             dropped,
             rejected,
+            confirms,
             publish_duration,
             gateways,
             topics,

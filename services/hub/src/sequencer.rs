@@ -215,7 +215,7 @@ impl Sequencer {
         for (w, slot) in batch.into_iter().zip(appended.slots) {
             let resp = match slot {
                 Slot::Duplicate(offset) => {
-                    PublishResponse { gateways: 0, epoch: appended.epoch.clone(), offset, duplicate: true }
+                    PublishResponse { epoch: appended.epoch.clone(), offset, duplicate: true, ..Default::default() }
                 }
                 Slot::New(offset) => {
                     let delivery = Delivery {
@@ -229,7 +229,12 @@ impl Sequencer {
                         ..Default::default()
                     };
                     let routed = self.table.route(delivery);
-                    PublishResponse { gateways: routed.queued, epoch: appended.epoch.clone(), offset, duplicate: false }
+                    PublishResponse {
+                        gateways: routed.queued,
+                        epoch: appended.epoch.clone(),
+                        offset,
+                        ..Default::default()
+                    }
                 }
             };
             self.metrics.publishes.with_label_values(&["channel"]).inc();

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::engine::Built;
 use crate::engine::SharedEngine;
 use crate::metrics::HubMetrics;
+use crate::publish::Publisher;
 use crate::sequencer::Sequencer;
 use crate::service::HubService;
 use crate::topics::TopicTable;
@@ -68,7 +69,14 @@ impl Hub {
         let engine = engine.shared();
         tracing::info!(engine = engine.name(), "channel state engine");
         let sequencer = Arc::new(Sequencer::new(engine.clone(), table.clone(), metrics.clone()));
-        let service = HubService::new(table, sequencer, metrics.clone(), settings, shutdown.clone());
+        let publisher = Arc::new(Publisher::new(
+            table.clone(),
+            sequencer,
+            metrics.clone(),
+            Arc::default(),
+            Duration::from_millis(config.confirm_timeout_ms.max(1)),
+        ));
+        let service = HubService::new(table, publisher, metrics.clone(), settings, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<HubServer<HubService>>().await;

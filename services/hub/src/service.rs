@@ -1,33 +1,36 @@
-//! The `pushmesh.v1.Hub` gRPC service: `Attach` and `Publish`, reading like
-//! the proto. Routing lives in `topics`, stream handling in `attach`.
+//! The `pushmesh.v1.Hub` gRPC service, reading like the proto. Routing
+//! lives in `topics`, stream handling in `attach`, publishing in `publish`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, topic};
+use pushmesh_common::ids::{Channel, GatewayId};
 use pushmesh_common::proto::hub_server::Hub;
 use pushmesh_common::proto::{
-    AttachRequest, Delivery, HistoryRequest, HistoryResponse, MembersRequest, MembersResponse, PublishRequest,
-    PublishResponse, QueryRequest, QueryResponse, attach_request, publish_request,
+    AttachRequest, Delivery, HistoryRequest, HistoryResponse, MembersRequest, MembersResponse, PublishBatch,
+    PublishRequest, PublishResponse, PublishResults, QueryRequest, QueryResponse, attach_request,
 };
 
 use crate::attach::{self, AttachSettings, AttachStream};
-use crate::engine::{EngineError, ReadQuery};
+use crate::engine::ReadQuery;
 use crate::metrics::HubMetrics;
+use crate::publish::Publisher;
 use crate::query::{Queries, QueryError};
-use crate::sequencer::{Publish, Sequencer};
 use crate::topics::TopicTable;
 
-/// Set on an UNAVAILABLE that comes from the channel state engine, not
-/// from the hub itself.
-pub const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
+pub use crate::publish::ENGINE_ERROR_HEADER;
+
+/// Publish batches answered at once per stream, before the hub stops
+/// reading the next (HTTP/2 flow control then holds the publisher back).
+const STREAM_RESULTS_QUEUE: usize = 16;
 
 pub struct HubService {
     table: Arc<TopicTable>,
-    sequencer: Arc<Sequencer>,
+    publisher: Arc<Publisher>,
     queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: AttachSettings,
@@ -37,68 +40,12 @@ pub struct HubService {
 impl HubService {
     pub fn new(
         table: Arc<TopicTable>,
-        sequencer: Arc<Sequencer>,
+        publisher: Arc<Publisher>,
         metrics: HubMetrics,
         settings: AttachSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { table, sequencer, queries: Arc::default(), metrics, settings, shutdown }
-    }
-
-    fn reject(&self, reason: &str, status: Status) -> Status {
-        self.metrics.rejected.with_label_values(&[reason]).inc();
-        status
-    }
-
-    /// An engine failure: UNAVAILABLE, marked so the ingress knows this hub
-    /// is fine (it still takes broadcasts and direct sends) and answers the
-    /// publisher 503 + Retry-After with this message.
-    fn engine_unavailable(&self, e: &EngineError) -> Status {
-        tracing::debug!(error = %e, "channel state engine call failed");
-        let mut status = Status::unavailable(format!("channel state unavailable: {}; retry later", e.public()));
-        status.metadata_mut().insert(ENGINE_ERROR_HEADER, tonic::metadata::MetadataValue::from_static("unavailable"));
-        status
-    }
-}
-
-impl HubService {
-    /// A copy of a publish its owner hub accepted, for the listed gateways
-    /// (cut off from the owner): routed to them only, at the owner's
-    /// position, and not recorded in this hub's history.
-    fn relay(
-        &self,
-        target: Option<publish_request::Target>,
-        data: bytes::Bytes,
-        exclude: Vec<String>,
-        id: u64,
-        relay: pushmesh_common::proto::Relay,
-    ) -> Result<PublishResponse, Status> {
-        let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
-        let mut d = Delivery { data, exclude, id, ..Default::default() };
-        match target {
-            Some(publish_request::Target::Channel(name)) => {
-                let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
-                d.topic = ch.topic();
-                d.channel = ch.as_str().to_owned();
-                d.epoch = relay.epoch;
-                d.offset = relay.offset;
-            }
-            Some(publish_request::Target::Broadcast(_)) => d.topic = topic::BROADCAST.to_owned(),
-            Some(publish_request::Target::Connection(id)) => {
-                let conn = ConnectionId::parse(&id).map_err(|e| invalid(e.to_string()))?;
-                d.topic = conn.gateway().topic();
-                d.connection = conn.to_string();
-                d.exclude.clear();
-            }
-            Some(publish_request::Target::User(user)) if !user.is_empty() => {
-                d.topic = format!("{}{user}", topic::USER_PREFIX);
-            }
-            Some(publish_request::Target::User(_)) => return Err(invalid("user id is empty".to_owned())),
-            None => return Err(invalid("publish needs a target".to_owned())),
-        }
-        let routed = self.table.route_to(d, &relay.gateways);
-        self.metrics.publishes.with_label_values(&["relay"]).inc();
-        Ok(PublishResponse { gateways: routed.queued, ..Default::default() })
+        Self { table, publisher, queries: Arc::default(), metrics, settings, shutdown }
     }
 }
 
@@ -122,6 +69,7 @@ impl Hub for HubService {
             inbound,
             self.table.clone(),
             self.queries.clone(),
+            self.publisher.confirms.clone(),
             self.metrics.clone(),
             &self.settings,
             self.shutdown.clone(),
@@ -130,72 +78,40 @@ impl Hub for HubService {
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
-        let started = Instant::now();
-        let req = request.into_inner();
-        let invalid = |msg: String| self.reject("invalid", Status::invalid_argument(msg));
-        if let Some(relay) = req.relay {
-            return self.relay(req.target, req.data, req.exclude, req.id, relay).map(Response::new);
-        }
-        let (kind, delivery) = match req.target {
-            Some(publish_request::Target::Channel(name)) => {
-                let ch = Channel::new(name).map_err(|e| invalid(e.to_string()))?;
-                // Positioned and routed by the sequencer: one channel's
-                // messages reach every gateway queue in offset order.
-                let publish = Publish { data: req.data, key: req.idempotency_key, exclude: req.exclude, id: req.id };
-                return match self.sequencer.publish(ch, publish).await {
-                    Ok(resp) => Ok(Response::new(resp)),
-                    Err(e) => Err(self.reject("engine_unavailable", self.engine_unavailable(&e))),
+        self.publisher.publish(request.into_inner()).await.map(Response::new)
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<PublishResults, Status>>;
+
+    /// Each batch's publishes are started in order (so one channel's are
+    /// positioned in the order sent: the sequencer queues them as they are
+    /// first polled, which `join_all` does in order) and answered together.
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishBatch>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_RESULTS_QUEUE);
+        let publisher = self.publisher.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => return,
                 };
-            }
-            Some(publish_request::Target::Broadcast(_)) => {
-                let delivery = Delivery {
-                    topic: topic::BROADCAST.to_owned(),
-                    data: req.data,
-                    exclude: req.exclude,
-                    id: req.id,
-                    ..Default::default()
-                };
-                ("broadcast", delivery)
-            }
-            Some(publish_request::Target::Connection(id)) => {
-                let conn = ConnectionId::parse(&id).map_err(|e| invalid(e.to_string()))?;
-                if !self.table.has_gateway(conn.gateway().as_str()) {
-                    return Err(self.reject(
-                        "unknown_gateway",
-                        Status::not_found(format!(
-                            "connection {conn} is not connected: its gateway {} is not attached to this hub",
-                            conn.gateway()
-                        )),
-                    ));
+                let Ok(Some(batch)) = batch else { return };
+                let items = batch.items.into_iter().map(|item| {
+                    let publisher = &publisher;
+                    async move { publisher.publish_item(item.seq, item.request.unwrap_or_default()).await }
+                });
+                let results = PublishResults { items: futures_util::future::join_all(items).await };
+                if tx.send(Ok(results)).await.is_err() {
+                    return;
                 }
-                let delivery = Delivery {
-                    topic: conn.gateway().topic(),
-                    connection: conn.to_string(),
-                    data: req.data,
-                    id: req.id,
-                    ..Default::default()
-                };
-                ("connection", delivery)
             }
-            Some(publish_request::Target::User(user)) => {
-                if user.is_empty() {
-                    return Err(invalid("user id is empty".to_owned()));
-                }
-                let delivery = Delivery {
-                    topic: format!("{}{user}", topic::USER_PREFIX),
-                    data: req.data,
-                    exclude: req.exclude,
-                    id: req.id,
-                    ..Default::default()
-                };
-                ("user", delivery)
-            }
-            None => return Err(invalid("publish needs a target".to_owned())),
-        };
-        let routed = self.table.route(delivery);
-        self.metrics.publishes.with_label_values(&[kind]).inc();
-        self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-        Ok(Response::new(PublishResponse { gateways: routed.queued, ..Default::default() }))
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
@@ -207,11 +123,12 @@ impl Hub for HubService {
         let ch = Channel::new(req.channel).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let since = (!req.from_oldest).then_some((req.epoch, req.offset));
         let page = self
-            .sequencer
+            .publisher
+            .sequencer()
             .engine()
             .read(&ch, ReadQuery { since, limit: req.limit as usize })
             .await
-            .map_err(|e| self.engine_unavailable(&e))?;
+            .map_err(|e| self.publisher.engine_unavailable(&e))?;
         let topic = ch.topic();
         let messages = page
             .entries

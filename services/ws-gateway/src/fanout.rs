@@ -75,10 +75,12 @@ impl Fanout {
         Self { gateway, registry, recovery, metrics }
     }
 
-    pub fn deliver(&self, d: &Delivery) {
+    /// Deliver to the local recipients. For a direct send, whether its
+    /// connection got it (written or queued) — what a confirmed send answers.
+    pub fn deliver(&self, d: &Delivery) -> bool {
         let Ok(data) = std::str::from_utf8(&d.data) else {
             self.metrics.dropped.with_label_values(&["invalid_payload"]).inc();
-            return;
+            return false;
         };
         let to = match TopicRef::of(&d.topic) {
             TopicRef::Broadcast => Recipients::All,
@@ -88,18 +90,18 @@ impl Fanout {
                 Some(seq) => Recipients::One(seq),
                 None => {
                     self.metrics.dropped.with_label_values(&["unknown_connection"]).inc();
-                    return;
+                    return false;
                 }
             },
             TopicRef::Unknown(t) => {
                 tracing::debug!(topic = %t, "delivery on a topic this gateway does not route");
-                return;
+                return false;
             }
         };
         let excluded: Vec<u64> = d.exclude.iter().filter_map(|c| self.local_seq(c)).collect();
         let mut frames =
             Frames { delivery: d, data, json: None, raw: None, json_wire: None, raw_wire: None, written: 0 };
-        let mut found = false;
+        let (mut found, mut sent) = (false, false);
         self.registry.for_each_recipient(to, |seq, conn| {
             found = true;
             if !excluded.is_empty() && excluded.contains(&seq) {
@@ -118,7 +120,7 @@ impl Fanout {
                     }
                 }
             }
-            self.send(conn, &mut frames);
+            sent |= self.send(conn, &mut frames);
         });
         if frames.written > 0 {
             self.metrics.deliveries.inc_by(frames.written);
@@ -127,22 +129,28 @@ impl Fanout {
             // The connection closed after the send was accepted.
             self.metrics.dropped.with_label_values(&["unknown_connection"]).inc();
         }
+        sent
     }
 
-    fn send(&self, conn: &ConnEntry, frames: &mut Frames<'_>) {
+    /// Hand the frame to one connection; true when written or queued.
+    fn send(&self, conn: &ConnEntry, frames: &mut Frames<'_>) -> bool {
         let sent = match &conn.out {
             Outbound::Ws(q) => q.send_wire(frames.wire(conn.raw), true, true),
             Outbound::Sse(q) => q.send(&frames.text(false), true, true),
         };
         match sent {
-            Ok(true) => frames.written += 1,
-            Ok(false) => {}
+            Ok(written) => {
+                frames.written += u64::from(written);
+                true
+            }
             Err(SendError::Full) => {
                 self.metrics.dropped.with_label_values(&["slow_consumer"]).inc();
                 conn.close.slow_consumer();
+                false
             }
             Err(SendError::Closed) => {
                 self.metrics.dropped.with_label_values(&["client_gone"]).inc();
+                false
             }
         }
     }

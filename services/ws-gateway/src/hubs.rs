@@ -23,7 +23,9 @@ use tonic::transport::Endpoint;
 
 use pushmesh_common::ids::{GatewayId, Topic};
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{AttachRequest, Hello, TopicsChange, attach_request, attach_response};
+use pushmesh_common::proto::{
+    AttachRequest, DeliveryAck, DeliveryAcks, Hello, TopicsChange, attach_request, attach_response,
+};
 
 use crate::fanout::Fanout;
 use crate::links::{AttachedCount, HubLinks, LinkCmd, NewLink, unix_nanos};
@@ -160,8 +162,18 @@ async fn session(
                         if dups > 0 {
                             ctx.metrics.duplicates.inc_by(dups as u64);
                         }
+                        let mut acks = Vec::new();
                         for d in &batch.items {
-                            ctx.fanout.deliver(d);
+                            let delivered = ctx.fanout.deliver(d);
+                            if d.confirm != 0 {
+                                acks.push(DeliveryAck { confirm: d.confirm, delivered });
+                            }
+                        }
+                        if !acks.is_empty() {
+                            let msg = AttachRequest { kind: Some(attach_request::Kind::Acks(DeliveryAcks { items: acks })) };
+                            if out.send(msg).await.is_err() {
+                                break Some("attach stream closed".to_owned());
+                            }
                         }
                     }
                     Some(attach_response::Kind::TopicsAck(ack)) => {
