@@ -45,6 +45,9 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
     /// The client answered no ping for two ping intervals.
     pub const IDLE_TIMEOUT: u16 = 4004;
+    /// The connect proxy could not decide (the backend timed out, failed or
+    /// is unavailable): reconnect later.
+    pub const BACKEND_FAILED: u16 = 4005;
 }
 
 /// A close reason must fit in a control frame (123 bytes of UTF-8).
@@ -149,6 +152,10 @@ pub struct Command {
     pub since: Option<Since>,
     /// `auth` and `refresh`: the JWT.
     pub token: Option<String>,
+    /// `publish` and `rpc`: any JSON value.
+    pub data: Option<Box<serde_json::value::RawValue>>,
+    /// `rpc`: the backend method's name.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +176,13 @@ pub enum Reply {
         epoch: Option<String>,
         offset: u64,
     },
+    /// A client publish a hub accepted, at this stream position.
+    Published {
+        epoch: String,
+        offset: u64,
+    },
+    /// An rpc's answer.
+    Data(serde_json::Value),
     /// The reply was queued already (with recovered messages behind it).
     AlreadySent,
     Error {
@@ -194,6 +208,10 @@ pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
             }
             v
         }
+        Reply::Published { epoch, offset } => {
+            json!({ "type": "reply", "id": id, "ok": true, "epoch": epoch, "offset": offset })
+        }
+        Reply::Data(data) => json!({ "type": "reply", "id": id, "ok": true, "data": data }),
         Reply::AlreadySent => unreachable!("an already-sent reply is never encoded again"),
         Reply::Error { code, message } => {
             json!({ "type": "reply", "id": id, "error": { "code": code, "message": message } })

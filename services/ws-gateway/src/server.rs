@@ -30,6 +30,8 @@ use crate::http::Front;
 use crate::hubs::{self, LinkCtx};
 use crate::links::{AttachedCount, HubLinks};
 use crate::metrics::GatewayMetrics;
+use crate::namespaces::Namespaces;
+use crate::proxy::Proxy;
 use crate::queries::Queries;
 use crate::recovery::Recovery;
 use crate::registry::Registry;
@@ -51,6 +53,8 @@ pub struct Gateway {
     discovery: CancellationToken,
     metrics: GatewayMetrics,
     health: Health,
+    namespaces: Arc<Namespaces>,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl Gateway {
@@ -77,6 +81,15 @@ impl Gateway {
                 "no JWT key configured: clients are anonymous and may subscribe to ANY channel; set PUSHMESH_JWT_SECRET for production"
             );
         }
+        let namespaces = match &config.namespaces {
+            Some(path) => Namespaces::load(path)?,
+            None => Namespaces::default(),
+        };
+        let metrics = GatewayMetrics::new();
+        let proxy = match &namespaces.proxy {
+            Some(p) => Some(Proxy::new(p.clone(), metrics.clone()).context("the namespaces file's [proxy]")?),
+            None => None,
+        };
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let discovery = CancellationToken::new();
@@ -89,8 +102,10 @@ impl Gateway {
             tls,
             hub_set,
             discovery,
-            metrics: GatewayMetrics::new(),
+            metrics,
             health: Health::new("not attached to any hub"),
+            namespaces: Arc::new(namespaces),
+            proxy,
         })
     }
 
@@ -106,7 +121,19 @@ impl Gateway {
     /// close every client with 1012 and return once every task ended
     /// (bounded).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Gateway { listener, config, gateway, auth, tls, mut hub_set, discovery, metrics, health } = self;
+        let Gateway {
+            listener,
+            config,
+            gateway,
+            auth,
+            tls,
+            mut hub_set,
+            discovery,
+            metrics,
+            health,
+            namespaces,
+            proxy,
+        } = self;
         let tasks = TaskTracker::new();
         let links = Arc::new(HubLinks::new(config.recent_ids));
         let registry = Arc::new(Registry::new(links.clone(), metrics.topics.clone()));
@@ -128,7 +155,8 @@ impl Gateway {
                 auth,
                 shutdown.clone(),
             )
-            .with_read_buffer(config.read_buffer_bytes),
+            .with_read_buffer(config.read_buffer_bytes)
+            .with_backend(namespaces, proxy, links.clone()),
         );
         let link_ctx = Arc::new(LinkCtx {
             gateway: gateway.clone(),
