@@ -244,3 +244,76 @@ async fn a_dead_backend_closes_new_connections_with_4005_and_the_namespaces_file
     assert!(stderr.contains("line 3") && stderr.contains("client_publsh"), "{stderr}");
     Ok(())
 }
+
+/// A token with extra claims (for `require_claims`).
+fn token_with_claims(sub: &str, claims: Value) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    let mut all = json!({ "sub": sub, "channels": ["*"], "exp": exp });
+    for (k, v) in claims.as_object().expect("claims object") {
+        all[k] = v.clone();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &all,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+#[tokio::test]
+async fn join_leave_presence_and_required_claims_follow_the_namespaces() -> anyhow::Result<()> {
+    let ns = r#"
+[[namespace]]
+prefix = "room:"
+join_leave = true
+presence = true
+
+[[namespace]]
+prefix = "vip:"
+require_claims = { role = "vip" }
+"#;
+    let file = scratch_file("namespaces.toml", ns)?;
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    let sys = System::start_with(1, 2, &["--namespaces", &file, "--jwt-secret", SECRET], &[]).await?;
+    let mut ann = Client::connect_as(sys.gw(0), &token_with_claims("ann", json!({ "role": "vip" }))).await?;
+    let mut bob = Client::connect_as(sys.gw(1), &token(SECRET, "bob", &["*"], 3600)).await?;
+
+    // Join: the other subscribers hear of it (across gateways), not the joiner.
+    ann.subscribe("room:1").await?;
+    bob.subscribe("room:1").await?;
+    let join = ann.next_json().await?;
+    assert_eq!(join, json!({ "type": "join", "channel": "room:1", "user": "bob", "connection": bob.connection }));
+
+    // Presence, where the namespace allows it.
+    let r = bob.command(json!({ "op": "presence", "channel": "room:1" })).await?;
+    assert_eq!((r["data"]["connections"].as_u64(), r["data"]["users"].as_u64()), (Some(2), Some(2)), "{r}");
+    assert_eq!(r["data"]["partial"], false, "{r}");
+    let r = bob.command(json!({ "op": "presence", "channel": "news" })).await?;
+    assert_eq!(r["error"]["code"], "permission_denied", "{r}");
+
+    // Leave: by unsubscribe, and by disconnect.
+    bob.command(json!({ "op": "unsubscribe", "channel": "room:1" })).await?;
+    let leave = ann.next_json().await?;
+    assert_eq!(leave, json!({ "type": "leave", "channel": "room:1", "user": "bob", "connection": bob.connection }));
+    bob.subscribe("room:1").await?;
+    ann.next_json().await?; // bob's join
+    let bob_id = bob.connection.clone();
+    bob.close().await?;
+    let leave = ann.next_json().await?;
+    assert_eq!(leave, json!({ "type": "leave", "channel": "room:1", "user": "bob", "connection": bob_id }));
+    // Messages still flow, positioned, in a join_leave namespace.
+    post(sys.api(), "/publish", &json!({ "channel": "room:1", "data": "hi" })).await?;
+    let m = ann.expect_data(&json!("hi")).await?;
+    assert!(m["offset"].as_u64().is_some(), "{m}");
+
+    // Required claims: ann has role=vip, cat does not.
+    ann.subscribe("vip:lounge").await?;
+    let mut cat = Client::connect_as(sys.gw(0), &token_with_claims("cat", json!({ "role": "guest" }))).await?;
+    let r = cat.command(json!({ "op": "subscribe", "channel": "vip:lounge" })).await?;
+    assert_eq!(r["error"]["code"], "permission_denied", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("role"), "{r}");
+    // Clients may not publish where the namespace does not say so.
+    let r = ann.command(json!({ "op": "publish", "channel": "room:1", "data": 1 })).await?;
+    assert_eq!(r["error"]["code"], "permission_denied", "{r}");
+    Ok(())
+}

@@ -230,7 +230,7 @@ pub async fn run(
         confirmation.confirmed(shared.settings.subscribe_timeout).await;
     }
     if let Some(extra) = grant.extra.as_ref().filter(|e| !e.channels.is_empty()) {
-        Box::pin(join_server_side(&shared, seq, &tx, &close, extra.clone())).await;
+        Box::pin(join_server_side(&shared, seq, grant.user.as_ref(), &tx, &close, extra.clone())).await;
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
@@ -270,13 +270,23 @@ pub async fn run(
 
 /// Subscribe a new connection to the channels its connect answer named,
 /// telling it with a `subscribed` frame for each.
-async fn join_server_side(shared: &Clients, seq: u64, tx: &OutQueue, close: &CloseSignal, extra: Arc<GrantExtra>) {
+async fn join_server_side(
+    shared: &Clients,
+    seq: u64,
+    user: Option<&UserId>,
+    tx: &OutQueue,
+    close: &CloseSignal,
+    extra: Arc<GrantExtra>,
+) {
     for ch in &extra.channels {
         match shared.registry.join(seq, ch, shared.settings.max_channels, shared.settings.subscribe_timeout).await {
-            Ok(_) => {
+            Ok(added) => {
                 let frame = Frame { text: protocol::membership_frame(true, ch.as_str()), is_delivery: false };
                 if let Err(SendError::Full) = tx.try_send(frame) {
                     close.slow_consumer();
+                }
+                if added {
+                    announce(shared, seq, user, ch, "join").await;
                 }
             }
             Err(e) => {
@@ -291,6 +301,12 @@ async fn join_server_side(shared: &Clients, seq: u64, tx: &OutQueue, close: &Clo
 async fn end(shared: Arc<Clients>, tx: Arc<OutQueue>, id: ConnectionId, reason: &'static str, user: Option<UserId>) {
     // Anything still queued will never be written.
     let lost = tx.abandon();
+    let announced: Vec<Channel> = shared
+        .registry
+        .with_connection(id.seq(), |e| {
+            e.channels().iter().filter(|c| shared.namespaces.for_channel(c.as_str()).join_leave).cloned().collect()
+        })
+        .unwrap_or_default();
     shared.registry.remove(id.seq());
     shared.recovery.forget_connection(id.seq());
     shared.metrics.connections.dec();
@@ -307,6 +323,9 @@ async fn end(shared: Arc<Clients>, tx: Arc<OutQueue>, id: ConnectionId, reason: 
                 "reason": reason,
             });
             let _ = p.call(Kind::Disconnect, body).await;
+        }
+        for ch in &announced {
+            announce(&shared, id.seq(), user.as_ref(), ch, "leave").await;
         }
     };
     if reason != "client" {
@@ -625,6 +644,25 @@ async fn write(out: &OutQueue, close: &CloseSignal, shared: &Clients, heard: &He
     }
 }
 
+/// Most clients a client's presence answer lists.
+const PRESENCE_LIMIT: u32 = 1000;
+
+/// Tell `channel`'s other subscribers that connection `seq` joined or left
+/// it, when its namespace has join_leave. Best effort: a hub that cannot
+/// take the event costs the others a frame, not this connection anything.
+async fn announce(shared: &Clients, seq: u64, user: Option<&UserId>, channel: &Channel, event: &str) {
+    if !shared.namespaces.for_channel(channel.as_str()).join_leave {
+        return;
+    }
+    let Some(links) = &shared.links else { return };
+    let id = ConnectionId::new(shared.gateway.clone(), seq).to_string();
+    let data = json!({ "user": user.map(UserId::as_str), "connection": id }).to_string();
+    if let Err(e) = links.publish_event(channel, event, data.into(), vec![id], shared.settings.subscribe_timeout).await
+    {
+        tracing::debug!(channel = channel.as_str(), event, error = %e, "channel event not sent");
+    }
+}
+
 /// A failed backend call, as the client's reply.
 fn proxy_error(e: &ProxyError) -> Reply {
     Reply::error(e.client_code(), e.to_string())
@@ -803,8 +841,9 @@ impl Conn {
             }
         };
         let (op, reply) = match cmd.op.as_str() {
-            "subscribe" => ("subscribe", self.subscribe(&cmd).await),
-            "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
+            "subscribe" => ("subscribe", self.subscribe_announced(&cmd).await),
+            "unsubscribe" => ("unsubscribe", self.unsubscribe_announced(&cmd).await),
+            "presence" => ("presence", self.presence(&cmd).await),
             "ping" => ("ping", Reply::Ok),
             "publish" => ("publish", self.publish(&cmd).await),
             "rpc" => ("rpc", self.rpc(&cmd).await),
@@ -817,7 +856,7 @@ impl Conn {
                 Reply::error(
                     "unknown_op",
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe, publish, rpc, ping or refresh",
+                        "unknown op {:?}; expected subscribe, unsubscribe, publish, rpc, presence, ping or refresh",
                         pushmesh_common::ids::truncate(other, 40)
                     ),
                 ),
@@ -841,6 +880,82 @@ impl Conn {
             .as_deref()
             .ok_or_else(|| Reply::error("bad_request", format!("{} needs a \"channel\"", cmd.op)))?;
         Channel::new(name).map_err(|e| Reply::error("invalid_channel", e.to_string()))
+    }
+
+    /// A subscribe, then a `join` event for the channel's other
+    /// subscribers when the namespace has join_leave and the connection
+    /// was not a member yet.
+    async fn subscribe_announced(&self, cmd: &Command) -> Reply {
+        let channel = Self::channel(cmd).ok();
+        let was_member = channel.as_ref().is_some_and(|ch| self.is_member(ch));
+        let reply = self.subscribe(cmd).await;
+        if let Some(ch) = channel
+            && !was_member
+            && matches!(reply, Reply::Ok | Reply::Subscribed { .. } | Reply::AlreadySent)
+        {
+            let user = self.grant.lock().expect("grant lock").user.clone();
+            announce(&self.shared, self.seq, user.as_ref(), &ch, "join").await;
+        }
+        reply
+    }
+
+    async fn unsubscribe_announced(&self, cmd: &Command) -> Reply {
+        let channel = Self::channel(cmd).ok();
+        let was_member = channel.as_ref().is_some_and(|ch| self.is_member(ch));
+        let reply = self.unsubscribe(cmd);
+        if let Some(ch) = channel
+            && was_member
+        {
+            let user = self.grant.lock().expect("grant lock").user.clone();
+            announce(&self.shared, self.seq, user.as_ref(), &ch, "leave").await;
+        }
+        reply
+    }
+
+    fn is_member(&self, channel: &Channel) -> bool {
+        self.shared.registry.with_connection(self.seq, |e| e.channels().contains(channel)).unwrap_or(false)
+    }
+
+    /// `{"op":"presence","channel"}` where the namespace allows it: who is
+    /// subscribed, on every gateway (as `GET /presence` answers it).
+    async fn presence(&self, cmd: &Command) -> Reply {
+        let channel = match Self::channel(cmd) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let ns = self.shared.namespaces.for_channel(channel.as_str());
+        let Some(links) = self.shared.links.as_ref().filter(|_| ns.presence) else {
+            return Reply::error(
+                "permission_denied",
+                format!(
+                    "clients may not ask for the presence of {:?}: its namespace has no presence",
+                    channel.as_str()
+                ),
+            );
+        };
+        if let Err(r) = self.allowed(&channel) {
+            return r;
+        }
+        match links.presence(channel.as_str(), PRESENCE_LIMIT, self.shared.settings.subscribe_timeout).await {
+            Ok((connections, clients, partial)) => {
+                let users: std::collections::BTreeSet<&str> =
+                    clients.iter().map(|c| c.user.as_str()).filter(|u| !u.is_empty()).collect();
+                let list: Vec<serde_json::Value> = clients
+                    .iter()
+                    .map(|c| {
+                        json!({ "connection": c.connection, "user": (!c.user.is_empty()).then_some(c.user.as_str()) })
+                    })
+                    .collect();
+                Reply::Data(json!({
+                    "channel": channel.as_str(),
+                    "connections": connections,
+                    "users": users.len(),
+                    "clients": list,
+                    "partial": partial,
+                }))
+            }
+            Err(e) => Reply::error("unavailable", e.to_string()),
+        }
     }
 
     async fn subscribe(&self, cmd: &Command) -> Reply {

@@ -261,6 +261,31 @@ impl HubLinks {
         data: bytes::Bytes,
         timeout: Duration,
     ) -> Result<PublishResponse, HubPublishError> {
+        self.publish_to(channel, data, String::new(), Vec::new(), timeout).await
+    }
+
+    /// A channel event (`join`/`leave`, with `{"user","connection"}`) for
+    /// the channel's subscribers everywhere but `exclude`: through the same
+    /// hub as the channel's messages, unpositioned.
+    pub async fn publish_event(
+        &self,
+        channel: &pushmesh_common::ids::Channel,
+        event: &str,
+        data: bytes::Bytes,
+        exclude: Vec<String>,
+        timeout: Duration,
+    ) -> Result<PublishResponse, HubPublishError> {
+        self.publish_to(channel, data, event.to_owned(), exclude, timeout).await
+    }
+
+    async fn publish_to(
+        &self,
+        channel: &pushmesh_common::ids::Channel,
+        data: bytes::Bytes,
+        event: String,
+        exclude: Vec<String>,
+        timeout: Duration,
+    ) -> Result<PublishResponse, HubPublishError> {
         let key = Topic::Channel(channel.clone()).wire();
         let mut hubs: Vec<(u64, tonic::transport::Channel)> = self
             .current()
@@ -275,6 +300,8 @@ impl HubLinks {
             target: Some(publish_request::Target::Channel(channel.as_str().to_owned())),
             data,
             id: rand::random::<u64>() | 1,
+            event,
+            exclude,
             ..Default::default()
         };
         let mut last = "no hub is attached";
@@ -293,6 +320,46 @@ impl HubLinks {
                 _ => last = "unavailable",
             }
             tracing::warn!(code = ?status.code(), error = %status.message(), "client publish failed on a hub; trying the next");
+        }
+        Err(HubPublishError::Unavailable(last))
+    }
+
+    /// Who is subscribed to `channel` on every gateway, asked through one
+    /// attached hub (each reaches every gateway): (connections, clients
+    /// up to `limit`, partial).
+    pub async fn presence(
+        &self,
+        channel: &str,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<pushmesh_common::proto::Client>, bool), HubPublishError> {
+        let attached: Vec<_> =
+            self.current().iter().filter_map(|s| s.channel.lock().expect("channel lock").clone()).collect();
+        let mut last = "no hub is attached";
+        for ch in attached {
+            let req = pushmesh_common::proto::QueryRequest {
+                op: Some(pushmesh_common::proto::QueryOp {
+                    op: Some(pushmesh_common::proto::query_op::Op::Presence(channel.to_owned())),
+                }),
+                gateway: String::new(),
+                limit,
+            };
+            match tokio::time::timeout(timeout, HubClient::new(ch).query(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let partial = resp.answers.len() < resp.asked as usize;
+                    let mut connections = 0;
+                    let mut clients = Vec::new();
+                    for reply in resp.answers.into_iter().filter_map(|a| a.reply) {
+                        connections += u64::from(reply.matched);
+                        clients.extend(reply.clients);
+                    }
+                    clients.truncate(limit as usize);
+                    return Ok((connections, clients, partial));
+                }
+                Ok(Err(_)) => last = "unavailable",
+                Err(_) => last = "timed out",
+            }
         }
         Err(HubPublishError::Unavailable(last))
     }

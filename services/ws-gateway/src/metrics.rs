@@ -170,7 +170,9 @@ impl GatewayMetrics {
             disconnects.with_label_values(&[r]);
         }
         // Every series a dashboard or alert may read exists from the start, at 0.
-        for op in ["subscribe", "unsubscribe", "ping", "auth", "refresh", "publish", "rpc", "unknown", "invalid"] {
+        for op in
+            ["subscribe", "unsubscribe", "ping", "auth", "refresh", "publish", "rpc", "presence", "unknown", "invalid"]
+        {
             for result in ["ok", "error"] {
                 commands.with_label_values(&[op, result]);
             }

@@ -102,6 +102,18 @@ pub fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
     s.into()
 }
 
+/// A channel event: `{"type":"join"|"leave","channel":"…","user":…,"connection":"…"}`;
+/// `data` is the event's `{"user","connection"}` (made by a gateway).
+pub fn event_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    let mut v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    let mut frame = serde_json::Map::new();
+    frame.insert("type".into(), json!(d.event));
+    frame.insert("channel".into(), json!(d.channel));
+    frame.insert("user".into(), v.get_mut("user").map(serde_json::Value::take).unwrap_or_default());
+    frame.insert("connection".into(), v.get_mut("connection").map(serde_json::Value::take).unwrap_or_default());
+    serde_json::Value::Object(frame).to_string().into()
+}
+
 /// The published content alone, as the seed sent it: a JSON string is
 /// unquoted; any other JSON value goes as its text (sharing the buffer).
 pub fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
@@ -136,7 +148,13 @@ pub fn frame_type(frame: &str) -> Option<String> {
 
 /// A delivery's frame in the connection's format.
 pub fn message_frame(d: &Delivery, data: &str, raw: bool) -> Utf8Bytes {
-    if raw { raw_frame(d, data) } else { json_frame(d, data) }
+    if !d.event.is_empty() {
+        event_frame(d, data)
+    } else if raw {
+        raw_frame(d, data)
+    } else {
+        json_frame(d, data)
+    }
 }
 
 /// A command from the client.
