@@ -317,3 +317,43 @@ require_claims = { role = "vip" }
     assert_eq!(r["error"]["code"], "permission_denied", "{r}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_grpc_backend_answers_the_same_calls() -> anyhow::Result<()> {
+    let backend = pushmesh_tests::backend::GrpcBackend::start().await?;
+    let sys = system_with(&namespaces(&backend.endpoint(), "")).await?;
+
+    let (mut ann, welcome) = session(&sys, "ann").await?;
+    assert_eq!(welcome["user"], "ann", "{welcome}");
+    assert_eq!(ann.next_json().await?, json!({ "type": "subscribed", "channel": "user:ann:inbox" }));
+    let connect = backend.wait_for("connect", |b| b["client"] == ann.connection.as_str()).await?;
+    assert_eq!(connect["headers"]["cookie"], "theme=dark; session=ann", "{connect}");
+    let mut banned = Client::connect_with_headers(sys.gw(0), "", &[("Cookie", "session=banned")]).await?;
+    assert_eq!(banned.expect_close().await?, (4403, "you are banned".to_owned()));
+
+    let r = ann.command(json!({ "op": "subscribe", "channel": "chat:secret" })).await?;
+    assert_eq!(
+        (r["error"]["code"].as_str(), r["error"]["message"].as_str()),
+        (Some("permission_denied"), Some("not a member of chat:secret"))
+    );
+    let (mut bob, _) = session(&sys, "bob").await?;
+    bob.next_json().await?;
+    bob.subscribe("chat:room").await?;
+    let r = ann.command(json!({ "op": "publish", "channel": "chat:room", "data": { "text": "hi" } })).await?;
+    assert_eq!(r["ok"], true, "{r}");
+    bob.expect_data(&json!({ "text": "hi", "by": "ann" })).await?;
+    let r = ann.command(json!({ "op": "publish", "channel": "chat:room", "data": { "text": "spam" } })).await?;
+    assert_eq!(r["error"]["message"], "no spam here", "{r}");
+
+    let r = ann.command(json!({ "op": "rpc", "method": "getUser", "data": [1] })).await?;
+    assert_eq!(r["data"], json!({ "user": "ann", "info": { "name": "ann" }, "echo": [1] }), "{r}");
+    // A gRPC error status is the backend failing, not a refusal.
+    let r = ann.command(json!({ "op": "rpc", "method": "fail" })).await?;
+    assert_eq!(r["error"]["code"], "backend_error", "{r}");
+
+    let ann_id = ann.connection.clone();
+    ann.close().await?;
+    let notice = backend.wait_for("disconnect", |b| b["client"] == ann_id.as_str()).await?;
+    assert_eq!(notice["user"], "ann");
+    Ok(())
+}

@@ -191,3 +191,165 @@ async fn answer(s: &State, kind: &str, body: &Value) -> warp::reply::Response {
         _ => json_reply(json!({ "result": {} })),
     }
 }
+
+/// The same application as `Backend`, as a `pushmesh.v1.Proxy` gRPC
+/// service (tonic, on a port the kernel picked).
+pub struct GrpcBackend {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+mod grpc {
+    use std::sync::Arc;
+
+    use pushmesh_common::proto::proxy_server::Proxy;
+    use pushmesh_common::proto::*;
+    use serde_json::{Value, json};
+    use tonic::{Request, Response, Status};
+
+    use super::State;
+
+    pub struct Service(pub Arc<State>);
+
+    impl Service {
+        fn record(&self, kind: &str, body: Value) {
+            self.0.requests.lock().expect("requests").push((kind.to_owned(), body));
+            self.0.arrived.notify_waiters();
+        }
+    }
+
+    fn refuse(code: u32, message: impl Into<String>) -> ProxyError {
+        ProxyError { code, message: message.into() }
+    }
+
+    #[tonic::async_trait]
+    impl Proxy for Service {
+        async fn on_connect(
+            &self,
+            req: Request<ProxyConnectRequest>,
+        ) -> Result<Response<ProxyConnectResponse>, Status> {
+            let r = req.into_inner();
+            self.record("connect", json!({ "client": r.client, "headers": r.headers, "query": r.query }));
+            let cookie = r.headers.get("cookie").cloned().unwrap_or_default();
+            let session = cookie.split(';').map(str::trim).find_map(|c| c.strip_prefix("session=").map(str::to_owned));
+            let outcome = match session.as_deref() {
+                Some("banned") => proxy_connect_response::Outcome::Error(refuse(4403, "you are banned")),
+                Some(u) => proxy_connect_response::Outcome::Result(ProxyConnectResult {
+                    user: u.to_owned(),
+                    channels: vec![format!("user:{u}:inbox")],
+                    info: json!({ "name": u }).to_string(),
+                    claims: String::new(),
+                }),
+                None => proxy_connect_response::Outcome::Error(refuse(4001, "no session cookie")),
+            };
+            Ok(Response::new(ProxyConnectResponse { outcome: Some(outcome) }))
+        }
+
+        async fn on_subscribe(
+            &self,
+            req: Request<ProxySubscribeRequest>,
+        ) -> Result<Response<ProxySubscribeResponse>, Status> {
+            let r = req.into_inner();
+            self.record(
+                "subscribe",
+                json!({ "client": r.client, "user": r.user, "channel": r.channel, "info": r.info }),
+            );
+            let error = r.channel.contains("secret").then(|| refuse(403, format!("not a member of {}", r.channel)));
+            Ok(Response::new(ProxySubscribeResponse { error }))
+        }
+
+        async fn on_publish(
+            &self,
+            req: Request<ProxyPublishRequest>,
+        ) -> Result<Response<ProxyPublishResponse>, Status> {
+            let r = req.into_inner();
+            self.record("publish", json!({ "client": r.client, "user": r.user, "channel": r.channel, "data": r.data }));
+            let data: Value = serde_json::from_str(&r.data).unwrap_or_default();
+            let outcome = if data["text"] == "spam" {
+                proxy_publish_response::Outcome::Error(refuse(0, "no spam here"))
+            } else {
+                let changed = json!({ "text": data["text"], "by": r.user });
+                proxy_publish_response::Outcome::Result(ProxyPublishResult { data: Some(changed.to_string()) })
+            };
+            Ok(Response::new(ProxyPublishResponse { outcome: Some(outcome) }))
+        }
+
+        async fn on_rpc(&self, req: Request<ProxyRpcRequest>) -> Result<Response<ProxyRpcResponse>, Status> {
+            let r = req.into_inner();
+            self.record("rpc", json!({ "client": r.client, "user": r.user, "method": r.method }));
+            let outcome = match r.method.as_str() {
+                "getUser" => {
+                    let info: Value = serde_json::from_str(&r.info).unwrap_or_default();
+                    let echo: Value = serde_json::from_str(&r.data).unwrap_or_default();
+                    let data = json!({ "user": r.user, "info": info, "echo": echo });
+                    proxy_rpc_response::Outcome::Result(ProxyRpcResult { data: data.to_string() })
+                }
+                "fail" => return Err(Status::internal("boom")),
+                m => proxy_rpc_response::Outcome::Error(refuse(404, format!("no method {m}"))),
+            };
+            Ok(Response::new(ProxyRpcResponse { outcome: Some(outcome) }))
+        }
+
+        async fn on_disconnect(
+            &self,
+            req: Request<ProxyDisconnectRequest>,
+        ) -> Result<Response<ProxyDisconnectResponse>, Status> {
+            let r = req.into_inner();
+            self.record("disconnect", json!({ "client": r.client, "user": r.user, "reason": r.reason }));
+            Ok(Response::new(ProxyDisconnectResponse {}))
+        }
+    }
+}
+
+impl GrpcBackend {
+    pub async fn start() -> anyhow::Result<GrpcBackend> {
+        let state = Arc::new(State::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = pushmesh_common::proto::proxy_server::ProxyServer::new(grpc::Service(state.clone()));
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(GrpcBackend { addr, state, stop: Some(stop) })
+    }
+
+    /// The endpoint for a namespaces file.
+    pub fn endpoint(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// Wait (up to `WAIT`) for a request of `kind` matching `pred`.
+    pub async fn wait_for(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let found = self
+                .state
+                .requests
+                .lock()
+                .expect("requests")
+                .iter()
+                .find(|(k, b)| k == kind && pred(b))
+                .map(|(_, b)| b.clone());
+            if let Some(v) = found {
+                return Ok(v);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                anyhow::bail!("no {kind} request as expected reached the backend within {:?}", crate::WAIT);
+            }
+        }
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
