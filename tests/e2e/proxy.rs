@@ -143,6 +143,20 @@ async fn a_cookie_session_connects_subscribes_publishes_and_calls_the_backend() 
     let notice = backend.wait_for("disconnect", |b| b["client"] == ann_id.as_str()).await?;
     assert_eq!((notice["user"].as_str(), notice["reason"].as_str()), (Some("ann"), Some("client")));
 
+    // Every request the backend got is what docs/openapi-proxy.json says.
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi-proxy.json");
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(spec)?)?;
+    for kind in ["connect", "subscribe", "publish", "rpc", "disconnect"] {
+        let schema = &spec["paths"][format!("/{kind}")]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let validator = jsonschema::draft202012::new(schema).map_err(|e| anyhow::anyhow!("{kind} schema: {e}"))?;
+        let seen = backend.requests(kind);
+        assert!(!seen.is_empty(), "no {kind} request");
+        for body in seen {
+            let errors: Vec<String> = validator.iter_errors(&body).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{kind} request {body} breaks the spec: {errors:?}");
+        }
+    }
+
     let m = metrics(sys.gw(0)).await?;
     let proxied = |kind: &str, outcome: &str| {
         sample(&m, "pushmesh_gateway_proxy_requests_total", &[("kind", kind), ("outcome", outcome)])
