@@ -132,7 +132,7 @@ async fn misbehave(s: &State, name: &str) -> Option<warp::reply::Response> {
         "garbage" => Some(status(StatusCode::OK, "this is not JSON")),
         "huge" => Some(json_reply(json!({ "result": { "data": "x".repeat(100 << 10) } }))),
         "flaky" => {
-            if s.flaky.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            if s.flaky.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
                 Some(status(StatusCode::SERVICE_UNAVAILABLE, "try again"))
             } else {
                 None

@@ -295,7 +295,7 @@ impl HubLinks {
                 Some((pushmesh_common::rendezvous::score(&s.url, &key), ch))
             })
             .collect();
-        hubs.sort_by(|a, b| b.0.cmp(&a.0));
+        hubs.sort_by_key(|h| std::cmp::Reverse(h.0));
         let req = PublishRequest {
             target: Some(publish_request::Target::Channel(channel.as_str().to_owned())),
             data,

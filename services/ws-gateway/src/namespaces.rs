@@ -130,11 +130,10 @@ pub struct Namespace {
     /// Each client publish is asked of the backend first (it may change it).
     #[serde(default)]
     pub proxy_publish: bool,
-    /// Subscribers get `join`/`leave` frames. Reserved: read and checked,
-    /// not delivered yet (docs/proxy.md).
+    /// Subscribers get `join`/`leave` frames when others subscribe or leave.
     #[serde(default)]
     pub join_leave: bool,
-    /// Clients may ask for the channel's presence. Reserved like `join_leave`.
+    /// Clients may ask for the channel's presence (`{"op":"presence"}`).
     #[serde(default)]
     pub presence: bool,
     /// A subscribe with `since` recovers missed messages; off: it answers
@@ -224,7 +223,7 @@ impl Namespaces {
             }
             list.push(ns);
         }
-        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        list.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
         let fallback = list.iter().find(|n| n.prefix.is_empty()).cloned().unwrap_or_else(Namespace::fallback);
         Ok(Self { list, fallback, proxy })
     }
