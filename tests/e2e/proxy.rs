@@ -371,3 +371,50 @@ async fn a_grpc_backend_answers_the_same_calls() -> anyhow::Result<()> {
     assert_eq!(notice["user"], "ann");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_connect_proxy_works_beside_jwt() -> anyhow::Result<()> {
+    let backend = Backend::start().await?;
+    let file = scratch_file("namespaces.toml", &namespaces(&backend.endpoint(), ""))?;
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    let sys = System::start_with(1, 1, &["--namespaces", &file, "--jwt-secret", SECRET], &[]).await?;
+    // A JWT in ?token= is checked as before; the backend is not asked.
+    let mut jwt = Client::connect_as(sys.gw(0), &token(SECRET, "tok", &["news"], 3600)).await?;
+    jwt.subscribe("news").await?;
+    let r = jwt.command(json!({ "op": "subscribe", "channel": "other" })).await?;
+    assert_eq!(r["error"]["code"], "permission_denied", "{r}");
+    // A session cookie without a token: the backend decides.
+    let (_cookie, welcome) = session(&sys, "ann").await?;
+    assert_eq!(welcome["user"], "ann");
+    let connects = backend.requests("connect");
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    assert_ne!(connects[0]["client"], jwt.connection.as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_beyond_max_in_flight_fail_at_once_instead_of_queueing() -> anyhow::Result<()> {
+    let backend = Backend::start().await?;
+    // A timeout long enough for Bob's call to happen while Ann's is out.
+    let ns = namespaces(&backend.endpoint(), "max_in_flight = 1").replace("timeout_ms = 400", "timeout_ms = 3000");
+    let sys = system_with(&ns).await?;
+    let (mut ann, _) = session(&sys, "ann").await?;
+    ann.next_json().await?;
+    let (mut bob, _) = session(&sys, "bob").await?;
+    bob.next_json().await?;
+    // Ann's call holds the only rpc slot (the backend sleeps on it)…
+    send(&mut ann, 1, json!({ "op": "rpc", "method": "slow" })).await?;
+    backend.wait_for("rpc", |b| b["method"] == "slow").await?;
+    // …so Bob's is refused at once, without reaching the backend, and
+    // other kinds of call have slots of their own.
+    let r = bob.command(json!({ "op": "rpc", "method": "getUser" })).await?;
+    assert_eq!(r["error"]["code"], "backend_unavailable", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("in flight"), "{r}");
+    assert!(backend.requests("rpc").iter().all(|b| b["method"] != "getUser"));
+    bob.subscribe("chat:room").await?;
+    let r = ann.next_json().await?;
+    assert_eq!(r["error"]["code"], "backend_timeout", "{r}");
+    let m = metrics(sys.gw(0)).await?;
+    assert_eq!(sample(&m, "pushmesh_gateway_proxy_requests_total", &[("kind", "rpc"), ("outcome", "overloaded")]), 1.0);
+    Ok(())
+}
