@@ -418,3 +418,24 @@ async fn calls_beyond_max_in_flight_fail_at_once_instead_of_queueing() -> anyhow
     assert_eq!(sample(&m, "pushmesh_gateway_proxy_requests_total", &[("kind", "rpc"), ("outcome", "overloaded")]), 1.0);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_connect_proxy_can_take_the_clients_first_message() -> anyhow::Result<()> {
+    let backend = Backend::start().await?;
+    let sys = system_with(&namespaces(&backend.endpoint(), "connect_first_message = true")).await?;
+    // A browser cannot set headers: it sends its credentials first.
+    let mut c = Client::connect_with_headers(sys.gw(0), "", &[]).await?;
+    c.send_json(&json!({ "id": 1, "op": "connect", "data": { "session": "ann" } })).await?;
+    assert_eq!(c.next_json().await?, json!({ "type": "reply", "id": 1, "ok": true }));
+    let welcome = c.read_welcome().await?;
+    assert_eq!(welcome["user"], "ann", "{welcome}");
+    let connect = backend.wait_for("connect", |b| b["client"] == c.connection.as_str()).await?;
+    assert_eq!(connect["data"], json!({ "session": "ann" }));
+    // Anything else first is refused.
+    let mut x = Client::connect_with_headers(sys.gw(0), "", &[]).await?;
+    x.send_json(&json!({ "id": 1, "op": "ping" })).await?;
+    let (code, reason) = x.expect_close().await?;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("\"op\":\"connect\""), "{reason}");
+    Ok(())
+}

@@ -3,7 +3,8 @@
 //! `POST {base}/{connect|subscribe|publish|rpc|disconnect}` like a small
 //! chat application would, plus ways to misbehave on request:
 //!
-//! - connect: `Cookie: session=<user>` → that user, subscribed server-side
+//! - connect: `Cookie: session=<user>` (or a first message's
+//!   `data.session`) → that user, subscribed server-side
 //!   to `user:<user>:inbox`, with `info` `{"name": <user>}`; `session=banned`
 //!   → refused with 4403; no session → refused with 4001.
 //! - subscribe: `*secret*` channels are refused; channels such as
@@ -147,7 +148,11 @@ async fn answer(s: &State, kind: &str, body: &Value) -> warp::reply::Response {
     match kind {
         "connect" => {
             let cookie = body["headers"]["cookie"].as_str().unwrap_or_default();
-            let session = cookie.split(';').map(str::trim).find_map(|c| c.strip_prefix("session="));
+            let session = cookie
+                .split(';')
+                .map(str::trim)
+                .find_map(|c| c.strip_prefix("session="))
+                .or_else(|| body["data"]["session"].as_str());
             match session {
                 Some("banned") => json_reply(json!({ "error": { "code": 4403, "message": "you are banned" } })),
                 Some(u) => json_reply(json!({

@@ -512,7 +512,32 @@ async fn authenticate(
     let use_jwt = shared.auth.is_some() && token.is_some();
     if let (Some(proxy), Some(req), false) = (shared.connect_proxy(), connect, use_jwt) {
         let client = ConnectionId::new(shared.gateway.clone(), seq).to_string();
-        let r = proxy.call(Kind::Connect, req.body(&client)).await.and_then(ConnectResult::from_result);
+        let mut body = req.body(&client);
+        let mut reply_id = None;
+        if proxy.config().connect_first_message {
+            // The client's first frame: `{"op":"connect","data":…}` for the
+            // backend, or (with a JWT key) `{"op":"auth","token":…}`.
+            let cmd = first_command(shared, inbound).await;
+            match cmd {
+                Some(Command { op, token: Some(t), id, .. }) if op == "auth" => {
+                    let Some(auth) = &shared.auth else {
+                        return Err(AuthError::Invalid("this gateway checks no tokens".into()));
+                    };
+                    return auth.check(&t).map(|g| (g, id));
+                }
+                Some(Command { op, data, id, .. }) if op == "connect" => {
+                    body["data"] = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+                    reply_id = id;
+                }
+                _ => {
+                    return Err(AuthError::Refused(Box::new((
+                        close::UNAUTHORIZED,
+                        "send {\"op\":\"connect\",\"data\":…} first".to_owned(),
+                    ))));
+                }
+            }
+        }
+        let r = proxy.call(Kind::Connect, body).await.and_then(ConnectResult::from_result);
         return match r {
             Ok(r) => {
                 let extra = (r.claims.is_some() || r.info.is_some() || !r.channels.is_empty())
@@ -521,7 +546,7 @@ async fn authenticate(
                 // the namespaces' claims do; the connect answer grants no
                 // channel patterns itself.
                 let grant = Grant { user: r.user, channels: None, expires: None, extra };
-                Ok((grant, None))
+                Ok((grant, reply_id))
             }
             Err(ProxyError::Refused { code, message }) => {
                 let code = code.filter(|c| (4000..=4999).contains(c)).unwrap_or(close::UNAUTHORIZED);
@@ -536,8 +561,17 @@ async fn authenticate(
     if let Some(t) = token {
         return auth.check(&t).map(|g| (g, None));
     }
-    let wait = shared.settings.auth_timeout;
-    let first = tokio::time::timeout(wait, async {
+    let cmd = first_command(shared, inbound).await.ok_or(AuthError::Missing)?;
+    match (cmd.op.as_str(), cmd.token) {
+        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
+        _ => Err(AuthError::Missing),
+    }
+}
+
+/// The client's first command, within the auth timeout (`None`: none came,
+/// or it was not a command).
+async fn first_command(shared: &Clients, inbound: &mut Inbound) -> Option<Command> {
+    let first = tokio::time::timeout(shared.settings.auth_timeout, async {
         loop {
             match inbound.next().await {
                 Some(Ok(Message::Text(t))) => return Some(t),
@@ -548,13 +582,8 @@ async fn authenticate(
     })
     .await
     .ok()
-    .flatten()
-    .ok_or(AuthError::Missing)?;
-    let cmd: Command = serde_json::from_str(first.as_str()).map_err(|_| AuthError::Missing)?;
-    match (cmd.op.as_str(), cmd.token) {
-        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
-        _ => Err(AuthError::Missing),
-    }
+    .flatten()?;
+    serde_json::from_str(first.as_str()).ok()
 }
 
 /// Write a close frame behind whatever frame is half written, dropping
@@ -848,7 +877,7 @@ impl Conn {
             "publish" => ("publish", self.publish(&cmd).await),
             "rpc" => ("rpc", self.rpc(&cmd).await),
             "refresh" => ("refresh", self.refresh(&cmd)),
-            "auth" => {
+            "auth" | "connect" => {
                 ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
             }
             other => (

@@ -50,6 +50,8 @@ struct ProxyFile {
     rpc: bool,
     #[serde(default)]
     disconnect_notice: bool,
+    #[serde(default)]
+    connect_first_message: bool,
     #[serde(default = "default_retries")]
     retries: u32,
     #[serde(default = "default_breaker_failures")]
@@ -103,6 +105,9 @@ pub struct ProxyConfig {
     pub connect: bool,
     pub rpc: bool,
     pub disconnect_notice: bool,
+    /// The connect proxy waits (up to the auth timeout) for the client's
+    /// first frame, `{"op":"connect","data":…}`, and sends its `data` too.
+    pub connect_first_message: bool,
     /// Extra attempts for connect, subscribe and rpc when the backend could
     /// not be reached or said 502/503/504 (never for publish: it is not
     /// idempotent; never after a timeout: the backend may be working).
@@ -276,6 +281,7 @@ fn proxy_config(p: ProxyFile, text: &str) -> Result<ProxyConfig, String> {
         connect: p.connect,
         rpc: p.rpc,
         disconnect_notice: p.disconnect_notice,
+        connect_first_message: p.connect_first_message,
         retries: p.retries.min(3),
         breaker_failures: p.breaker_failures.max(1),
         breaker_open: std::time::Duration::from_millis(p.breaker_open_ms.max(1)),

@@ -421,6 +421,7 @@ async fn grpc_send(mut client: ProxyClient<tonic::transport::Channel>, kind: Kin
                 remote_addr: s(body, "remote_addr"),
                 headers: string_map(body, "headers"),
                 query: string_map(body, "query"),
+                data: body.get("data").map(Value::to_string).unwrap_or_default(),
             };
             match client.on_connect(req).await {
                 Err(st) => return failed(st),
