@@ -624,6 +624,54 @@ impl ConnectRequest {
 mod tests {
     use super::*;
 
+    /// A backend nobody listens on: every call fails (unreachable).
+    fn dead(failures: u32, open: Duration) -> Arc<Proxy> {
+        let config = ProxyConfig {
+            endpoint: Endpoint::Http("http://127.0.0.1:1/pushmesh".into()),
+            timeout: Duration::from_secs(2),
+            max_in_flight: 4,
+            connect: true,
+            rpc: true,
+            disconnect_notice: false,
+            connect_first_message: false,
+            retries: 0,
+            breaker_failures: failures,
+            breaker_open: open,
+            max_answer_bytes: 1024,
+        };
+        Proxy::new(config, GatewayMetrics::new()).unwrap()
+    }
+
+    fn is_circuit_open(r: &Result<Map<String, Value>, ProxyError>) -> bool {
+        matches!(r, Err(ProxyError::Unavailable(why)) if why.starts_with(CIRCUIT_OPEN))
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_per_kind_then_lets_one_probe_through() {
+        let p = dead(2, Duration::from_millis(200));
+        for _ in 0..2 {
+            let r = p.call(Kind::Rpc, json!({})).await;
+            assert!(matches!(r, Err(ProxyError::Unavailable(ref why)) if why.contains("cannot connect")), "{r:?}");
+        }
+        assert!(is_circuit_open(&p.call(Kind::Rpc, json!({})).await));
+        // Another kind has its own breaker.
+        assert!(!is_circuit_open(&p.call(Kind::Subscribe, json!({})).await));
+        // Once the open time is over, a call reaches the backend again (the
+        // probe); it fails, so the circuit opens again at once.
+        let until = Instant::now() + Duration::from_secs(5);
+        let probe = loop {
+            let r = p.call(Kind::Rpc, json!({})).await;
+            if !is_circuit_open(&r) || Instant::now() > until {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(matches!(probe, Err(ProxyError::Unavailable(ref why)) if why.contains("cannot connect")), "{probe:?}");
+        assert!(is_circuit_open(&p.call(Kind::Rpc, json!({})).await));
+        let m = prometheus::TextEncoder::new().encode_to_string(&p.metrics.registry.gather()).unwrap();
+        assert!(m.contains(r#"pushmesh_gateway_proxy_requests_total{kind="rpc",outcome="circuit_open"}"#), "{m}");
+    }
+
     #[test]
     fn answers_are_validated() {
         assert_eq!(validate(json!({"result": {"a": 1}})).unwrap()["a"], json!(1));
