@@ -14,6 +14,14 @@
 //! (disconnect), shutdown (1012), or the token's expiry (4002: the reader
 //! holds a timer for `exp` that a `refresh` command moves). Frames still
 //! queued when it ends are counted as dropped with the reason.
+//!
+//! Commands that need the application's backend (a connect without a JWT,
+//! proxied subscribes and publishes, rpc; see `proxy`) wait for it inside
+//! the reader, in order: a slow backend delays that connection's next
+//! commands, bounded by the proxy's timeout, and nothing else. A client
+//! publish then goes to the channel's hub through `links`; join/leave
+//! events and the disconnect notice are sent as the connection changes and
+//! ends (best effort).
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
