@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod health;
 pub mod ids;
 pub mod listener;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
