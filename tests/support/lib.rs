@@ -673,7 +673,11 @@ impl Drop for LinkProxy {
 
 /// What a [`Redis`] process is.
 enum Role {
-    Primary { aof: bool },
+    Primary {
+        aof: bool,
+    },
+    /// A primary with cluster mode on (no slots until the cluster is made).
+    ClusterNode,
     Replica(SocketAddr),
     Sentinel(SocketAddr, String),
 }
@@ -717,6 +721,52 @@ impl Redis {
     /// 1 s): it promotes a replica when the primary dies.
     pub async fn start_sentinel(primary: &Redis, name: &str) -> Result<Redis> {
         Self::start_role(Role::Sentinel(primary.addr, name.to_owned())).await
+    }
+
+    /// A Redis Cluster of `n` primaries (no replicas), slots spread evenly
+    /// by `redis-cli --cluster create`; returns once every node says
+    /// `cluster_state:ok`.
+    pub async fn start_cluster(n: usize) -> Result<Vec<Redis>> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(Self::start_role(Role::ClusterNode).await?);
+        }
+        let cli = which("redis-cli").ok_or_else(|| anyhow!("redis-cli is not installed (package redis-tools)"))?;
+        let out = Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|r| r.addr.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(WAIT, out)
+            .await
+            .map_err(|_| anyhow!("redis-cli --cluster create did not finish within {WAIT:?}"))?
+            .context("redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        for node in &nodes {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let mut c = node.connection().await?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await?;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("cluster node {} never reached cluster_state:ok: {info}", node.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Keys stored on this server.
+    pub async fn dbsize(&self) -> Result<u64> {
+        Ok(redis::cmd("DBSIZE").query_async(&mut self.connection().await?).await?)
     }
 
     async fn start_role(role: Role) -> Result<Redis> {
@@ -779,6 +829,14 @@ impl Redis {
                 "--replica-announce-ip".into(),
                 ip.clone(),
             ],
+            Role::ClusterNode => {
+                let mut a =
+                    ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"].map(str::to_owned).to_vec();
+                a.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
+                // Its bus connections leave from 127.0.0.1: say where it listens.
+                a.extend(["--cluster-announce-ip".to_owned(), ip.clone()]);
+                a
+            }
             Role::Sentinel(..) => Vec::new(),
         };
         args.extend(persistence);
