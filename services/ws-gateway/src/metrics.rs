@@ -93,7 +93,7 @@ impl GatewayMetrics {
         let offset_gaps = IntCounter::new(
             "pushmesh_gateway_offset_gaps_total",
             "Hub channel deliveries that skipped offsets after the channel's last one here (the skipped ones \
-             are in the channel's history; clients that track positions recover them).",
+             are in the channel's history: a client that subscribes again with since gets them).",
         )
         .expect("metric");
         let hubs_attached =
