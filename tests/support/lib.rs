@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
+use pushmesh_common::client::{ClientOp, ServerFrame, Since};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -365,13 +366,13 @@ impl Client {
             c.gateway = gateway;
             return Ok(c);
         }
-        let welcome: Value = serde_json::from_str(&first).with_context(|| format!("frame is not JSON: {first}"))?;
-        if welcome["type"] != "welcome" {
-            bail!("expected a welcome frame first, got {welcome}");
+        match ServerFrame::parse(&first) {
+            Some(ServerFrame::Welcome { connection, gateway, .. }) => {
+                (c.connection, c.gateway) = (connection, gateway);
+                Ok(c)
+            }
+            _ => bail!("expected a welcome frame first, got {first}"),
         }
-        c.connection = welcome["connection"].as_str().unwrap_or_default().to_owned();
-        c.gateway = welcome["gateway"].as_str().unwrap_or_default().to_owned();
-        Ok(c)
     }
 
     /// The next frame of any kind (text, close…), skipping pings and pongs.
@@ -433,9 +434,8 @@ impl Client {
 
     /// Subscribe with a `since` position (recovery), require `ok`; the reply.
     pub async fn subscribe_since(&mut self, channel: &str, epoch: &str, offset: u64) -> Result<Value> {
-        let r = self
-            .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
-            .await?;
+        let since = Since { epoch: epoch.to_owned(), offset };
+        let r = self.command(serde_json::to_value(ClientOp::subscribe(0, channel, Some(since)))?).await?;
         if r["ok"] != json!(true) {
             bail!("subscribe to {channel} with since failed: {r}");
         }
@@ -444,7 +444,7 @@ impl Client {
 
     /// Subscribe and require `ok`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
-        let r = self.command(json!({"op": "subscribe", "channel": channel})).await?;
+        let r = self.command(serde_json::to_value(ClientOp::subscribe(0, channel, None))?).await?;
         if r["ok"] != json!(true) {
             bail!("subscribe to {channel} failed: {r}");
         }

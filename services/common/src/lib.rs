@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod announce;
+pub mod client;
 pub mod discovery;
 pub mod health;
 pub mod ids;
