@@ -8,6 +8,7 @@ mod client_abuse;
 mod engine;
 mod faults;
 mod grpc_api;
+mod hub_identity;
 mod image;
 mod logs;
 mod make_run;

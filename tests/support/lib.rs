@@ -22,6 +22,8 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod pki;
+
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 

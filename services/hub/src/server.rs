@@ -76,7 +76,10 @@ impl Hub {
             Arc::default(),
             Duration::from_millis(config.confirm_timeout_ms.max(1)),
         ));
-        let service = HubService::new(table, publisher, metrics.clone(), settings, shutdown.clone());
+        // Roles are read from client certificates, so they are enforced
+        // exactly when client certificates are required.
+        let access = crate::identity::Access::new(config.tls_client_ca.is_some(), metrics.clone());
+        let service = HubService::new(table, publisher, metrics.clone(), settings, access, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<HubServer<HubService>>().await;

@@ -36,6 +36,9 @@ use crate::registry::Registry;
 /// What a link task works with.
 pub struct LinkCtx {
     pub gateway: GatewayId,
+    /// Drawn once per process and sent in every `Hello`: proves to a hub
+    /// that a re-attach comes from this process (see `Hello.instance`).
+    pub instance: String,
     pub links: Arc<HubLinks>,
     pub attached: Arc<AttachedCount>,
     /// Read for the interest snapshot on every (re)attach.
@@ -119,7 +122,10 @@ async fn session(
     interest.push(Topic::Gateway(ctx.gateway.clone()));
     let snapshot: Vec<String> = interest.iter().map(Topic::wire).collect();
     let hello =
-        AttachRequest { kind: Some(attach_request::Kind::Hello(Hello { gateway_id: ctx.gateway.to_string() })) };
+        AttachRequest { kind: Some(attach_request::Kind::Hello(Hello {
+            gateway_id: ctx.gateway.to_string(),
+            instance: ctx.instance.clone(),
+        })) };
     let snapshot_id = 1;
     let sub = AttachRequest {
         kind: Some(attach_request::Kind::Subscribe(TopicsChange { request_id: snapshot_id, topics: snapshot })),

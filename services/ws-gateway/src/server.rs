@@ -132,6 +132,7 @@ impl Gateway {
         );
         let link_ctx = Arc::new(LinkCtx {
             gateway: gateway.clone(),
+            instance: format!("{:032x}", rand::random::<u128>()),
             links: links.clone(),
             attached: attached.clone(),
             registry: registry.clone(),
