@@ -70,6 +70,11 @@ pub async fn run(link: NewLink, endpoint: Endpoint, ctx: Arc<LinkCtx>) {
         if ended.was_attached {
             backoff = min;
             tracing::warn!(hub = %url, %error, "hub link lost; re-attaching");
+        } else if error.starts_with("attach refused") {
+            // The hub answered and said no (a certificate without the
+            // gateway role, another instance holding this id): an operator
+            // must see it, not only a gateway that never gets ready.
+            tracing::warn!(hub = %url, %error, "hub refused the attach; retrying");
         } else {
             tracing::debug!(hub = %url, %error, "hub not reachable; retrying");
         }
