@@ -385,7 +385,7 @@ async fn authenticate(
         return Ok((Grant::anonymous(), None));
     };
     if let Some(t) = token {
-        return auth.check(&t).map(|g| (g, None));
+        return auth.check_fresh(&t).await.map(|g| (g, None));
     }
     let wait = shared.settings.auth_timeout;
     let first = tokio::time::timeout(wait, async {
@@ -403,7 +403,7 @@ async fn authenticate(
     .ok_or(AuthError::Missing)?;
     let cmd: Command = serde_json::from_str(first.as_str()).map_err(|_| AuthError::Missing)?;
     match (cmd.op.as_str(), cmd.token) {
-        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
+        ("auth", Some(t)) => auth.check_fresh(&t).await.map(|g| (g, cmd.id)),
         _ => Err(AuthError::Missing),
     }
 }
