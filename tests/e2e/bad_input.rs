@@ -207,8 +207,14 @@ async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() 
 /// or in the log, for a service that was never going to serve.
 #[tokio::test]
 async fn bad_configuration_is_refused_before_any_port_is_bound() -> anyhow::Result<()> {
-    let cases: [(&str, &[&str], &str); 3] = [
+    let cases: [(&str, &[&str], &str); 4] = [
         ("http-ingress", &["--api-key", "too-short"], "shorter than 16 characters"),
+        // A body limit the hubs would refuse (issue 13, item 8).
+        (
+            "http-ingress",
+            &["--max-body-bytes", "4194304", "--hub-max-message-bytes", "2097152"],
+            "--max-body-bytes (4194304) must leave",
+        ),
         ("http-ingress", &["--api-keys-file", "/nonexistent/keys"], "--api-keys-file"),
         ("ws-gateway", &["--jwt-algorithm", "none"], "unknown JWT algorithm"),
     ];

@@ -122,7 +122,7 @@ impl Hub {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health_service)
-            .add_service(HubServer::new(service))
+            .add_service(HubServer::new(service).max_decoding_message_size(config.max_message_bytes.max(1 << 16)))
             .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
                 grpc_shutdown.cancelled().await;
                 grpc_health.start_draining();

@@ -113,7 +113,17 @@ impl Hub for HubService {
                     m = inbound.message() => m,
                     _ = shutdown.cancelled() => return,
                 };
-                let Ok(Some(batch)) = batch else { return };
+                let batch = match batch {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    // Say why (a frame over --max-message-bytes: OUT_OF_RANGE),
+                    // so the ingress answers 413 instead of taking this hub
+                    // for down.
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let items = batch.items.into_iter().map(|item| {
                     let publisher = &publisher;
                     async move { publisher.publish_item(item.seq, item.request.unwrap_or_default()).await }
