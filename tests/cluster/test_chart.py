@@ -506,7 +506,9 @@ def binary_env_names(binary):
 
 def test_every_variable_the_chart_sets_is_one_the_binary_reads():
     docs, _ = render(PRODUCTION_VALUES, set_values=("httpIngress.config.corsAllowOrigins={https://app.example.com}",
-                                                    "hub.tls.enabled=true"))
+                                                    "hub.tls.enabled=true", "auth.jwtIssuer=https://id.example",
+                                                    "auth.jwtAudience=pushmesh", "auth.jwtAlgorithm=ES256",
+                                                    "auth.jwksUrl=https://id.example/jwks"))
     cms = by_kind(docs, "ConfigMap")
     docs += [d for d in render(set_values=("engine.type=redis", "redis.enabled=true",
                                           "engine.redis.existingSecret=r", "engine.redis.sentinelMaster=m",

@@ -128,6 +128,12 @@ says what is wrong and what to do.
 {{- if and (gt (len $given) 0) (lt (len $given) 3) -}}
 {{- fail "hub.tls.existingSecrets: give all three Secrets (hub, wsGateway, httpIngress) or none (the chart then generates them all from one CA)" -}}
 {{- end -}}
+{{- if gt (add (int64 .Values.httpIngress.config.maxBodyBytes) 65536) (int64 .Values.hub.config.maxMessageBytes) -}}
+{{- fail (printf "httpIngress.config.maxBodyBytes (%d) must stay 64 KiB under hub.config.maxMessageBytes (%d): the hubs would refuse such a body" (int64 .Values.httpIngress.config.maxBodyBytes) (int64 .Values.hub.config.maxMessageBytes)) -}}
+{{- end -}}
+{{- if and .Values.auth.jwksUrl (or .Values.auth.jwtSecret (eq .Values.auth.jwtAlgorithm "HS256")) -}}
+{{- fail "auth.jwksUrl replaces the JWT secret: leave auth.jwtSecret empty, set auth.jwtAlgorithm to RS256 or ES256, and keep no jwt-secret key in auth.existingSecret" -}}
+{{- end -}}
 {{- if eq (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) -}}
 {{- fail (printf "hub.ports: grpc and admin must differ (both are %d)" (int .Values.hub.ports.grpc)) -}}
 {{- end -}}
@@ -226,6 +232,7 @@ PUSHMESH_GATEWAY_QUEUE: {{ $c.gatewayQueue | quote }}
 PUSHMESH_BATCH_MAX: {{ $c.batchMax | quote }}
 PUSHMESH_QUERY_TIMEOUT_MS: {{ $c.queryTimeoutMs | quote }}
 PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
+PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
@@ -274,6 +281,15 @@ PUSHMESH_HANDSHAKE_TIMEOUT_SECS: {{ $c.handshakeTimeoutSecs | quote }}
 PUSHMESH_AUTH_TIMEOUT_SECS: {{ $c.authTimeoutSecs | quote }}
 PUSHMESH_MAX_CONNECTIONS_PER_USER: {{ $c.maxConnectionsPerUser | quote }}
 PUSHMESH_JWT_ALGORITHM: {{ .Values.auth.jwtAlgorithm | quote }}
+{{- with .Values.auth.jwtIssuer }}
+PUSHMESH_JWT_ISSUER: {{ . | quote }}
+{{- end }}
+{{- with .Values.auth.jwtAudience }}
+PUSHMESH_JWT_AUDIENCE: {{ . | quote }}
+{{- end }}
+{{- with .Values.auth.jwksUrl }}
+PUSHMESH_JWT_JWKS_URL: {{ . | quote }}
+{{- end }}
 {{- include "pushmesh.hubTls.clientConfig" . }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
@@ -286,6 +302,7 @@ PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.grpcPort) | 
 PUSHMESH_HUB_DNS: {{ include "pushmesh.hubDns" . | quote }}
 PUSHMESH_HUB_DNS_INTERVAL_SECS: {{ .Values.hub.dnsIntervalSecs | quote }}
 PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
+PUSHMESH_HUB_MAX_MESSAGE_BYTES: {{ .Values.hub.config.maxMessageBytes | int64 | quote }}
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
 PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}
 PUSHMESH_MAX_BATCH: {{ $c.maxBatch | quote }}
