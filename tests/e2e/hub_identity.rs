@@ -53,7 +53,8 @@ async fn bystander_receives(ing: std::net::SocketAddr, c: &mut Client, channel: 
     for i in 0..10 {
         c.expect_data(&json!(format!("{tag} {i}"))).await?;
     }
-    let (code, body) = post(ing, "/send", &json!({ "connection": c.connection, "data": format!("{tag} direct") })).await?;
+    let (code, body) =
+        post(ing, "/send", &json!({ "connection": c.connection, "data": format!("{tag} direct") })).await?;
     assert_eq!(code, 200, "{body}");
     c.expect_data(&json!(format!("{tag} direct"))).await?;
     Ok(())

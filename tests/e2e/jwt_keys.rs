@@ -102,9 +102,30 @@ async fn tokens_of_another_issuer_or_audience_are_refused_with_4001() -> anyhow:
 
     let cases = [
         (claims("bob"), "invalid token: missing claim \"iss\""),
-        ({ let mut c = good(claims("bob")); c["iss"] = json!("https://evil.example"); c }, "invalid token: wrong issuer (iss)"),
-        ({ let mut c = good(claims("bob")); c["aud"] = json!("someone-else"); c }, "invalid token: wrong audience (aud)"),
-        ({ let mut c = good(claims("bob")); c.as_object_mut().unwrap().remove("aud"); c }, "invalid token: missing claim \"aud\""),
+        (
+            {
+                let mut c = good(claims("bob"));
+                c["iss"] = json!("https://evil.example");
+                c
+            },
+            "invalid token: wrong issuer (iss)",
+        ),
+        (
+            {
+                let mut c = good(claims("bob"));
+                c["aud"] = json!("someone-else");
+                c
+            },
+            "invalid token: wrong audience (aud)",
+        ),
+        (
+            {
+                let mut c = good(claims("bob"));
+                c.as_object_mut().unwrap().remove("aud");
+                c
+            },
+            "invalid token: missing claim \"aud\"",
+        ),
     ];
     for (c, want) in cases {
         let (code, reason) = refused(sys.gw(0), &hs(c.clone())).await?;

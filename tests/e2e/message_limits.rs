@@ -39,7 +39,11 @@ async fn large_publishes_at_once_fill_frames_the_hub_takes() -> anyhow::Result<(
         let short = body.to_string().chars().take(300).collect::<String>();
         assert_eq!(code, 200, "{short}");
         for r in body["results"].as_array().expect("results") {
-            assert!(r.get("error").is_none(), "a publish failed: {}", r.to_string().chars().take(300).collect::<String>());
+            assert!(
+                r.get("error").is_none(),
+                "a publish failed: {}",
+                r.to_string().chars().take(300).collect::<String>()
+            );
         }
     }
     for _ in 0..24 {
@@ -53,14 +57,8 @@ async fn large_publishes_at_once_fill_frames_the_hub_takes() -> anyhow::Result<(
 async fn a_message_over_the_hubs_limit_is_a_413_and_the_hub_stays_up() -> anyhow::Result<()> {
     // Limits set apart on purpose (the ingress is told the default 4 MiB):
     // the hub is the one to refuse.
-    let sys = System::start_full(
-        1,
-        &["--max-message-bytes", "1100000"],
-        1,
-        &[],
-        &["--max-body-bytes", "3000000"],
-    )
-    .await?;
+    let sys =
+        System::start_full(1, &["--max-message-bytes", "1100000"], 1, &[], &["--max-body-bytes", "3000000"]).await?;
     let mut c = Client::connect(sys.gw(0), "").await?;
     c.subscribe("news").await?;
     let hub = sys.hubs[0].addr("grpc");

@@ -7,9 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 
 pub struct Pki {
     pub dir: PathBuf,
@@ -19,11 +17,11 @@ pub struct Pki {
 impl Pki {
     /// A new CA and hub certificate in a fresh directory named for `tag`.
     pub fn new(tag: &str) -> Result<Pki> {
-        let dir = crate::bin_dir()
-            .parent()
-            .expect("target dir")
-            .join("test-logs")
-            .join(format!("pki-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dir = crate::bin_dir().parent().expect("target dir").join("test-logs").join(format!(
+            "pki-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir)?;
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;

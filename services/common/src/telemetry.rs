@@ -102,10 +102,7 @@ mod tests {
         let named = super::with_secret_caps("trace,h2=trace");
         assert!(named.contains("h2=trace") && !named.contains("h2=debug"), "{named}");
         assert_eq!(super::with_secret_caps("warn"), "warn,warp::server=off", "never louder than asked");
-        assert_eq!(
-            super::with_secret_caps("info,pushmesh_hub=debug"),
-            "info,pushmesh_hub=debug,warp::server=off"
-        );
+        assert_eq!(super::with_secret_caps("info,pushmesh_hub=debug"), "info,pushmesh_hub=debug,warp::server=off");
         // Named: the user's own choice stands.
         assert_eq!(super::with_secret_caps("info,warp=debug"), "info,warp=debug");
         assert_eq!(super::with_secret_caps("info,warp::server=debug"), "info,warp::server=debug");

@@ -194,10 +194,7 @@ impl Access {
             {
                 Err(self.deny(
                     "gateway_id",
-                    format!(
-                        "this client certificate may attach as gateway {} only, not as {gateway}",
-                        ids.join(", ")
-                    ),
+                    format!("this client certificate may attach as gateway {} only, not as {gateway}", ids.join(", ")),
                 ))
             }
             _ => Ok(()),

@@ -126,11 +126,12 @@ async fn session(
     interest.push(Topic::Broadcast);
     interest.push(Topic::Gateway(ctx.gateway.clone()));
     let snapshot: Vec<String> = interest.iter().map(Topic::wire).collect();
-    let hello =
-        AttachRequest { kind: Some(attach_request::Kind::Hello(Hello {
+    let hello = AttachRequest {
+        kind: Some(attach_request::Kind::Hello(Hello {
             gateway_id: ctx.gateway.to_string(),
             instance: ctx.instance.clone(),
-        })) };
+        })),
+    };
     let snapshot_id = 1;
     let sub = AttachRequest {
         kind: Some(attach_request::Kind::Subscribe(TopicsChange { request_id: snapshot_id, topics: snapshot })),
