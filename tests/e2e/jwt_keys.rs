@@ -165,6 +165,9 @@ async fn a_jwks_file_rotates_keys_without_a_restart() -> anyhow::Result<()> {
     // Rotation: B added, then A removed; no restart.
     std::fs::write(&file, key_set(&[&a, &b]))?;
     assert!(accepted(sys.gw(0), &b.token(&claims("bob"))).await, "key-b accepted once the file holds it");
+    // The bystander moves to key B before A goes: a refresh on the live connection.
+    let r = bystander.command(json!({ "op": "refresh", "token": b.token(&claims("ann")) })).await?;
+    assert_eq!(r["ok"], json!(true), "{r}");
     // A rewrite within the same second and of the same size must still be
     // seen: the gateway compares mtime and size, so make the size differ.
     std::fs::write(&file, format!("{}\n", key_set(&[&b])))?;

@@ -671,7 +671,7 @@ impl Conn {
             "subscribe" => ("subscribe", self.subscribe(&cmd).await),
             "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
             "ping" => ("ping", Reply::Ok),
-            "refresh" => ("refresh", self.refresh(&cmd)),
+            "refresh" => ("refresh", self.refresh(&cmd).await),
             "auth" => {
                 ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
             }
@@ -736,7 +736,7 @@ impl Conn {
     /// for the same user; it replaces the grant (its `channels` govern
     /// later subscribes; channels already joined stay) and its `exp` the
     /// deadline. A refused one changes nothing.
-    fn refresh(&self, cmd: &Command) -> Reply {
+    async fn refresh(&self, cmd: &Command) -> Reply {
         let Some(auth) = &self.shared.auth else {
             return Reply::error(
                 "bad_request",
@@ -746,7 +746,7 @@ impl Conn {
         let Some(token) = cmd.token.as_deref() else {
             return Reply::error("bad_request", "refresh needs a \"token\": the new JWT");
         };
-        let new = match auth.check(token) {
+        let new = match auth.check_fresh(token).await {
             Ok(g) => g,
             Err(AuthError::Expired) => {
                 return Reply::error("token_expired", "the new token has expired already; the current token stays");
