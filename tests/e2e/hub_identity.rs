@@ -166,3 +166,30 @@ async fn hub_roles_follow_client_certificates() -> anyhow::Result<()> {
     assert_eq!(sample(&m, "pushmesh_hub_denied_total", &[("reason", "duplicate_gateway")]), 1.0);
     Ok(())
 }
+
+/// A gateway restarted under the same id (a container restarted in its
+/// pod) is a new instance: it is admitted once the hub sees the old
+/// process's stream end — at once when that process died — and serves.
+#[tokio::test]
+async fn a_gateway_restarted_under_its_id_attaches_again() -> anyhow::Result<()> {
+    let hub = hub().await?;
+    let url = hub_url(&hub);
+    let ing = ingress(std::slice::from_ref(&url), &[]).await?;
+    let mut first = gateway(std::slice::from_ref(&url), &["--gateway-id", "gw-fixed"]).await?;
+    wait_ready(first.addr("http")).await?;
+    first.kill().await;
+    let second = gateway(std::slice::from_ref(&url), &["--gateway-id", "gw-fixed"]).await?;
+    wait_ready(second.addr("http")).await?;
+    wait_ready(ing.addr("http")).await?;
+    let mut c = Client::connect(second.addr("http"), "").await?;
+    assert_eq!(c.gateway, "gw-fixed");
+    c.subscribe("news").await?;
+    let (code, body) = post(ing.addr("http"), "/publish", &json!({ "channel": "news", "data": "back" })).await?;
+    assert_eq!(code, 200, "{body}");
+    c.expect_data(&json!("back")).await?;
+    let (code, body) =
+        post(ing.addr("http"), "/send", &json!({ "connection": c.connection, "data": "direct" })).await?;
+    assert_eq!(code, 200, "{body}");
+    c.expect_data(&json!("direct")).await?;
+    Ok(())
+}
