@@ -135,7 +135,9 @@ pub struct Config {
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Require clients (gateways, ingresses) to present a certificate
-    /// signed by this CA (PEM): mutual TLS.
+    /// signed by this CA (PEM): mutual TLS, with each caller's role
+    /// (gateway, ingress) and gateway id read from its certificate's SANs
+    /// and checked per RPC (docs/security.md, hub identities).
     #[arg(long, env = "PUSHMESH_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<std::path::PathBuf>,
 
