@@ -24,4 +24,5 @@ mod reliability;
 mod security;
 mod sockets;
 mod sse;
+mod stale_offsets;
 mod tls;

@@ -104,6 +104,9 @@ pub struct Config {
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
 
     #[command(flatten)]
+    pub runtime: pushmesh_common::runtime::RuntimeArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

@@ -142,6 +142,9 @@ pub struct Config {
     pub tls_client_ca: Option<std::path::PathBuf>,
 
     #[command(flatten)]
+    pub runtime: pushmesh_common::runtime::RuntimeArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
