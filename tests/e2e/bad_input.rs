@@ -211,8 +211,14 @@ async fn bad_configuration_is_refused_before_any_port_is_bound() -> anyhow::Resu
     let garbage = std::env::temp_dir().join(format!("pushmesh-not-a-cert-{}.pem", std::process::id()));
     std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")?;
     let garbage = garbage.to_str().expect("utf-8 temp path");
-    let cases: [(&str, &[&str], &str); 5] = [
+    let cases: [(&str, &[&str], &str); 6] = [
         ("http-ingress", &["--api-key", "too-short"], "shorter than 16 characters"),
+        // A body limit the hubs would refuse (issue 13, item 8).
+        (
+            "http-ingress",
+            &["--max-body-bytes", "4194304", "--hub-max-message-bytes", "2097152"],
+            "--max-body-bytes (4194304) must leave",
+        ),
         ("http-ingress", &["--api-keys-file", "/nonexistent/keys"], "--api-keys-file"),
         ("ws-gateway", &["--jwt-algorithm", "none"], "unknown JWT algorithm"),
         ("hub", &["--tls-cert", garbage], "give both --tls-cert and --tls-key"),

@@ -23,6 +23,8 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod pki;
+
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -279,7 +281,10 @@ pub async fn wait_ready(addr: SocketAddr) -> Result<()> {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
+    // Plain HTTP only: no TLS roots to load (the workspace's reqwest has
+    // rustls with the system's roots, for the gateway's JWKS URLs, and
+    // reading them costs tens of milliseconds per client).
+    reqwest::Client::builder().timeout(WAIT).tls_built_in_root_certs(false).build().expect("http client")
 }
 
 /// POST JSON to the ingress: (status, parsed body or the raw text as a string).
@@ -963,7 +968,9 @@ impl SseClient {
     /// GET `http://addr/sse{query}` with optional `Last-Event-ID`; fails
     /// unless the answer is 200 `text/event-stream`.
     pub async fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Result<SseClient> {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse{query}"));
+        // No overall timeout (the stream lives on); no TLS roots to load.
+        let client = reqwest::Client::builder().tls_built_in_root_certs(false).build()?;
+        let mut req = client.get(format!("http://{addr}/sse{query}"));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

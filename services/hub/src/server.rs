@@ -96,7 +96,10 @@ impl Hub {
             Arc::default(),
             Duration::from_millis(config.confirm_timeout_ms.max(1)),
         ));
-        let service = HubService::new(table, publisher, metrics.clone(), settings, shutdown.clone());
+        // Roles are read from client certificates, so they are enforced
+        // exactly when client certificates are required.
+        let access = crate::identity::Access::new(config.tls_client_ca.is_some(), metrics.clone());
+        let service = HubService::new(table, publisher, metrics.clone(), settings, access, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<HubServer<HubService>>().await;
@@ -134,7 +137,7 @@ impl Hub {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health_service)
-            .add_service(HubServer::new(service))
+            .add_service(HubServer::new(service).max_decoding_message_size(config.max_message_bytes.max(1 << 16)))
             .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
                 grpc_shutdown.cancelled().await;
                 grpc_health.start_draining();

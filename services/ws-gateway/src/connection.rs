@@ -385,7 +385,7 @@ async fn authenticate(
         return Ok((Grant::anonymous(), None));
     };
     if let Some(t) = token {
-        return auth.check(&t).map(|g| (g, None));
+        return auth.check_fresh(&t).await.map(|g| (g, None));
     }
     let wait = shared.settings.auth_timeout;
     let first = tokio::time::timeout(wait, async {
@@ -403,7 +403,7 @@ async fn authenticate(
     .ok_or(AuthError::Missing)?;
     let cmd: Command = serde_json::from_str(first.as_str()).map_err(|_| AuthError::Missing)?;
     match (cmd.op.as_str(), cmd.token) {
-        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
+        ("auth", Some(t)) => auth.check_fresh(&t).await.map(|g| (g, cmd.id)),
         _ => Err(AuthError::Missing),
     }
 }
@@ -671,7 +671,7 @@ impl Conn {
             "subscribe" => ("subscribe", self.subscribe(&cmd).await),
             "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
             "ping" => ("ping", Reply::Ok),
-            "refresh" => ("refresh", self.refresh(&cmd)),
+            "refresh" => ("refresh", self.refresh(&cmd).await),
             "auth" => {
                 ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
             }
@@ -736,7 +736,7 @@ impl Conn {
     /// for the same user; it replaces the grant (its `channels` govern
     /// later subscribes; channels already joined stay) and its `exp` the
     /// deadline. A refused one changes nothing.
-    fn refresh(&self, cmd: &Command) -> Reply {
+    async fn refresh(&self, cmd: &Command) -> Reply {
         let Some(auth) = &self.shared.auth else {
             return Reply::error(
                 "bad_request",
@@ -746,7 +746,7 @@ impl Conn {
         let Some(token) = cmd.token.as_deref() else {
             return Reply::error("bad_request", "refresh needs a \"token\": the new JWT");
         };
-        let new = match auth.check(token) {
+        let new = match auth.check_fresh(token).await {
             Ok(g) => g,
             Err(AuthError::Expired) => {
                 return Reply::error("token_expired", "the new token has expired already; the current token stays");
