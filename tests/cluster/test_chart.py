@@ -505,7 +505,10 @@ def binary_env_names(binary):
 
 
 def test_every_variable_the_chart_sets_is_one_the_binary_reads():
-    docs, _ = render(PRODUCTION_VALUES, set_values=("httpIngress.config.corsAllowOrigins={https://app.example.com}",))
+    docs, _ = render(PRODUCTION_VALUES, set_values=("httpIngress.config.corsAllowOrigins={https://app.example.com}",
+                                                    "hub.tls.enabled=true", "auth.jwtIssuer=https://id.example",
+                                                    "auth.jwtAudience=pushmesh", "auth.jwtAlgorithm=ES256",
+                                                    "auth.jwksUrl=https://id.example/jwks"))
     cms = by_kind(docs, "ConfigMap")
     docs += [d for d in render(set_values=("engine.type=redis", "redis.enabled=true",
                                           "engine.redis.existingSecret=r", "engine.redis.sentinelMaster=m",
@@ -576,6 +579,73 @@ def test_the_bundled_redis_is_one_persistent_pod_only_the_hubs_may_reach():
     assert redis["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
 
 
+# ---- hub mutual TLS (hub.tls) ------------------------------------------------------
+
+
+def _san(pem: str) -> str:
+    out = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"], input=pem,
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def _env(docs, component):
+    cm = by_kind(docs, "ConfigMap")[f"pm-pushmesh-{component}"]
+    return cm["data"]
+
+
+def test_hub_tls_generates_certificates_with_roles_and_mounts_them_everywhere():
+    import base64
+    docs, _ = render(set_values=("hub.tls.enabled=true",))
+    secret = by_kind(docs, "Secret")["pm-pushmesh-hub-tls"]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(data) == {"ca.crt", "hub.crt", "hub.key", "ws-gateway.crt", "ws-gateway.key",
+                         "http-ingress.crt", "http-ingress.key"}
+    domain = "pm-pushmesh-hub-headless.pushmesh.svc.cluster.local"
+    assert f"DNS:{domain}" in _san(data["hub.crt"])
+    # The role-only names the hub reads (services/hub/src/identity.rs).
+    assert "DNS:pushmesh-gateway" in _san(data["ws-gateway.crt"])
+    assert "DNS:pushmesh-ingress" in _san(data["http-ingress.crt"])
+
+    hub_env = _env(docs, "hub")
+    assert hub_env["PUSHMESH_TLS_CLIENT_CA"] == "/etc/pushmesh/hub-tls/ca.crt"
+    assert hub_env["PUSHMESH_TLS_CERT"] == "/etc/pushmesh/hub-tls/tls.crt"
+    for component in ("ws-gateway", "http-ingress"):
+        env = _env(docs, component)
+        assert env["PUSHMESH_HUB_TLS_DOMAIN"] == domain
+        assert env["PUSHMESH_HUB_TLS_CERT"] == "/etc/pushmesh/hub-tls/tls.crt"
+    for w, c in containers(docs):
+        component = w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert mounts.get("hub-tls") == "/etc/pushmesh/hub-tls", component
+        vol = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == "hub-tls")
+        items = {i["key"]: i["path"] for i in vol["secret"]["items"]}
+        assert vol["secret"]["secretName"] == "pm-pushmesh-hub-tls"
+        assert items == {"ca.crt": "ca.crt", f"{component}.crt": "tls.crt", f"{component}.key": "tls.key"}
+        if component == "hub":
+            # The kubelet's gRPC probe speaks no TLS: the admin port instead.
+            assert "grpc" not in c["readinessProbe"] and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert "grpc" not in c["startupProbe"]
+
+
+def test_hub_tls_from_existing_secrets_and_all_or_none():
+    sets = ("hub.tls.enabled=true", "hub.tls.existingSecrets.hub=hub-cert",
+            "hub.tls.existingSecrets.wsGateway=gw-cert", "hub.tls.existingSecrets.httpIngress=ing-cert")
+    docs, _ = render(set_values=sets)
+    assert "pm-pushmesh-hub-tls" not in by_kind(docs, "Secret")
+    want = {"hub": "hub-cert", "ws-gateway": "gw-cert", "http-ingress": "ing-cert"}
+    for w, _c in containers(docs):
+        component = w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        vol = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == "hub-tls")
+        assert vol["secret"]["secretName"] == want[component]
+        assert {i["key"] for i in vol["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    _, proc = render(set_values=sets[:2], check=False)
+    assert proc.returncode != 0 and "give all three Secrets" in proc.stderr
+    # Off by default: no certificate, no TLS flag, the native gRPC probes.
+    docs, _ = render()
+    assert "PUSHMESH_TLS_CERT" not in _env(docs, "hub")
+    assert all("hub-tls" not in str(w) for w in docs)
+
+
 def test_namespaces_values_become_the_file_the_gateway_reads(tmp_path):
     values = tmp_path / "ns.yaml"
     values.write_text(yaml.safe_dump({"wsGateway": {"namespaces": {
@@ -595,10 +665,10 @@ def test_namespaces_values_become_the_file_the_gateway_reads(tmp_path):
     pod = dep["spec"]["template"]
     assert pod["metadata"]["annotations"]["checksum/namespaces"]
     (c,) = pod["spec"]["containers"]
-    assert {"name": "namespaces", "mountPath": "/etc/pushmesh", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "namespaces", "mountPath": "/etc/pushmesh/namespaces", "readOnly": True} in c["volumeMounts"]
     assert pod["spec"]["volumes"] == [{"name": "namespaces", "configMap": {"name": "pm-pushmesh-ws-gateway-namespaces"}}]
     env = by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway"]["data"]
-    assert env["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces.toml"
+    assert env["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces/namespaces.toml"
     # The gateway itself accepts the file: it gets as far as binding its port.
     f = tmp_path / "namespaces.toml"
     f.write_text(text)

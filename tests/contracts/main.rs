@@ -5,3 +5,4 @@
 
 mod dashboards;
 mod docs;
+mod modules;

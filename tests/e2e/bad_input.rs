@@ -207,19 +207,31 @@ async fn the_gateway_answers_bad_client_commands_and_closes_on_protocol_abuse() 
 /// or in the log, for a service that was never going to serve.
 #[tokio::test]
 async fn bad_configuration_is_refused_before_any_port_is_bound() -> anyhow::Result<()> {
-    let cases: [(&str, &[&str], &str); 3] = [
+    // A "certificate" that is not one: the files exist, their content is wrong.
+    let garbage = std::env::temp_dir().join(format!("pushmesh-not-a-cert-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")?;
+    let garbage = garbage.to_str().expect("utf-8 temp path");
+    let cases: [(&str, &[&str], &str); 6] = [
         ("http-ingress", &["--api-key", "too-short"], "shorter than 16 characters"),
+        // A body limit the hubs would refuse (issue 13, item 8).
+        (
+            "http-ingress",
+            &["--max-body-bytes", "4194304", "--hub-max-message-bytes", "2097152"],
+            "--max-body-bytes (4194304) must leave",
+        ),
         ("http-ingress", &["--api-keys-file", "/nonexistent/keys"], "--api-keys-file"),
         ("ws-gateway", &["--jwt-algorithm", "none"], "unknown JWT algorithm"),
+        ("hub", &["--tls-cert", garbage], "give both --tls-cert and --tls-key"),
+        ("hub", &["--tls-cert", garbage, "--tls-key", garbage], "invalid TLS configuration"),
     ];
     for (binary, args, expected) in cases {
+        let listen: &[&str] = match binary {
+            "hub" => &["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+            _ => &["--listen-addr", "127.0.0.1:0"],
+        };
         let out = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new(bin(binary))
-                .args(["--listen-addr", "127.0.0.1:0"])
-                .args(args)
-                .env("PUSHMESH_LOG", "info")
-                .output(),
+            tokio::process::Command::new(bin(binary)).args(listen).args(args).env("PUSHMESH_LOG", "info").output(),
         )
         .await??;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -229,5 +241,6 @@ async fn bad_configuration_is_refused_before_any_port_is_bound() -> anyhow::Resu
         assert!(stdout.is_empty(), "{binary} {args:?} announced addresses it should never have bound: {stdout}");
         assert!(!stderr.contains("listening") && !stderr.contains("serving"), "{binary} {args:?}:\n{stderr}");
     }
+    let _ = std::fs::remove_file(garbage);
     Ok(())
 }

@@ -73,3 +73,27 @@ async fn trace_logging_writes_no_token_or_api_key() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Malformed HTTP from a client is the client's problem: it must not let
+/// anyone write ERROR lines into the ingress's log at will (issue 13,
+/// item 9). The ingress keeps serving.
+#[tokio::test]
+async fn malformed_http_writes_no_error_lines() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sys = System::start(1, 1).await?;
+    let mut c = Client::connect(sys.gw(0), "").await?;
+    c.subscribe("news").await?;
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(sys.api()).await?;
+        s.write_all(b"GARBAGE \x01\x02 nonsense\r\n\r\n").await?;
+        let mut sink = Vec::new();
+        // The ingress answers (400) or closes; either way the exchange ends.
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
+    }
+    let (code, body) = post(sys.api(), "/publish", &serde_json::json!({ "channel": "news", "data": "after" })).await?;
+    assert_eq!(code, 200, "{body}");
+    c.expect_data(&serde_json::json!("after")).await?;
+    let log = sys.ingress.logs();
+    assert!(!log.contains("ERROR"), "malformed requests wrote ERROR lines:\n{log}");
+    Ok(())
+}

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
+use pushmesh_common::client::{ClientOp, ServerFrame, Since};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod pki;
 
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -280,7 +283,10 @@ pub async fn wait_ready(addr: SocketAddr) -> Result<()> {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().expect("http client")
+    // Plain HTTP only: no TLS roots to load (the workspace's reqwest has
+    // rustls with the system's roots, for the gateway's JWKS URLs, and
+    // reading them costs tens of milliseconds per client).
+    reqwest::Client::builder().timeout(WAIT).tls_built_in_root_certs(false).build().expect("http client")
 }
 
 /// POST JSON to the ingress: (status, parsed body or the raw text as a string).
@@ -367,13 +373,13 @@ impl Client {
             c.gateway = gateway;
             return Ok(c);
         }
-        let welcome: Value = serde_json::from_str(&first).with_context(|| format!("frame is not JSON: {first}"))?;
-        if welcome["type"] != "welcome" {
-            bail!("expected a welcome frame first, got {welcome}");
+        match ServerFrame::parse(&first) {
+            Some(ServerFrame::Welcome { connection, gateway, .. }) => {
+                (c.connection, c.gateway) = (connection, gateway);
+                Ok(c)
+            }
+            _ => bail!("expected a welcome frame first, got {first}"),
         }
-        c.connection = welcome["connection"].as_str().unwrap_or_default().to_owned();
-        c.gateway = welcome["gateway"].as_str().unwrap_or_default().to_owned();
-        Ok(c)
     }
 
     /// The next frame of any kind (text, close…), skipping pings and pongs.
@@ -435,9 +441,8 @@ impl Client {
 
     /// Subscribe with a `since` position (recovery), require `ok`; the reply.
     pub async fn subscribe_since(&mut self, channel: &str, epoch: &str, offset: u64) -> Result<Value> {
-        let r = self
-            .command(json!({ "op": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }))
-            .await?;
+        let since = Since { epoch: epoch.to_owned(), offset };
+        let r = self.command(serde_json::to_value(ClientOp::subscribe(0, channel, Some(since)))?).await?;
         if r["ok"] != json!(true) {
             bail!("subscribe to {channel} with since failed: {r}");
         }
@@ -446,7 +451,7 @@ impl Client {
 
     /// Subscribe and require `ok`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
-        let r = self.command(json!({"op": "subscribe", "channel": channel})).await?;
+        let r = self.command(serde_json::to_value(ClientOp::subscribe(0, channel, None))?).await?;
         if r["ok"] != json!(true) {
             bail!("subscribe to {channel} failed: {r}");
         }
@@ -707,7 +712,11 @@ impl Drop for LinkProxy {
 
 /// What a [`Redis`] process is.
 enum Role {
-    Primary { aof: bool },
+    Primary {
+        aof: bool,
+    },
+    /// A primary with cluster mode on (no slots until the cluster is made).
+    ClusterNode,
     Replica(SocketAddr),
     Sentinel(SocketAddr, String),
 }
@@ -751,6 +760,52 @@ impl Redis {
     /// 1 s): it promotes a replica when the primary dies.
     pub async fn start_sentinel(primary: &Redis, name: &str) -> Result<Redis> {
         Self::start_role(Role::Sentinel(primary.addr, name.to_owned())).await
+    }
+
+    /// A Redis Cluster of `n` primaries (no replicas), slots spread evenly
+    /// by `redis-cli --cluster create`; returns once every node says
+    /// `cluster_state:ok`.
+    pub async fn start_cluster(n: usize) -> Result<Vec<Redis>> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(Self::start_role(Role::ClusterNode).await?);
+        }
+        let cli = which("redis-cli").ok_or_else(|| anyhow!("redis-cli is not installed (package redis-tools)"))?;
+        let out = Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|r| r.addr.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(WAIT, out)
+            .await
+            .map_err(|_| anyhow!("redis-cli --cluster create did not finish within {WAIT:?}"))?
+            .context("redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        for node in &nodes {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let mut c = node.connection().await?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await?;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("cluster node {} never reached cluster_state:ok: {info}", node.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Keys stored on this server.
+    pub async fn dbsize(&self) -> Result<u64> {
+        Ok(redis::cmd("DBSIZE").query_async(&mut self.connection().await?).await?)
     }
 
     async fn start_role(role: Role) -> Result<Redis> {
@@ -813,6 +868,14 @@ impl Redis {
                 "--replica-announce-ip".into(),
                 ip.clone(),
             ],
+            Role::ClusterNode => {
+                let mut a =
+                    ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"].map(str::to_owned).to_vec();
+                a.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
+                // Its bus connections leave from 127.0.0.1: say where it listens.
+                a.extend(["--cluster-announce-ip".to_owned(), ip.clone()]);
+                a
+            }
             Role::Sentinel(..) => Vec::new(),
         };
         args.extend(persistence);
@@ -939,7 +1002,9 @@ impl SseClient {
     /// GET `http://addr/sse{query}` with optional `Last-Event-ID`; fails
     /// unless the answer is 200 `text/event-stream`.
     pub async fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Result<SseClient> {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse{query}"));
+        // No overall timeout (the stream lives on); no TLS roots to load.
+        let client = reqwest::Client::builder().tls_built_in_root_certs(false).build()?;
+        let mut req = client.get(format!("http://{addr}/sse{query}"));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }

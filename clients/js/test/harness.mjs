@@ -115,9 +115,9 @@ export async function waitReady(addr) {
  * A local system: `hubs` hubs, `gateways` gateways (each attached to every
  * hub), one ingress. `stop()` kills what is left.
  */
-export async function system({ gateways = 2, gatewayArgs = [], hubGrpc } = {}) {
+export async function system({ gateways = 2, gatewayArgs = [], hubGrpc, hubArgs = [] } = {}) {
   const procs = [];
-  const hub = await start("hub", ["--grpc-addr", hubGrpc ?? "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]);
+  const hub = await start("hub", ["--grpc-addr", hubGrpc ?? "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300", ...hubArgs]);
   procs.push(hub);
   const hubUrl = `http://${hub.addrs.grpc}`;
   const gws = [];
@@ -145,7 +145,7 @@ export async function system({ gateways = 2, gatewayArgs = [], hubGrpc } = {}) {
       let last;
       for (let i = 0; i < 50; i++) {
         try {
-          sys.hub = await start("hub", ["--grpc-addr", hub.addrs.grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300"]);
+          sys.hub = await start("hub", ["--grpc-addr", hub.addrs.grpc, "--admin-addr", "127.0.0.1:0", "--warmup-ms", "300", ...hubArgs]);
           procs.push(sys.hub);
           return sys.hub;
         } catch (e) {
@@ -160,6 +160,35 @@ export async function system({ gateways = 2, gatewayArgs = [], hubGrpc } = {}) {
     },
   };
   return sys;
+}
+
+/**
+ * A real `redis-server` (Debian's package; `make test` installs it) on port
+ * 6379 of a random loopback address, without persistence; `stop()` kills it.
+ * Resolves with its `redis://` URL once it accepts connections.
+ */
+export async function redis() {
+  const exe = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].find(existsSync);
+  assert.ok(exe, "redis-server is not installed: run `make redis-server` (make test does it)");
+  let last;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const r = () => 1 + Math.floor(Math.random() * 253);
+    const ip = `127.${r()}.${r()}.${r()}`;
+    const child = spawn(exe, ["--bind", ip, "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    const proc = new Proc("redis-server", child, {}, "");
+    const ready = await new Promise((resolve) => {
+      const lines = createInterface({ input: child.stdout });
+      const timer = setTimeout(() => resolve(false), WAIT);
+      lines.on("line", (l) => l.includes("Ready to accept connections") && (clearTimeout(timer), resolve(true)));
+      child.once("exit", () => (clearTimeout(timer), resolve(false)));
+    });
+    if (ready) return { url: `redis://${ip}:6379`, stop: () => proc.kill() };
+    last = `redis-server on ${ip}:6379 did not start`;
+    await proc.kill();
+  }
+  throw new Error(last);
 }
 
 /** POST JSON to the ingress; resolves with [status, body]. */

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Client, ClientCloseCode, TimeoutError } from "../dist/index.js";
-import { eventually, post, publish, publishNumbered, publishRetrying, recorder, system } from "./harness.mjs";
+import { eventually, post, publish, publishNumbered, publishRetrying, recorder, redis, system, waitReady } from "./harness.mjs";
 
 /** A URL function that moves to the next gateway on every connection attempt (a stand-in for a load balancer). */
 function roundRobin(urls) {
@@ -269,4 +269,45 @@ test("hub killed and restarted (memory engine): the SDK reports the lost history
     const offsets = log.of("message", "prices").filter((m) => m.epoch !== oldEpoch).map((m) => m.offset);
     assert.ok(offsets.every((o, i) => i === 0 || o === offsets[i - 1] + 1), `new-epoch offsets without holes or repeats: ${offsets}`);
   }
+});
+
+test("hub killed and restarted (Redis engine): the stream survives, recovered is reported, every message exactly once, in order", async (t) => {
+  const store = await redis();
+  t.after(() => store.stop());
+  const sys = await system({ gateways: 2, hubArgs: ["--engine", "redis", "--redis-url", store.url] });
+  t.after(() => sys.stop());
+  const stays = new Client(sys.ws(1), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
+  const moves = new Client(roundRobin([sys.ws(0), sys.ws(1)]), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
+  t.after(() => (stays.disconnect(), moves.disconnect()));
+  const s1 = stays.subscribe("prices");
+  const s2 = moves.subscribe("prices");
+  const log1 = recorder(stays, s1);
+  const log2 = recorder(moves, s2);
+  await Promise.all([stays.connect(), moves.connect()]);
+  await Promise.all([s1.ready(), s2.ready()]);
+  assert.equal(moves.connection.gateway, "gw-0");
+  for (let n = 0; n < 5; n++) await publish(sys.api, "prices", { n });
+  await eventually("5 each", () => numbers(log1, "prices").length === 5 && numbers(log2, "prices").length === 5);
+  const epoch = s1.position.epoch;
+
+  // The hub dies, and so does gw-0: `moves` must reconnect (to gw-1) and
+  // recover from the channel's history, which lives in Redis.
+  await sys.hub.kill();
+  await sys.gateways[0].kill();
+  await eventually("moves noticed", () => log2.of("disconnected").length > 0);
+  await sys.restartHub();
+  await waitReady(sys.gateways[1].addrs.http); // gw-1 attached to the new hub
+  for (let n = 5; n < 10; n++) await publishRetrying(sys.api, "prices", { n });
+  await eventually("10 each", () => numbers(log1, "prices").length === 10 && numbers(log2, "prices").length === 10);
+
+  for (const [name, log] of [["stays", log1], ["moves", log2]]) {
+    assert.deepEqual(numbers(log, "prices"), range(10), `${name}: every message exactly once, in order`);
+    assert.equal(log.of("notRecovered", "prices").length, 0, `${name}: ${JSON.stringify(log.of("notRecovered", "prices"))}`);
+    const offsets = log.of("message", "prices").map((m) => [m.epoch, m.offset]);
+    assert.deepEqual(offsets, range(10).map((i) => [epoch, i + 1]), `${name}: one epoch, consecutive offsets`);
+  }
+  assert.equal(moves.connection.gateway, "gw-1");
+  const again = log2.of("subscribed", "prices")[1];
+  assert.deepEqual([again.recovering, again.recovered, again.resubscribed], [true, true, true], JSON.stringify(again));
+  assert.equal(log2.of("recovered", "prices").length, 1);
 });

@@ -123,6 +123,17 @@ says what is wrong and what to do.
 {{- if and .Values.redis.enabled (ne .Values.engine.type "redis") -}}
 {{- fail "redis.enabled deploys a Redis for the hubs' channel state: set engine.type=redis too (or leave redis.enabled false)" -}}
 {{- end -}}
+{{- $tlsSecrets := .Values.hub.tls.existingSecrets -}}
+{{- $given := compact (list $tlsSecrets.hub $tlsSecrets.wsGateway $tlsSecrets.httpIngress) -}}
+{{- if and (gt (len $given) 0) (lt (len $given) 3) -}}
+{{- fail "hub.tls.existingSecrets: give all three Secrets (hub, wsGateway, httpIngress) or none (the chart then generates them all from one CA)" -}}
+{{- end -}}
+{{- if gt (add (int64 .Values.httpIngress.config.maxBodyBytes) 65536) (int64 .Values.hub.config.maxMessageBytes) -}}
+{{- fail (printf "httpIngress.config.maxBodyBytes (%d) must stay 64 KiB under hub.config.maxMessageBytes (%d): the hubs would refuse such a body" (int64 .Values.httpIngress.config.maxBodyBytes) (int64 .Values.hub.config.maxMessageBytes)) -}}
+{{- end -}}
+{{- if and .Values.auth.jwksUrl (or .Values.auth.jwtSecret (eq .Values.auth.jwtAlgorithm "HS256")) -}}
+{{- fail "auth.jwksUrl replaces the JWT secret: leave auth.jwtSecret empty, set auth.jwtAlgorithm to RS256 or ES256, and keep no jwt-secret key in auth.existingSecret" -}}
+{{- end -}}
 {{- if eq (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) -}}
 {{- fail (printf "hub.ports: grpc and admin must differ (both are %d)" (int .Values.hub.ports.grpc)) -}}
 {{- end -}}
@@ -221,9 +232,15 @@ PUSHMESH_GATEWAY_QUEUE: {{ $c.gatewayQueue | quote }}
 PUSHMESH_BATCH_MAX: {{ $c.batchMax | quote }}
 PUSHMESH_QUERY_TIMEOUT_MS: {{ $c.queryTimeoutMs | quote }}
 PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
+PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
+{{- if .Values.hub.tls.enabled }}
+PUSHMESH_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
+PUSHMESH_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
+PUSHMESH_TLS_CLIENT_CA: "/etc/pushmesh/hub-tls/ca.crt"
+{{- end }}
 {{- if eq .Values.engine.type "redis" }}
 {{- $r := .Values.engine.redis }}
 PUSHMESH_ENGINE_TIMEOUT_MS: {{ .Values.engine.timeoutMs | quote }}
@@ -264,9 +281,19 @@ PUSHMESH_HANDSHAKE_TIMEOUT_SECS: {{ $c.handshakeTimeoutSecs | quote }}
 PUSHMESH_AUTH_TIMEOUT_SECS: {{ $c.authTimeoutSecs | quote }}
 PUSHMESH_MAX_CONNECTIONS_PER_USER: {{ $c.maxConnectionsPerUser | quote }}
 {{- if include "pushmesh.namespacesEnabled" . }}
-PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces.toml"
+PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
 {{- end }}
 PUSHMESH_JWT_ALGORITHM: {{ .Values.auth.jwtAlgorithm | quote }}
+{{- with .Values.auth.jwtIssuer }}
+PUSHMESH_JWT_ISSUER: {{ . | quote }}
+{{- end }}
+{{- with .Values.auth.jwtAudience }}
+PUSHMESH_JWT_AUDIENCE: {{ . | quote }}
+{{- end }}
+{{- with .Values.auth.jwksUrl }}
+PUSHMESH_JWT_JWKS_URL: {{ . | quote }}
+{{- end }}
+{{- include "pushmesh.hubTls.clientConfig" . }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 {{- end -}}
@@ -278,14 +305,70 @@ PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.httpIngress.grpcPort) | 
 PUSHMESH_HUB_DNS: {{ include "pushmesh.hubDns" . | quote }}
 PUSHMESH_HUB_DNS_INTERVAL_SECS: {{ .Values.hub.dnsIntervalSecs | quote }}
 PUSHMESH_MAX_BODY_BYTES: {{ $c.maxBodyBytes | int64 | quote }}
+PUSHMESH_HUB_MAX_MESSAGE_BYTES: {{ .Values.hub.config.maxMessageBytes | int64 | quote }}
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
 PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}
 PUSHMESH_MAX_BATCH: {{ $c.maxBatch | quote }}
+{{- include "pushmesh.hubTls.clientConfig" . }}
 {{- with $c.corsAllowOrigins }}
 PUSHMESH_CORS_ALLOW_ORIGINS: {{ join "," . | quote }}
 {{- end }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{/*
+Hub mutual TLS (hub.tls): where each component's certificate comes from.
+A Secret the user manages per component (keys ca.crt, tls.crt, tls.key), or
+the chart's generated one (hub-tls-secret.yaml), whose keys are named per
+component and mapped to the same three file names here. Every pod mounts its
+own certificate at /etc/pushmesh/hub-tls/.
+Call with (dict "root" $ "component" "hub" | "ws-gateway" | "http-ingress").
+*/}}
+{{- define "pushmesh.hubTls.generatedSecret" -}}
+{{- printf "%s-hub-tls" (include "pushmesh.fullname" .) -}}
+{{- end -}}
+
+{{- define "pushmesh.hubTls.volume" -}}
+{{- $tls := .root.Values.hub.tls -}}
+{{- $key := get (dict "hub" "hub" "ws-gateway" "wsGateway" "http-ingress" "httpIngress") .component -}}
+{{- $existing := index $tls.existingSecrets $key -}}
+- name: hub-tls
+  secret:
+    {{- if $existing }}
+    secretName: {{ $existing }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+    {{- else }}
+    secretName: {{ include "pushmesh.hubTls.generatedSecret" .root }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+      - {key: {{ printf "%s.crt" .component }}, path: tls.crt}
+      - {key: {{ printf "%s.key" .component }}, path: tls.key}
+    {{- end }}
+{{- end -}}
+
+{{- define "pushmesh.hubTls.mount" -}}
+- name: hub-tls
+  mountPath: /etc/pushmesh/hub-tls
+  readOnly: true
+{{- end -}}
+
+{{/* The name every hub certificate carries and clients verify (hub URLs from DNS are IP addresses). */}}
+{{- define "pushmesh.hubTls.domain" -}}
+{{- printf "%s.%s.svc.%s" (include "pushmesh.hub.headless" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* A gateway's or ingress's PUSHMESH_HUB_TLS_* settings (ConfigMap lines). */}}
+{{- define "pushmesh.hubTls.clientConfig" -}}
+{{- if .Values.hub.tls.enabled }}
+PUSHMESH_HUB_TLS_CA: "/etc/pushmesh/hub-tls/ca.crt"
+PUSHMESH_HUB_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
+PUSHMESH_HUB_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
+PUSHMESH_HUB_TLS_DOMAIN: {{ include "pushmesh.hubTls.domain" . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Non-empty when the gateways get a namespaces file. */}}

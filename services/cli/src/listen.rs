@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use pushmesh_common::client::{ClientOp, ServerFrame, Since};
+
 use crate::cli::{ListenArgs, Output};
 
 /// The channel column of a delivery that has no channel: a broadcast, a
@@ -130,11 +132,9 @@ pub async fn run(args: ListenArgs) -> Result<()> {
     };
 
     for (id, ch) in (1u64..).zip(&args.channel) {
-        let mut cmd = json!({ "id": id, "op": "subscribe", "channel": ch });
-        if let Some(p) = &since {
-            cmd["since"] = json!({ "epoch": p.epoch, "offset": p.offset });
-        }
-        ws.send(Message::Text(cmd.to_string().into())).await.map_err(|e| {
+        let since = since.as_ref().map(|p| Since { epoch: p.epoch.clone(), offset: p.offset });
+        let cmd = ClientOp::subscribe(id, ch.clone(), since);
+        ws.send(Message::Text(cmd.to_text().into())).await.map_err(|e| {
             Failure::new(Exit::Closed, format!("the connection to {shown} broke while subscribing: {e}"))
         })?;
         session.pending.insert(id, ch.clone());
@@ -233,78 +233,67 @@ impl Session<'_> {
             && !self.welcomed
             && let Some(welcome) = seed_welcome(text)
         {
-            return self.on_control("welcome", &welcome).map(|()| false);
+            return self.on_control(&welcome).map(|()| false);
         }
-        let parsed: Option<Value> = serde_json::from_str(text).ok();
-        let kind = parsed.as_ref().and_then(|v| v["type"].as_str()).unwrap_or("").to_owned();
-        let kind = kind.as_str();
-        let control = match kind {
-            "welcome" => !self.welcomed,
-            "reply" => parsed.as_ref().and_then(|v| v["id"].as_u64()).is_some_and(|id| self.pending.contains_key(&id)),
-            "subscribed" | "unsubscribed" => {
+        let frame = ServerFrame::parse(text);
+        let control = match &frame {
+            Some(ServerFrame::Welcome { .. }) => !self.welcomed,
+            Some(ServerFrame::Reply { id, .. }) => self.pending.contains_key(id),
+            Some(ServerFrame::Subscribed { .. } | ServerFrame::Unsubscribed { .. }) => {
+                // In raw format a published value may look like one: only
+                // the exact two-field frame is the server's.
                 !self.args.raw
-                    || parsed
-                        .as_ref()
-                        .is_some_and(|v| v.get("channel").is_some() && v.as_object().is_some_and(|o| o.len() == 2))
+                    || serde_json::from_str::<Value>(text)
+                        .is_ok_and(|v| v.as_object().is_some_and(|o| o.len() == 2 && o.contains_key("channel")))
             }
-            "message" => false,
             _ => false,
         };
         if control {
-            let v = parsed.as_ref().expect("control frames are JSON");
-            return self.on_control(kind, v).map(|()| false);
+            return self.on_control(frame.as_ref().expect("control frames parsed")).map(|()| false);
         }
-        if !self.args.raw && kind != "message" {
+        let message = match &frame {
+            Some(m @ ServerFrame::Message { .. }) => Some(m),
+            _ => None,
+        };
+        if !self.args.raw && message.is_none() {
             // A frame type this client does not know: show it, do not count it.
             self.status.say(format!("(frame) {text}"));
             return Ok(false);
         }
         self.received += 1;
-        match (self.args.raw, self.args.output) {
-            (true, _) | (false, Output::Json) => println!("{text}"),
-            (false, Output::Data) => println!("{}", parsed.as_ref().map(|v| v["data"].to_string()).unwrap_or_default()),
-            (false, Output::Text) => {
-                let v = parsed.as_ref().expect("message frames are JSON");
+        match (self.args.raw, self.args.output, message) {
+            (true, _, _) | (false, Output::Json, _) => println!("{text}"),
+            (false, Output::Data, Some(ServerFrame::Message { data, .. })) => println!("{data}"),
+            (false, Output::Text, Some(ServerFrame::Message { channel, data, .. })) => {
                 // Frames of broadcasts, user sends and connection sends all
                 // come without a channel, and nothing else tells them apart.
-                let ch = v["channel"].as_str().unwrap_or(NO_CHANNEL);
-                println!("{ch}: {}", v["data"]);
+                println!("{}: {data}", channel.as_deref().unwrap_or(NO_CHANNEL));
             }
+            (false, _, _) => unreachable!("only messages get here in JSON format"),
         }
-        if let Some(v) = &parsed
-            && let (Some(ch), Some(epoch), Some(offset)) =
-                (v["channel"].as_str(), v["epoch"].as_str(), v["offset"].as_u64())
-        {
-            self.positions.insert(ch.to_owned(), Position { epoch: epoch.to_owned(), offset });
+        if let Some((ch, p)) = message.and_then(ServerFrame::position) {
+            self.positions.insert(ch.to_owned(), Position { epoch: p.epoch, offset: p.offset });
         }
         Ok(self.args.count.is_some_and(|n| self.received >= n))
     }
 
-    fn on_control(&mut self, kind: &str, v: &Value) -> Result<()> {
-        match kind {
-            "welcome" => {
+    fn on_control(&mut self, frame: &ServerFrame) -> Result<()> {
+        match frame {
+            ServerFrame::Welcome { connection, gateway, user } => {
                 self.welcomed = true;
-                let conn = v["connection"].as_str().unwrap_or("?");
-                let user = v["user"].as_str().map(|u| format!(", user {u}")).unwrap_or_default();
-                self.status.say(format!(
-                    "connected: connection {conn} on gateway {}{user}",
-                    v["gateway"].as_str().unwrap_or("?")
-                ));
+                let user = user.as_ref().map(|u| format!(", user {u}")).unwrap_or_default();
+                self.status.say(format!("connected: connection {connection} on gateway {gateway}{user}"));
                 if self.args.channel.is_empty() {
                     self.status.say(format!(
-                        "no --channel: only broadcasts and sends to this connection arrive (pushmesh publish --connection {conn} hi)"
+                        "no --channel: only broadcasts and sends to this connection arrive (pushmesh publish --connection {connection} hi)"
                     ));
                 }
             }
-            "reply" => {
-                let id = v["id"].as_u64().unwrap_or(0);
-                let ch = self.pending.remove(&id).unwrap_or_default();
-                if let Some(err) = v.get("error") {
-                    let code = err["code"].as_str().unwrap_or("error");
-                    let f = Failure::failed(format!(
-                        "subscribe to {ch} refused: {code}: {}",
-                        err["message"].as_str().unwrap_or("")
-                    ));
+            ServerFrame::Reply { id, error, recovered, epoch, offset, .. } => {
+                let ch = self.pending.remove(id).unwrap_or_default();
+                if let Some(err) = error {
+                    let code = err.code.as_str();
+                    let f = Failure::failed(format!("subscribe to {ch} refused: {code}: {}", err.message));
                     return Err(match code {
                         "permission_denied" => f.hint(format!(
                             "the token's channels do not cover {ch}; mint one that does: pushmesh token --user ID --channel '{ch}'"
@@ -316,7 +305,7 @@ impl Session<'_> {
                 }
                 let mut line = format!("subscribed to {ch}");
                 if self.args.since.is_some() {
-                    match v["recovered"].as_bool() {
+                    match recovered {
                         Some(true) => line.push_str("; recovered: true (missed messages, if any, come first)"),
                         Some(false) => {
                             line.push_str("; recovered: false (messages since that position may have been missed)")
@@ -327,18 +316,15 @@ impl Session<'_> {
                 self.status.say(line);
                 // The machine-readable form, for scripts that check it.
                 if self.args.since.is_some() && !self.args.quiet {
-                    eprintln!(
-                        "{}",
-                        json!({ "channel": ch, "recovered": v.get("recovered"), "epoch": v.get("epoch"), "offset": v.get("offset") })
-                    );
+                    eprintln!("{}", json!({ "channel": ch, "recovered": recovered, "epoch": epoch, "offset": offset }));
                 }
             }
-            "subscribed" => self
-                .status
-                .say(format!("the server subscribed this connection to {}", v["channel"].as_str().unwrap_or("?"))),
-            "unsubscribed" => self
-                .status
-                .say(format!("the server unsubscribed this connection from {}", v["channel"].as_str().unwrap_or("?"))),
+            ServerFrame::Subscribed { channel } => {
+                self.status.say(format!("the server subscribed this connection to {channel}"))
+            }
+            ServerFrame::Unsubscribed { channel } => {
+                self.status.say(format!("the server unsubscribed this connection from {channel}"))
+            }
             _ => {}
         }
         Ok(())
@@ -486,12 +472,12 @@ fn redacted(url: &reqwest::Url) -> String {
 /// A raw-format client's welcome, the seed's own line
 /// (`worker id:GATEWAY connection id:N connected`), as the JSON welcome's
 /// fields.
-fn seed_welcome(text: &str) -> Option<Value> {
+fn seed_welcome(text: &str) -> Option<ServerFrame> {
     let rest = text.strip_prefix("worker id:")?;
     let (gateway, rest) = rest.split_once(" connection id:")?;
     let seq = rest.strip_suffix(" connected")?;
     seq.parse::<u64>().ok()?;
-    Some(serde_json::json!({ "type": "welcome", "gateway": gateway, "connection": format!("{gateway}:{seq}") }))
+    Some(ServerFrame::Welcome { connection: format!("{gateway}:{seq}"), gateway: gateway.to_owned(), user: None })
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 
 pub mod admin;
 pub mod announce;
+pub mod client;
 pub mod discovery;
 pub mod health;
 pub mod ids;
 pub mod listener;
 pub mod rendezvous;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -29,10 +29,27 @@ impl std::str::FromStr for LogFormat {
 /// `--log trace` never writes a secret to the log.
 const SECRET_BEARING: &[&str] = &["tungstenite", "tokio_tungstenite", "h2", "hyper", "hyper_util", "tonic", "warp"];
 
+/// Targets that log every malformed request a client sends at ERROR
+/// (warp's server loop: `server connection error: hyper::Error(Parse…)`):
+/// anyone can write a line per connection into the log, at the level that
+/// pages someone. Silenced unless the filter names them itself; a client's
+/// bad HTTP is the client's problem (answered 400 where one can be).
+const CLIENT_NOISE: &[&str] = &["warp::server"];
+
 /// `filter` with the caps on `SECRET_BEARING` crates it does not name,
-/// when its default level is `trace` (a cap never makes a crate louder).
+/// when its default level is `trace` (a cap never makes a crate louder),
+/// and `CLIENT_NOISE` off unless named.
 pub fn with_secret_caps(filter: &str) -> String {
     let mut out = filter.to_owned();
+    for target in CLIENT_NOISE {
+        let named = filter.split(',').any(|d| {
+            let t = d.trim().split('=').next().unwrap_or("");
+            *target == t || target.starts_with(&format!("{t}::"))
+        });
+        if !named {
+            out.push_str(&format!(",{target}=off"));
+        }
+    }
     let default_trace = filter.split(',').any(|d| d.trim().eq_ignore_ascii_case("trace"));
     if !default_trace {
         return out;
@@ -84,7 +101,10 @@ mod tests {
         assert!(f.starts_with("trace,") && f.contains(",tungstenite=debug") && f.contains(",h2=debug"), "{f}");
         let named = super::with_secret_caps("trace,h2=trace");
         assert!(named.contains("h2=trace") && !named.contains("h2=debug"), "{named}");
-        assert_eq!(super::with_secret_caps("warn"), "warn", "never louder than asked");
-        assert_eq!(super::with_secret_caps("info,pushmesh_hub=debug"), "info,pushmesh_hub=debug");
+        assert_eq!(super::with_secret_caps("warn"), "warn,warp::server=off", "never louder than asked");
+        assert_eq!(super::with_secret_caps("info,pushmesh_hub=debug"), "info,pushmesh_hub=debug,warp::server=off");
+        // Named: the user's own choice stands.
+        assert_eq!(super::with_secret_caps("info,warp=debug"), "info,warp=debug");
+        assert_eq!(super::with_secret_caps("info,warp::server=debug"), "info,warp::server=debug");
     }
 }

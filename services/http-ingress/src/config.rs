@@ -32,6 +32,12 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: u64,
 
+    /// The hubs' --max-message-bytes: publish stream frames are kept under
+    /// it, and --max-body-bytes must leave room under it (checked at start:
+    /// a body the hubs would refuse is a configuration error, not a 503).
+    #[arg(long, env = "PUSHMESH_HUB_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub hub_max_message_bytes: u64,
+
     /// Origins allowed to call the API from a browser (CORS), e.g. the demo
     /// page's http://127.0.0.1:8080; "*" allows any. Default: none.
     #[arg(long = "cors-allow-origin", env = "PUSHMESH_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
@@ -96,6 +102,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
+
+    #[command(flatten)]
+    pub runtime: pushmesh_common::runtime::RuntimeArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

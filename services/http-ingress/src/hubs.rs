@@ -67,6 +67,8 @@ pub struct HubPool {
     /// The current hub set; replaced whole when discovery changes it.
     hubs: RwLock<Arc<Vec<Arc<HubHandle>>>>,
     timeouts: Timeouts,
+    /// Most bytes of publishes packed into one publish stream frame.
+    frame_bytes: usize,
     tls: Option<tonic::transport::ClientTlsConfig>,
     /// Owns the publish streams' tasks, and ends them.
     tasks: TaskTracker,
@@ -108,11 +110,12 @@ impl HubPool {
     pub fn new(
         urls: &[String],
         timeouts: Timeouts,
+        frame_bytes: usize,
         tls: Option<tonic::transport::ClientTlsConfig>,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pool = Self { hubs: RwLock::default(), timeouts, tls, tasks, stop };
+        let pool = Self { hubs: RwLock::default(), timeouts, frame_bytes, tls, tasks, stop };
         pool.set_hubs(urls)?;
         Ok(pool)
     }
@@ -133,7 +136,7 @@ impl HubPool {
         let channel = endpoint.connect_lazy();
         Ok(HubHandle {
             url: url.to_owned(),
-            publisher: PublishStream::new(channel.clone(), self.tasks.clone(), self.stop.clone()),
+            publisher: PublishStream::new(channel.clone(), self.frame_bytes, self.tasks.clone(), self.stop.clone()),
             channel,
             up: AtomicBool::new(false),
             hub_id: Mutex::new(None),

@@ -1,16 +1,17 @@
 use clap::Parser;
 use pushmesh_http_ingress::{Config, Ingress};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init();
-    let ingress = Ingress::bind(config).await?;
-    pushmesh_common::announce::listening(
-        "http-ingress",
-        &[("http", ingress.local_addr()), ("grpc", ingress.grpc_addr())],
-    );
-    tracing::info!(addr = %ingress.local_addr(), "http-ingress listening");
-    let shutdown = pushmesh_common::shutdown::on_signal();
-    ingress.run(shutdown).await
+    config.runtime.build()?.block_on(async move {
+        let ingress = Ingress::bind(config).await?;
+        pushmesh_common::announce::listening(
+            "http-ingress",
+            &[("http", ingress.local_addr()), ("grpc", ingress.grpc_addr())],
+        );
+        tracing::info!(addr = %ingress.local_addr(), "http-ingress listening");
+        let shutdown = pushmesh_common::shutdown::on_signal();
+        ingress.run(shutdown).await
+    })
 }

@@ -47,6 +47,7 @@ impl Ingress {
     /// Check the whole config (hub URLs, TLS files, API keys), then bind.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let tls = config.hub_tls.client_config()?;
+        let frame_bytes = crate::stream::frame_budget(config.max_body_bytes, config.hub_max_message_bytes)?;
         let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
         let access = Access::from_config(&config)?;
         let hub_set_stop = CancellationToken::new();
@@ -58,7 +59,7 @@ impl Ingress {
         };
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
-        let pool = Arc::new(HubPool::new(&initial, timeouts, tls, tasks.clone(), background.clone())?);
+        let pool = Arc::new(HubPool::new(&initial, timeouts, frame_bytes, tls, tasks.clone(), background.clone())?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)

@@ -8,6 +8,11 @@
 //! of per-item results, matched back by `seq`. Concurrent publishes thus
 //! coalesce by themselves under load, with no added delay when idle.
 //!
+//! A frame holds at most `frame_bytes` of publishes (one larger publish
+//! goes alone): the hub refuses a message above its --max-message-bytes by
+//! ending the whole stream, which would fail every publish in flight on it.
+//! `frame_budget` checks at start-up that any one body fits.
+//!
 //! The stream is opened on first use and again after it breaks. When it
 //! breaks, every publish waiting on it fails as UNAVAILABLE (the caller may
 //! try the next hub, as after a unary call that got no answer: a publish
@@ -17,6 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +40,22 @@ pub const ENGINE_ERROR_HEADER: &str = "pushmesh-engine-error";
 /// Most publishes in one batch.
 const MAX_BATCH: usize = 512;
 
+/// Room for a publish's own fields and a frame's framing, next to a body.
+const FRAMING_BYTES: u64 = 64 << 10;
+
+/// The byte budget of one publish stream frame for these limits, or why
+/// they do not fit together: a body the ingress accepts must fit in one
+/// hub message.
+pub fn frame_budget(max_body_bytes: u64, hub_max_message_bytes: u64) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        max_body_bytes.saturating_add(FRAMING_BYTES) <= hub_max_message_bytes,
+        "--max-body-bytes ({max_body_bytes}) must leave {FRAMING_BYTES} bytes of framing under the hubs' message limit \
+         (--hub-max-message-bytes, {hub_max_message_bytes}; the hubs' --max-message-bytes): a larger publish would be \
+         refused by the hub. Lower --max-body-bytes or raise both message limits"
+    );
+    Ok(usize::try_from(hub_max_message_bytes - FRAMING_BYTES).unwrap_or(usize::MAX))
+}
+
 /// Publishes waiting for the writer; past this, publishers wait.
 const QUEUE: usize = 8192;
 
@@ -46,6 +68,7 @@ struct Pending {
 
 pub struct PublishStream {
     channel: Channel,
+    frame_bytes: usize,
     current: Mutex<Option<mpsc::Sender<Pending>>>,
     tasks: TaskTracker,
     /// Ends the stream's task (the ingress is stopping).
@@ -53,8 +76,8 @@ pub struct PublishStream {
 }
 
 impl PublishStream {
-    pub fn new(channel: Channel, tasks: TaskTracker, stop: CancellationToken) -> Self {
-        Self { channel, current: Mutex::default(), tasks, stop }
+    pub fn new(channel: Channel, frame_bytes: usize, tasks: TaskTracker, stop: CancellationToken) -> Self {
+        Self { channel, frame_bytes, current: Mutex::default(), tasks, stop }
     }
 
     /// Publish over the stream (opening it if needed); answered as a unary
@@ -83,14 +106,14 @@ impl PublishStream {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        self.tasks.spawn(run(self.channel.clone(), rx, self.stop.clone()));
+        self.tasks.spawn(run(self.channel.clone(), rx, self.frame_bytes, self.stop.clone()));
         *current = Some(tx.clone());
         tx
     }
 }
 
 /// Drive one stream until it breaks or nobody can publish on it any more.
-async fn run(channel: Channel, mut queue: mpsc::Receiver<Pending>, stop: CancellationToken) {
+async fn run(channel: Channel, mut queue: mpsc::Receiver<Pending>, frame_bytes: usize, stop: CancellationToken) {
     let (batches, batches_rx) = mpsc::channel::<PublishBatch>(64);
     let mut client = HubClient::new(channel).max_decoding_message_size(64 << 20);
     let mut results = match client.publish_stream(ReceiverStream::new(batches_rx)).await {
@@ -105,10 +128,20 @@ async fn run(channel: Channel, mut queue: mpsc::Receiver<Pending>, stop: Cancell
             first = queue.recv() => {
                 let Some(first) = first else { return };
                 let mut items = Vec::with_capacity(16);
+                let mut bytes = 0;
                 let mut next = Some(first);
+                let mut carry = None;
                 while let Some(Pending { req, done }) = next.take() {
+                    let item = PublishItem { seq: next_seq, request: Some(req) };
+                    let size = item.encoded_len() + 8;
+                    if !items.is_empty() && bytes + size > frame_bytes {
+                        // Full: this one opens the next frame.
+                        carry = Some((item, done));
+                        break;
+                    }
+                    bytes += size;
                     waiting.insert(next_seq, done);
-                    items.push(PublishItem { seq: next_seq, request: Some(req) });
+                    items.push(item);
                     next_seq += 1;
                     if items.len() < MAX_BATCH {
                         next = queue.try_recv().ok();
@@ -116,6 +149,13 @@ async fn run(channel: Channel, mut queue: mpsc::Receiver<Pending>, stop: Cancell
                 }
                 if batches.send(PublishBatch { items }).await.is_err() {
                     break Status::unavailable("the publish stream to this hub closed");
+                }
+                if let Some((item, done)) = carry {
+                    waiting.insert(next_seq, done);
+                    next_seq += 1;
+                    if batches.send(PublishBatch { items: vec![item] }).await.is_err() {
+                        break Status::unavailable("the publish stream to this hub closed");
+                    }
                 }
             }
             answer = results.message() => match answer {
@@ -131,7 +171,10 @@ async fn run(channel: Channel, mut queue: mpsc::Receiver<Pending>, stop: Cancell
         }
     };
     tracing::debug!(error = %error.message(), "publish stream to a hub ended");
-    fail_all(&mut queue, waiting, &Status::unavailable(format!("publish stream ended: {}", error.message())));
+    // OUT_OF_RANGE (a frame over the hub's message limit) keeps its code:
+    // the hub is up, the message too large (413), not "no hub" (503).
+    let code = if error.code() == Code::OutOfRange { Code::OutOfRange } else { Code::Unavailable };
+    fail_all(&mut queue, waiting, &Status::new(code, format!("publish stream ended: {}", error.message())));
 }
 
 /// Answer every publish sent on a broken stream, and every one still

@@ -32,10 +32,12 @@ pub struct AttachSettings {
     pub batch_max: usize,
 }
 
-/// Start serving a stream whose `Hello` named `gateway`.
+/// Start serving a stream whose `Hello` named `gateway` (refused when a
+/// live stream of another instance holds that id: see `TopicTable::attach`).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     gateway: String,
+    instance: String,
     inbound: Streaming<AttachRequest>,
     table: Arc<TopicTable>,
     queries: Arc<Queries>,
@@ -43,12 +45,12 @@ pub fn start(
     metrics: HubMetrics,
     settings: &AttachSettings,
     shutdown: CancellationToken,
-) -> AttachStream {
+) -> Result<AttachStream, crate::topics::Taken> {
     let (queue_tx, queue_rx) = mpsc::channel(settings.queue);
     // A few batches in flight to tonic; past that the forwarder waits, the
     // queue fills, and routing starts dropping for this gateway only.
     let (resp_tx, resp_rx) = mpsc::channel(4);
-    let link = table.attach(gateway.clone(), queue_tx);
+    let link = table.attach(gateway.clone(), instance, queue_tx)?;
     tracing::info!(%gateway, link = link.id, "gateway attached");
 
     let hello =
@@ -58,7 +60,7 @@ pub fn start(
 
     tokio::spawn(forward(queue_rx, resp_tx, metrics, settings.batch_max));
     tokio::spawn(read(link, inbound, table, queries, confirms, shutdown));
-    ReceiverStream::new(resp_rx)
+    Ok(ReceiverStream::new(resp_rx))
 }
 
 async fn read(

@@ -115,6 +115,13 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_WARMUP_MS", default_value_t = 3000)]
     pub warmup_ms: u64,
 
+    /// Largest gRPC message the hub takes, in bytes: one publish, one
+    /// PublishStream frame, one gateway stream message (refused with
+    /// OUT_OF_RANGE beyond, which an ingress answers as 413). Keep the
+    /// ingresses' --hub-max-message-bytes equal to it.
+    #[arg(long, env = "PUSHMESH_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+
     /// HTTP/2 keepalive ping interval on gateway streams, in seconds.
     #[arg(long, env = "PUSHMESH_KEEPALIVE_SECS", default_value_t = 5)]
     pub keepalive_secs: u64,
@@ -128,9 +135,14 @@ pub struct Config {
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Require clients (gateways, ingresses) to present a certificate
-    /// signed by this CA (PEM): mutual TLS.
+    /// signed by this CA (PEM): mutual TLS, with each caller's role
+    /// (gateway, ingress) and gateway id read from its certificate's SANs
+    /// and checked per RPC (docs/security.md, hub identities).
     #[arg(long, env = "PUSHMESH_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub runtime: pushmesh_common::runtime::RuntimeArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod config;
 pub mod engine;
+pub mod identity;
 pub mod metrics;
 pub mod publish;
 pub mod query;

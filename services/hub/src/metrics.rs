@@ -16,6 +16,8 @@ pub struct HubMetrics {
     pub dropped: IntCounterVec,
     /// Publish requests refused, by reason.
     pub rejected: IntCounterVec,
+    /// Calls refused by the access check (identity and roles), by reason.
+    pub denied: IntCounterVec,
     /// Confirmed direct sends, by what the gateway said.
     pub confirms: IntCounterVec,
     pub publish_duration: Histogram,
@@ -67,6 +69,14 @@ impl HubMetrics {
         .expect("metric");
         let rejected = IntCounterVec::new(
             Opts::new("pushmesh_hub_publish_rejected_total", "Publish requests the hub refused, by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_hub_denied_total",
+                "Hub calls refused for who made them, by reason (role: the client certificate lacks the RPC's role; gateway_id: a gateway certificate attaching under another id; duplicate_gateway: an Attach with the id of a live stream from another instance; no_certificate).",
+            ),
             &["reason"],
         )
         .expect("metric");
@@ -141,6 +151,7 @@ impl HubMetrics {
             Box::new(batches.clone()),
             Box::new(dropped.clone()),
             Box::new(rejected.clone()),
+            Box::new(denied.clone()),
             Box::new(confirms.clone()),
             Box::new(publish_duration.clone()),
             Box::new(gateways.clone()),
@@ -168,6 +179,9 @@ impl HubMetrics {
         for r in ["unknown_gateway", "invalid", "engine_unavailable"] {
             rejected.with_label_values(&[r]);
         }
+        for r in ["role", "gateway_id", "duplicate_gateway", "no_certificate"] {
+            denied.with_label_values(&[r]);
+        }
         for k in ["timeout", "unavailable", "failed", "refused_while_down"] {
             engine_errors.with_label_values(&[k]);
         }
@@ -182,6 +196,7 @@ impl HubMetrics {
             batches,
             dropped,
             rejected,
+            denied,
             confirms,
             publish_duration,
             gateways,

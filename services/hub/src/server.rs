@@ -30,17 +30,37 @@ pub struct Hub {
     pub metrics: HubMetrics,
     pub health: Health,
     engine: Built,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Hub {
+    /// Check the configuration (TLS files, engine settings) first, then bind
+    /// both ports: a bad flag never leaves a port bound or a "listening" line.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let tls = pushmesh_common::tls::server(
+            config.tls_cert.as_ref(),
+            config.tls_key.as_ref(),
+            config.tls_client_ca.as_ref(),
+        )?;
+        if let Some(tls) = &tls {
+            // Parses the certificate and key now, not when serving starts.
+            tonic::transport::Server::builder().tls_config(tls.clone()).context("invalid TLS configuration")?;
+        }
+        let metrics = HubMetrics::new();
+        let engine = Built::from_config(&config, metrics.clone())?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
         let admin = pushmesh_common::listener::bind(config.admin_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the admin address {}", config.admin_addr))?;
-        let metrics = HubMetrics::new();
-        let engine = Built::from_config(&config, metrics.clone())?;
-        Ok(Self { config, grpc, admin, metrics, health: Health::new("warming up: gateways are attaching"), engine })
+        Ok(Self {
+            config,
+            grpc,
+            admin,
+            metrics,
+            health: Health::new("warming up: gateways are attaching"),
+            engine,
+            tls,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -55,7 +75,7 @@ impl Hub {
     /// `NOT_SERVING`, close every gateway stream (gateways move to the other
     /// hubs) and return.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Hub { config, grpc, admin, metrics, health, engine } = self;
+        let Hub { config, grpc, admin, metrics, health, engine, tls } = self;
         let hub_id =
             config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
         let table = Arc::new(TopicTable::new(metrics.clone()));
@@ -76,7 +96,10 @@ impl Hub {
             Arc::default(),
             Duration::from_millis(config.confirm_timeout_ms.max(1)),
         ));
-        let service = HubService::new(table, publisher, metrics.clone(), settings, shutdown.clone());
+        // Roles are read from client certificates, so they are enforced
+        // exactly when client certificates are required.
+        let access = crate::identity::Access::new(config.tls_client_ca.is_some(), metrics.clone());
+        let service = HubService::new(table, publisher, metrics.clone(), settings, access, shutdown.clone());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<HubServer<HubService>>().await;
@@ -106,11 +129,6 @@ impl Hub {
         let grpc_shutdown = shutdown.clone();
         let grpc_health = health.clone();
         let grpc_reporter = reporter.clone();
-        let tls = pushmesh_common::tls::server(
-            config.tls_cert.as_ref(),
-            config.tls_key.as_ref(),
-            config.tls_client_ca.as_ref(),
-        )?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).context("invalid TLS configuration")?;
@@ -119,7 +137,7 @@ impl Hub {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health_service)
-            .add_service(HubServer::new(service))
+            .add_service(HubServer::new(service).max_decoding_message_size(config.max_message_bytes.max(1 << 16)))
             .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
                 grpc_shutdown.cancelled().await;
                 grpc_health.start_draining();

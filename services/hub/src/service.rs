@@ -17,6 +17,7 @@ use pushmesh_common::proto::{
 
 use crate::attach::{self, AttachSettings, AttachStream};
 use crate::engine::ReadQuery;
+use crate::identity::{Access, Rpc};
 use crate::metrics::HubMetrics;
 use crate::publish::Publisher;
 use crate::query::{Queries, QueryError};
@@ -34,6 +35,7 @@ pub struct HubService {
     queries: Arc<Queries>,
     metrics: HubMetrics,
     settings: AttachSettings,
+    access: Access,
     shutdown: CancellationToken,
 }
 
@@ -43,9 +45,10 @@ impl HubService {
         publisher: Arc<Publisher>,
         metrics: HubMetrics,
         settings: AttachSettings,
+        access: Access,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { table, publisher, queries: Arc::default(), metrics, settings, shutdown }
+        Self { table, publisher, queries: Arc::default(), metrics, settings, access, shutdown }
     }
 }
 
@@ -54,6 +57,7 @@ impl Hub for HubService {
     type AttachStream = AttachStream;
 
     async fn attach(&self, request: Request<Streaming<AttachRequest>>) -> Result<Response<Self::AttachStream>, Status> {
+        let caller = self.access.check(&request, Rpc::Attach)?;
         let mut inbound = request.into_inner();
         let first =
             inbound.message().await?.ok_or_else(|| Status::invalid_argument("attach stream ended before hello"))?;
@@ -61,11 +65,13 @@ impl Hub for HubService {
             return Err(Status::invalid_argument("the first attach message must be hello"));
         };
         let gateway = GatewayId::new(hello.gateway_id).map_err(|e| Status::invalid_argument(format!("hello: {e}")))?;
+        self.access.check_gateway_id(&caller, gateway.as_str())?;
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("hub is shutting down"));
         }
         let stream = attach::start(
             gateway.as_str().to_owned(),
+            hello.instance,
             inbound,
             self.table.clone(),
             self.queries.clone(),
@@ -73,11 +79,17 @@ impl Hub for HubService {
             self.metrics.clone(),
             &self.settings,
             self.shutdown.clone(),
-        );
+        )
+        .map_err(|taken| {
+            self.metrics.denied.with_label_values(&["duplicate_gateway"]).inc();
+            tracing::warn!(gateway = %taken.gateway, "refused a second attach with a live gateway's id");
+            Status::already_exists(taken.to_string())
+        })?;
         Ok(Response::new(stream))
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        self.access.check(&request, Rpc::Publish)?;
         self.publisher.publish(request.into_inner()).await.map(Response::new)
     }
 
@@ -90,6 +102,7 @@ impl Hub for HubService {
         &self,
         request: Request<Streaming<PublishBatch>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        self.access.check(&request, Rpc::PublishStream)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_RESULTS_QUEUE);
         let publisher = self.publisher.clone();
@@ -100,7 +113,17 @@ impl Hub for HubService {
                     m = inbound.message() => m,
                     _ = shutdown.cancelled() => return,
                 };
-                let Ok(Some(batch)) = batch else { return };
+                let batch = match batch {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    // Say why (a frame over --max-message-bytes: OUT_OF_RANGE),
+                    // so the ingress answers 413 instead of taking this hub
+                    // for down.
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let items = batch.items.into_iter().map(|item| {
                     let publisher = &publisher;
                     async move { publisher.publish_item(item.seq, item.request.unwrap_or_default()).await }
@@ -114,11 +137,13 @@ impl Hub for HubService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+    async fn members(&self, request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.access.check(&request, Rpc::Members)?;
         Ok(Response::new(MembersResponse { hub_id: self.settings.hub_id.clone(), gateways: self.table.members() }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        self.access.check(&request, Rpc::History)?;
         let req = request.into_inner();
         let ch = Channel::new(req.channel).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let since = (!req.from_oldest).then_some((req.epoch, req.offset));
@@ -146,6 +171,7 @@ impl Hub for HubService {
     }
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        self.access.check(&request, Rpc::Query)?;
         let req = request.into_inner();
         if req.op.as_ref().and_then(|o| o.op.as_ref()).is_none() {
             return Err(Status::invalid_argument("query needs an op"));

@@ -39,6 +39,8 @@ pub enum Outbound {
 pub struct Link {
     pub id: u64,
     pub gateway: String,
+    /// The gateway process's `Hello.instance` token.
+    pub instance: String,
     pub queue: mpsc::Sender<Outbound>,
     /// Cancelled when the link is replaced by a newer stream from the same
     /// gateway, or the hub shuts down.
@@ -51,6 +53,15 @@ pub struct Link {
 struct Inner {
     topics: HashMap<String, Vec<Arc<Link>>>,
     gateways: HashMap<String, Arc<Link>>,
+}
+
+/// An Attach refused: a live stream from another instance holds the id.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "gateway id {gateway} is attached from another gateway instance; a second stream with a live gateway's id is refused (ids must be unique; a restarted gateway is admitted once its old stream ends)"
+)]
+pub struct Taken {
+    pub gateway: String,
 }
 
 /// The outcome of routing one publish.
@@ -71,19 +82,35 @@ impl TopicTable {
         Self { inner: RwLock::default(), next_link: AtomicU64::new(1), metrics }
     }
 
-    /// Register a gateway stream. A previous stream of the same gateway is
-    /// removed and closed: a gateway that reconnected before the hub noticed
-    /// its old stream died must not receive everything twice.
-    pub fn attach(&self, gateway: String, queue: mpsc::Sender<Outbound>) -> Arc<Link> {
+    /// Register a gateway stream.
+    ///
+    /// A live stream of the same gateway id is replaced (removed and closed)
+    /// only when the new one carries the same instance token: that is the
+    /// same process, reconnected before the hub noticed its old stream died,
+    /// and it must not receive everything twice. Anyone else asking for a
+    /// live id is refused: taking it over would take that gateway's direct
+    /// sends and channel messages. A gateway restarted under the same id
+    /// (a new process, a new token) is refused until its old stream ends,
+    /// which the hub sees at once when the old process's socket closes, or
+    /// after the keepalive timeout when its node vanished.
+    pub fn attach(&self, gateway: String, instance: String, queue: mpsc::Sender<Outbound>) -> Result<Arc<Link>, Taken> {
         let link = Arc::new(Link {
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
             gateway: gateway.clone(),
+            instance,
             queue,
             closed: CancellationToken::new(),
             declared: Mutex::new(None),
         });
         let old = {
             let mut inner = self.inner.write().expect("topic table lock");
+            if let Some(live) = inner.gateways.get(&gateway) {
+                let same_process = !live.instance.is_empty() && live.instance == link.instance;
+                let alive = !live.closed.is_cancelled() && !live.queue.is_closed();
+                if alive && !same_process {
+                    return Err(Taken { gateway });
+                }
+            }
             let old = inner.gateways.insert(gateway, link.clone());
             if let Some(old) = &old {
                 Self::remove_link_topics(&mut inner, old.id);
@@ -95,7 +122,7 @@ impl TopicTable {
             tracing::info!(gateway = %old.gateway, "gateway re-attached; closing its previous stream");
             old.closed.cancel();
         }
-        link
+        Ok(link)
     }
 
     /// Remove a stream and every subscription it held.

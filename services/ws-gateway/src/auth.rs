@@ -5,18 +5,26 @@
 //! whose `exp` is enforced: at connect, and on the live connection, which
 //! is closed (4002) once `exp` passes unless the client presented a newer
 //! token with the `refresh` command. A `nbf` in the future is refused.
+//! With `--jwt-issuer` / `--jwt-audience`, a token must carry that `iss` /
+//! an `aud` naming this audience. Keys: one HS256 secret, one public key
+//! (RS256/ES256), or a key set (JWKS, by file or URL, see `jwks`) whose
+//! keys rotate without a restart, the token's `kid` choosing the key.
 //!
 //! With no key configured, every client is anonymous and may subscribe to
 //! any channel: convenient for local development, wrong for production (the
 //! docs and the startup log say so).
 
-use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use pushmesh_common::ids::UserId;
+
+use crate::config::Config;
+use crate::jwks::{self, Jwks};
 
 /// Why a token was refused; each maps to a documented close code.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,58 +113,142 @@ struct Claims {
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Where the verifying key comes from.
+enum Keys {
+    One(DecodingKey),
+    Set(Arc<Jwks>),
+}
+
 pub struct Authenticator {
-    key: DecodingKey,
+    keys: Keys,
+    /// For `Keys::One`: its algorithm only. For a key set, a template
+    /// whose algorithm is set per key.
     validation: Validation,
 }
 
+/// A JWKS token's `kid` the set does not hold (yet).
+const UNKNOWN_KID: &str = "unknown key id (kid)";
+
 impl Authenticator {
     /// `None` when no key is configured (anonymous mode).
-    pub fn from_config(
-        secret: Option<&str>,
-        secret_file: Option<&PathBuf>,
-        public_key_file: Option<&PathBuf>,
-        algorithm: &str,
-    ) -> anyhow::Result<Option<Self>> {
+    pub async fn from_config(config: &Config) -> anyhow::Result<Option<Self>> {
+        let algorithm = config.jwt_algorithm.as_str();
         let alg: Algorithm = algorithm
             .parse()
             .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {algorithm:?}; expected HS256, RS256 or ES256"))?;
-        let key = match (secret, secret_file, public_key_file) {
-            (None, None, None) => return Ok(None),
-            (Some(s), None, None) => DecodingKey::from_secret(s.as_bytes()),
-            (None, Some(f), None) => {
-                let s = std::fs::read_to_string(f)
-                    .map_err(|e| anyhow::anyhow!("reading --jwt-secret-file {}: {e}", f.display()))?;
-                DecodingKey::from_secret(s.trim_end_matches(['\n', '\r']).as_bytes())
+        let given = [
+            config.jwt_secret.is_some(),
+            config.jwt_secret_file.is_some(),
+            config.jwt_public_key_file.is_some(),
+            config.jwt_jwks_file.is_some(),
+            config.jwt_jwks_url.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                anyhow::ensure!(
+                    config.jwt_issuer.is_none() && config.jwt_audience.is_none(),
+                    "--jwt-issuer/--jwt-audience need a JWT key (--jwt-secret, --jwt-public-key-file, --jwt-jwks-file or --jwt-jwks-url)"
+                );
+                return Ok(None);
             }
-            (None, None, Some(f)) => {
-                let pem = std::fs::read(f)
-                    .map_err(|e| anyhow::anyhow!("reading --jwt-public-key-file {}: {e}", f.display()))?;
-                match alg {
-                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => DecodingKey::from_rsa_pem(&pem)?,
-                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem)?,
-                    other => anyhow::bail!("a public key file needs --jwt-algorithm RS256 or ES256, not {other:?}"),
-                }
-            }
-            _ => anyhow::bail!("give exactly one of --jwt-secret, --jwt-secret-file and --jwt-public-key-file"),
-        };
-        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) && public_key_file.is_some() {
-            anyhow::bail!("--jwt-public-key-file goes with --jwt-algorithm RS256 or ES256");
+            1 => {}
+            _ => anyhow::bail!(
+                "give exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file, --jwt-jwks-file and --jwt-jwks-url"
+            ),
         }
+        let min_interval = Duration::from_millis(config.jwt_jwks_min_interval_ms);
+        let keys = if let Some(s) = &config.jwt_secret {
+            Keys::One(DecodingKey::from_secret(s.as_bytes()))
+        } else if let Some(f) = &config.jwt_secret_file {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("reading --jwt-secret-file {}: {e}", f.display()))?;
+            Keys::One(DecodingKey::from_secret(s.trim_end_matches(['\n', '\r']).as_bytes()))
+        } else if let Some(f) = &config.jwt_public_key_file {
+            let pem =
+                std::fs::read(f).map_err(|e| anyhow::anyhow!("reading --jwt-public-key-file {}: {e}", f.display()))?;
+            match alg {
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => Keys::One(DecodingKey::from_rsa_pem(&pem)?),
+                Algorithm::ES256 | Algorithm::ES384 => Keys::One(DecodingKey::from_ec_pem(&pem)?),
+                other => anyhow::bail!("a public key file needs --jwt-algorithm RS256 or ES256, not {other:?}"),
+            }
+        } else if let Some(f) = &config.jwt_jwks_file {
+            Keys::Set(Jwks::load(jwks::Source::File(f.clone()), min_interval).await?)
+        } else if let Some(u) = &config.jwt_jwks_url {
+            anyhow::ensure!(
+                u.starts_with("https://") || u.starts_with("http://"),
+                "--jwt-jwks-url must be an http(s):// URL, got {u:?}"
+            );
+            Keys::Set(Jwks::load(jwks::Source::Url(u.clone()), min_interval).await?)
+        } else {
+            unreachable!("exactly one key source was counted")
+        };
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &config.jwt_audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        } else {
+            validation.validate_aud = false;
+        }
+        validation.set_required_spec_claims(&required);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        Ok(Some(Self { key, validation }))
+        Ok(Some(Self { keys, validation }))
     }
 
+    /// The key set to keep current, when keys come from one.
+    pub fn jwks(&self) -> Option<Arc<Jwks>> {
+        match &self.keys {
+            Keys::Set(j) => Some(j.clone()),
+            Keys::One(_) => None,
+        }
+    }
+
+    /// Check a token with the keys held now. With a key set, a `kid` it
+    /// lacks is refused here; [`Self::check_fresh`] reloads the set first.
     pub fn check(&self, token: &str) -> Result<Grant, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+        match &self.keys {
+            Keys::One(key) => self.decode(token, key, &self.validation),
+            Keys::Set(set) => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .map_err(|_| AuthError::Invalid("malformed token".to_owned()))?
+                    .kid
+                    .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".to_owned()))?;
+                let Some(k) = set.key(&kid) else {
+                    return Err(AuthError::Invalid(UNKNOWN_KID.to_owned()));
+                };
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![k.algorithm];
+                self.decode(token, &k.key, &validation)
+            }
+        }
+    }
+
+    /// Like [`Self::check`], but a token whose `kid` the key set lacks
+    /// makes it reload the set (rate-limited) and try again: a key the
+    /// identity provider just added is accepted on first sight.
+    pub async fn check_fresh(&self, token: &str) -> Result<Grant, AuthError> {
+        match self.check(token) {
+            Err(AuthError::Invalid(m)) if m == UNKNOWN_KID => {
+                let Keys::Set(set) = &self.keys else { unreachable!("only key sets have kids") };
+                if set.reload_for_unknown_kid().await { self.check(token) } else { Err(AuthError::Invalid(m)) }
+            }
+            other => other,
+        }
+    }
+
+    fn decode(&self, token: &str, key: &DecodingKey, validation: &Validation) -> Result<Grant, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".to_owned()),
             ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".to_owned()),
             ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf is in the future)".to_owned()),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer (iss)".to_owned()),
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience (aud)".to_owned()),
             ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c:?}")),
             _ => AuthError::Invalid("malformed token".to_owned()),
         })?;

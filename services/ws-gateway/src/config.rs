@@ -106,6 +106,34 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_JWT_ALGORITHM", default_value = "HS256")]
     pub jwt_algorithm: String,
 
+    /// A JSON Web Key Set file (RS256/ES256 keys, chosen by the token's
+    /// `kid`), reloaded when it changes: keys rotate without a restart.
+    #[arg(long, env = "PUSHMESH_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+
+    /// A JSON Web Key Set URL (an identity provider's jwks_uri), fetched at
+    /// start, every --jwt-jwks-refresh-secs, and when a token names an
+    /// unknown `kid` (at most once per --jwt-jwks-min-interval-ms).
+    #[arg(long, env = "PUSHMESH_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between fetches of --jwt-jwks-url.
+    #[arg(long, env = "PUSHMESH_JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwt_jwks_refresh_secs: u64,
+
+    /// Least time between two key set reloads caused by tokens naming an
+    /// unknown `kid`, in milliseconds (made-up kids cost one fetch per interval).
+    #[arg(long, env = "PUSHMESH_JWT_JWKS_MIN_INTERVAL_MS", default_value_t = 10000)]
+    pub jwt_jwks_min_interval_ms: u64,
+
+    /// Refuse tokens whose `iss` is not this (closed with 4001).
+    #[arg(long, env = "PUSHMESH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Refuse tokens whose `aud` does not name this audience (closed with 4001).
+    #[arg(long, env = "PUSHMESH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// With JWT auth on: seconds a client has to authenticate after connecting.
     #[arg(long, env = "PUSHMESH_AUTH_TIMEOUT_SECS", default_value_t = 10)]
     pub auth_timeout_secs: u64,
@@ -147,6 +175,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
+
+    #[command(flatten)]
+    pub runtime: pushmesh_common::runtime::RuntimeArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

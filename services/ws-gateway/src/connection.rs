@@ -531,7 +531,7 @@ async fn authenticate(
                     let Some(auth) = &shared.auth else {
                         return Err(AuthError::Invalid("this gateway checks no tokens".into()));
                     };
-                    return auth.check(&t).map(|g| (g, id));
+                    return auth.check_fresh(&t).await.map(|g| (g, id));
                 }
                 Some(Command { op, data, id, .. }) if op == "connect" => {
                     body["data"] = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
@@ -567,11 +567,11 @@ async fn authenticate(
         return Ok((Grant::anonymous(), None));
     };
     if let Some(t) = token {
-        return auth.check(&t).map(|g| (g, None));
+        return auth.check_fresh(&t).await.map(|g| (g, None));
     }
     let cmd = first_command(shared, inbound).await.ok_or(AuthError::Missing)?;
     match (cmd.op.as_str(), cmd.token) {
-        ("auth", Some(t)) => auth.check(&t).map(|g| (g, cmd.id)),
+        ("auth", Some(t)) => auth.check_fresh(&t).await.map(|g| (g, cmd.id)),
         _ => Err(AuthError::Missing),
     }
 }
@@ -884,7 +884,7 @@ impl Conn {
             "ping" => ("ping", Reply::Ok),
             "publish" => ("publish", self.publish(&cmd).await),
             "rpc" => ("rpc", self.rpc(&cmd).await),
-            "refresh" => ("refresh", self.refresh(&cmd)),
+            "refresh" => ("refresh", self.refresh(&cmd).await),
             "auth" | "connect" => {
                 ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
             }
@@ -1147,7 +1147,7 @@ impl Conn {
     /// for the same user; it replaces the grant (its `channels` govern
     /// later subscribes; channels already joined stay) and its `exp` the
     /// deadline. A refused one changes nothing.
-    fn refresh(&self, cmd: &Command) -> Reply {
+    async fn refresh(&self, cmd: &Command) -> Reply {
         let Some(auth) = &self.shared.auth else {
             return Reply::error(
                 "bad_request",
@@ -1157,7 +1157,7 @@ impl Conn {
         let Some(token) = cmd.token.as_deref() else {
             return Reply::error("bad_request", "refresh needs a \"token\": the new JWT");
         };
-        let new = match auth.check(token) {
+        let new = match auth.check_fresh(token).await {
             Ok(g) => g,
             Err(AuthError::Expired) => {
                 return Reply::error("token_expired", "the new token has expired already; the current token stays");

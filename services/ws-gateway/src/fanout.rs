@@ -30,7 +30,7 @@ use crate::metrics::GatewayMetrics;
 use crate::protocol;
 use crate::queue::{Outbound, SendError};
 use crate::recovery::{Admit, Recovery};
-use crate::registry::{ConnEntry, Recipients, Registry};
+use crate::registry::{Advance, ConnEntry, Recipients, Registry};
 
 pub struct Fanout {
     gateway: GatewayId,
@@ -98,6 +98,18 @@ impl Fanout {
                 return false;
             }
         };
+        if let Recipients::Channel(channel) = to
+            && !d.epoch.is_empty()
+        {
+            match self.registry.advance(channel, &d.epoch, d.offset) {
+                Advance::Next => {}
+                Advance::Gap => self.metrics.offset_gaps.inc(),
+                Advance::Stale => {
+                    self.metrics.stale.inc();
+                    return false;
+                }
+            }
+        }
         let excluded: Vec<u64> = d.exclude.iter().filter_map(|c| self.local_seq(c)).collect();
         let mut frames =
             Frames { delivery: d, data, json: None, raw: None, json_wire: None, raw_wire: None, written: 0 };

@@ -36,6 +36,9 @@ use crate::registry::Registry;
 /// What a link task works with.
 pub struct LinkCtx {
     pub gateway: GatewayId,
+    /// Drawn once per process and sent in every `Hello`: proves to a hub
+    /// that a re-attach comes from this process (see `Hello.instance`).
+    pub instance: String,
     pub links: Arc<HubLinks>,
     pub attached: Arc<AttachedCount>,
     /// Read for the interest snapshot on every (re)attach.
@@ -67,6 +70,11 @@ pub async fn run(link: NewLink, endpoint: Endpoint, ctx: Arc<LinkCtx>) {
         if ended.was_attached {
             backoff = min;
             tracing::warn!(hub = %url, %error, "hub link lost; re-attaching");
+        } else if error.starts_with("attach refused") {
+            // The hub answered and said no (a certificate without the
+            // gateway role, another instance holding this id): an operator
+            // must see it, not only a gateway that never gets ready.
+            tracing::warn!(hub = %url, %error, "hub refused the attach; retrying");
         } else {
             tracing::debug!(hub = %url, %error, "hub not reachable; retrying");
         }
@@ -118,8 +126,12 @@ async fn session(
     interest.push(Topic::Broadcast);
     interest.push(Topic::Gateway(ctx.gateway.clone()));
     let snapshot: Vec<String> = interest.iter().map(Topic::wire).collect();
-    let hello =
-        AttachRequest { kind: Some(attach_request::Kind::Hello(Hello { gateway_id: ctx.gateway.to_string() })) };
+    let hello = AttachRequest {
+        kind: Some(attach_request::Kind::Hello(Hello {
+            gateway_id: ctx.gateway.to_string(),
+            instance: ctx.instance.clone(),
+        })),
+    };
     let snapshot_id = 1;
     let sub = AttachRequest {
         kind: Some(attach_request::Kind::Subscribe(TopicsChange { request_id: snapshot_id, topics: snapshot })),

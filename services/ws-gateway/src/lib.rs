@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod fanout;
 pub mod http;
 pub mod hubs;
+pub mod jwks;
 pub mod links;
 pub mod metrics;
 pub mod namespaces;

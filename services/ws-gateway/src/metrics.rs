@@ -18,6 +18,10 @@ pub struct GatewayMetrics {
     /// Deliveries received from hubs (before local fan-out).
     pub hub_deliveries: IntCounter,
     pub duplicates: IntCounter,
+    /// Channel deliveries at or before the channel's last offset here.
+    pub stale: IntCounter,
+    /// Channel deliveries that skipped offsets.
+    pub offset_gaps: IntCounter,
     pub hubs_attached: IntGauge,
     pub topics: IntGauge,
     pub commands: IntCounterVec,
@@ -82,6 +86,19 @@ impl GatewayMetrics {
             "pushmesh_gateway_duplicates_dropped_total",
             "Hub deliveries dropped because their publish was already delivered here (a relay and its \
              original, while a partition between this gateway and a hub heals).",
+        )
+        .expect("metric");
+        let stale = IntCounter::new(
+            "pushmesh_gateway_stale_dropped_total",
+            "Hub channel deliveries dropped because this gateway already delivered that channel's offset or a \
+             later one in the same epoch (a repeat, or a late copy from a hub that routed the channel during a \
+             failover).",
+        )
+        .expect("metric");
+        let offset_gaps = IntCounter::new(
+            "pushmesh_gateway_offset_gaps_total",
+            "Hub channel deliveries that skipped offsets after the channel's last one here (the skipped ones \
+             are in the channel's history: a client that subscribes again with since gets them).",
         )
         .expect("metric");
         let hubs_attached =
@@ -154,6 +171,8 @@ impl GatewayMetrics {
             Box::new(dropped.clone()),
             Box::new(hub_deliveries.clone()),
             Box::new(duplicates.clone()),
+            Box::new(stale.clone()),
+            Box::new(offset_gaps.clone()),
             Box::new(hubs_attached.clone()),
             Box::new(topics.clone()),
             Box::new(commands.clone()),
@@ -190,6 +209,8 @@ impl GatewayMetrics {
             dropped,
             hub_deliveries,
             duplicates,
+            stale,
+            offset_gaps,
             hubs_attached,
             topics,
             commands,

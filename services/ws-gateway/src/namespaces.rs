@@ -87,7 +87,7 @@ fn yes() -> bool {
 /// How the gateway reaches the application's backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `http://…`: a JSON POST to `{base}/{connect|subscribe|publish|rpc|disconnect}`.
+    /// `http://…` or `https://…` (verified against the system's roots): a JSON POST to `{base}/{connect|subscribe|publish|rpc|disconnect}`.
     Http(String),
     /// `grpc://host:port` (plain HTTP/2): the `pushmesh.v1.Proxy` service.
     Grpc(String),
@@ -251,11 +251,11 @@ fn proxy_config(p: ProxyFile, text: &str) -> Result<ProxyConfig, String> {
         Endpoint::Grpc(format!("http://{rest}"))
     } else if let Some(rest) = raw.strip_prefix("grpc+http://") {
         Endpoint::Grpc(format!("http://{rest}"))
-    } else if raw.starts_with("http://") {
+    } else if raw.starts_with("http://") || raw.starts_with("https://") {
         Endpoint::Http(raw.to_owned())
     } else {
         return Err(format!(
-            "line {}: endpoint {:?} is not supported; expected http://host:port/path (JSON) or grpc://host:port (pushmesh.v1.Proxy)",
+            "line {}: endpoint {:?} is not supported; expected http(s)://host:port/path (JSON) or grpc://host:port (pushmesh.v1.Proxy)",
             line(p.endpoint.span()),
             raw
         ));
@@ -340,6 +340,7 @@ recover = false
         assert_eq!(Namespaces::parse(twice).unwrap_err(), "line 4: prefix \"a:\" is declared twice");
         let no_proxy = "[[namespace]]\nprefix = \"a:\"\nproxy_subscribe = true\n";
         assert!(Namespaces::parse(no_proxy).unwrap_err().starts_with("line 1: "));
+        assert!(Namespaces::parse("[proxy]\nendpoint = \"https://backend/pushmesh\"\n").is_ok());
         let scheme = "[proxy]\nendpoint = \"ftp://x\"\n";
         assert!(Namespaces::parse(scheme).unwrap_err().starts_with("line 2: endpoint"));
         let timeout = "[proxy]\nendpoint = \"http://x\"\ntimeout_ms = 0\n";

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use pushmesh_common::ids::{Channel, Topic, UserId};
@@ -74,6 +74,29 @@ struct Inner {
     channels: HashMap<Channel, HashSet<u64>>,
     /// User → that user's connections here.
     users: HashMap<UserId, HashSet<u64>>,
+    /// Channel → the last stream position delivered here (an entry exactly
+    /// while the channel has members; see `advance`).
+    positions: HashMap<Channel, Mutex<Option<Position>>>,
+}
+
+/// A channel's last delivered stream position.
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// Where a positioned channel delivery stands against the last one
+/// delivered here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// The next offset, the first one seen, or a new epoch: deliver.
+    Next,
+    /// Later than the next offset: deliver; some offsets never came here.
+    Gap,
+    /// At or before the last offset delivered in this epoch: a repeat, or a
+    /// late copy from a hub that routed the channel during a failover.
+    /// Delivering it would break the per-channel order clients rely on.
+    Stale,
 }
 
 /// Why a join was refused.
@@ -157,6 +180,7 @@ impl Registry {
         let mut gone = Vec::new();
         for channel in entry.channels {
             if drop_member(&mut inner.channels, channel.as_str(), seq) {
+                inner.positions.remove(channel.as_str());
                 gone.push(Topic::Channel(channel));
             }
         }
@@ -191,6 +215,7 @@ impl Registry {
                 }
                 entry.channels.push(channel.clone());
                 inner.channels.entry(channel.clone()).or_default().insert(seq);
+                inner.positions.entry(channel.clone()).or_default();
             }
             // Always ask the hubs, even when the channel already had
             // members: an earlier member's subscribe may still be in
@@ -222,6 +247,7 @@ impl Registry {
             return Left::NotMember;
         }
         if drop_member(&mut inner.channels, channel.as_str(), seq) {
+            inner.positions.remove(channel.as_str());
             self.links.unsubscribe(&[Topic::Channel(channel.clone())]);
         }
         self.update_gauge(&inner);
@@ -233,6 +259,29 @@ impl Registry {
         if let Some(c) = self.read().conns.get(&seq) {
             c.recovers.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Record a positioned delivery for `channel` and say whether it moves
+    /// the channel forward (one uncontended lock per delivery, under the
+    /// read lock). Offsets within an epoch only grow; a new epoch starts
+    /// over (epochs are not ordered: a hub that lost the channel's state
+    /// starts a new one, and its clients are told so when they recover).
+    pub fn advance(&self, channel: &str, epoch: &str, offset: u64) -> Advance {
+        let inner = self.read();
+        let Some(slot) = inner.positions.get(channel) else {
+            return Advance::Next; // no members: nothing is delivered anyway
+        };
+        let mut last = slot.lock().expect("position lock");
+        let verdict = match last.as_ref() {
+            Some(p) if p.epoch == epoch && offset <= p.offset => return Advance::Stale,
+            Some(p) if p.epoch == epoch && offset > p.offset + 1 => Advance::Gap,
+            _ => Advance::Next,
+        };
+        match last.as_mut() {
+            Some(p) if p.epoch == epoch => p.offset = offset,
+            _ => *last = Some(Position { epoch: epoch.to_owned(), offset }),
+        }
+        verdict
     }
 
     /// Call `f` for every connection `to` names, under the read lock (no

@@ -70,12 +70,7 @@ impl Gateway {
         for u in source.static_urls() {
             crate::links::endpoint(u, keepalive, tls.as_ref())?;
         }
-        let auth = Authenticator::from_config(
-            config.jwt_secret.as_deref(),
-            config.jwt_secret_file.as_ref(),
-            config.jwt_public_key_file.as_ref(),
-            &config.jwt_algorithm,
-        )?;
+        let auth = Authenticator::from_config(&config).await?;
         if auth.is_none() {
             tracing::warn!(
                 "no JWT key configured: clients are anonymous and may subscribe to ANY channel; set PUSHMESH_JWT_SECRET for production"
@@ -145,6 +140,10 @@ impl Gateway {
             health.clone(),
             metrics.hubs_attached.clone(),
         ));
+        if let Some(jwks) = auth.as_ref().and_then(Authenticator::jwks) {
+            let every = Duration::from_secs(config.jwt_jwks_refresh_secs);
+            tasks.spawn(jwks.keep_current(every, shutdown.clone()));
+        }
         let clients = Arc::new(
             Clients::new(
                 gateway.clone(),
@@ -160,6 +159,7 @@ impl Gateway {
         );
         let link_ctx = Arc::new(LinkCtx {
             gateway: gateway.clone(),
+            instance: format!("{:032x}", rand::random::<u128>()),
             links: links.clone(),
             attached: attached.clone(),
             registry: registry.clone(),

@@ -360,7 +360,8 @@ async fn fake_gateway(url: &str, i: usize, names: &[String], c: Arc<Counters>) -
     let mut client = HubClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(16);
     let msg = |k| AttachRequest { kind: Some(k) };
-    tx.send(msg(attach_request::Kind::Hello(Hello { gateway_id: format!("bench-gw-{i}") }))).await?;
+    tx.send(msg(attach_request::Kind::Hello(Hello { gateway_id: format!("bench-gw-{i}"), instance: String::new() })))
+        .await?;
     let topics = names.iter().map(|n| format!("c:{n}")).collect();
     tx.send(msg(attach_request::Kind::Subscribe(TopicsChange { request_id: 1, topics }))).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();

@@ -180,7 +180,8 @@ async fn fake_gateway(url: &str, i: usize, received: Arc<AtomicU64>) -> Result<m
     let mut client = HubClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let hello = |k| AttachRequest { kind: Some(k) };
-    tx.send(hello(attach_request::Kind::Hello(Hello { gateway_id: format!("bench-gw-{i}") }))).await?;
+    tx.send(hello(attach_request::Kind::Hello(Hello { gateway_id: format!("bench-gw-{i}"), instance: String::new() })))
+        .await?;
     tx.send(hello(attach_request::Kind::Subscribe(TopicsChange { request_id: 1, topics: vec!["b".to_owned()] })))
         .await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();

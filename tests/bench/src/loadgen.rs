@@ -135,19 +135,19 @@ pub struct Outcome {
     pub thread_cpu_s: Option<f64>,
 }
 
-fn mono_ns() -> u64 {
+pub(crate) fn mono_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
 }
 
-fn thread_cpu_s() -> f64 {
+pub(crate) fn thread_cpu_s() -> f64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9).unwrap_or(0.0)
 }
 
-fn lag_histogram() -> Histogram<u64> {
+pub(crate) fn lag_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
 }
 
-fn lag_figures(out: &mut Outcome, h: &Histogram<u64>) {
+pub(crate) fn lag_figures(out: &mut Outcome, h: &Histogram<u64>) {
     out.lag_p50_ms = h.value_at_quantile(0.5) as f64 / 1000.0;
     out.lag_p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
     out.lag_max_ms = h.max() as f64 / 1000.0;
@@ -193,7 +193,7 @@ struct Gen<'a, S: Script> {
 }
 
 /// Sleep until `due_ns` on the monotonic clock.
-fn sleep_until(due_ns: u64) {
+pub(crate) fn sleep_until(due_ns: u64) {
     let t = TimeSpec::new((due_ns / 1_000_000_000) as _, (due_ns % 1_000_000_000) as _);
     while let Err(nix::errno::Errno::EINTR) =
         clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &t)

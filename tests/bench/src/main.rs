@@ -25,6 +25,7 @@ mod ceiling;
 mod cluster;
 mod enginebench;
 mod fleet;
+mod grpcstream;
 mod hubbench;
 mod loadgen;
 mod msgceiling;

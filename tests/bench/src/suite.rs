@@ -12,7 +12,7 @@ use crate::hubbench::{self, HubArgs, HubResult};
 use crate::procstat;
 use crate::report::{self, IdleResult, MsgPhase, MsgRun, SweepResult};
 use crate::scenario::{self, Env, ScenarioArgs, TargetKind};
-use crate::targeted::{self, MsgArgs, Workload};
+use crate::targeted::{self, BulkTransport, MsgArgs, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
@@ -59,6 +59,8 @@ struct Suite {
     unicast: Option<MsgRun>,
     /// The same clients, 1,000 sends per POST /batch at 200,000 sends/s.
     bulk: Option<MsgRun>,
+    /// The same sends over the ingress's gRPC PublishStream (pushmesh only).
+    bulk_stream: Option<MsgRun>,
     /// The same clients over 5,000 channels, 10,000 publishes/s.
     channels: Option<MsgRun>,
 }
@@ -137,6 +139,10 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
     if want(Part::Bulk) {
         procstat::wait_quiet(quiet).await;
         s.bulk = Some(targeted::run(env, Workload::Bulk, &msg_args(&[200_000.0], a.duration)).await?);
+        procstat::wait_quiet(quiet).await;
+        let stream =
+            MsgArgs { transport: BulkTransport::GrpcStream, no_ceiling: true, ..msg_args(&[200_000.0], a.duration) };
+        s.bulk_stream = Some(targeted::run(env, Workload::Bulk, &stream).await?);
     }
     if want(Part::Channels) {
         procstat::wait_quiet(quiet).await;
@@ -287,6 +293,16 @@ fn summary(s: &Suite) -> String {
     }
     if let Some(b) = &s.bulk {
         bulk_rows(&mut o, b);
+    }
+    if let Some(p) = s.bulk_stream.as_ref().and_then(|b| b.fixed_at("pushmesh", 200_000.0)) {
+        let _ = writeln!(
+            o,
+            "| (the same sends over gRPC `PublishStream`, {} per write, a result per send) | {}; pushmesh {:.1} µs CPU per send | {} |",
+            p.per_request,
+            msg_figures(p),
+            p.system_us_per_message,
+            yes(p.pass)
+        );
     }
     if let Some(c) = &s.channels
         && let Some(p) = c.fixed_at("pushmesh", 10_000.0)

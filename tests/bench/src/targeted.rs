@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::cluster::{self, Cluster};
 use crate::fleet::Fleet;
+use crate::grpcstream;
 use crate::loadgen::{self, Arrivals, Method, Plan, Script};
 use crate::msgceiling::MsgCeiling;
 use crate::procstat;
@@ -88,6 +89,10 @@ pub enum Publisher {
 pub enum BulkTransport {
     /// `POST /batch` with `--batch` `send` ops per request.
     Batch,
+    /// The ingress's gRPC `PushApi.PublishStream`: one long-lived stream,
+    /// `--batch` sends written at each scheduled time, a result per send
+    /// (the per-message ceiling has no gRPC: it keeps `/batch`).
+    GrpcStream,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -206,7 +211,10 @@ impl MsgArgs {
                     Form::Seed => "unicast seed GET".to_owned(),
                 },
                 Workload::Channels => format!("{} channels", self.channels),
-                Workload::Bulk => format!("bulk {}/req", self.batch),
+                Workload::Bulk => match self.transport {
+                    BulkTransport::Batch => format!("bulk {}/req", self.batch),
+                    BulkTransport::GrpcStream => format!("bulk gRPC stream {}/write", self.batch),
+                },
             };
             format!("{} conns / {} gw, {what}", self.connections, self.gateways)
         })
@@ -241,6 +249,14 @@ impl Sys<'_> {
         match self {
             Sys::Pushmesh(_) => "pushmesh",
             Sys::Ceiling(_) => "per-message ceiling",
+        }
+    }
+
+    /// The ingress's gRPC API (pushmesh only).
+    fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Sys::Pushmesh(c) => Some(c.ingress.addr("grpc")),
+            Sys::Ceiling(_) => None,
         }
     }
 
@@ -377,7 +393,7 @@ impl<'a> Ctx<'a> {
         let outcome = match (a.publisher, self.workload) {
             (Publisher::Reqwest, _) => loadgen::run_reqwest(&self.http, addr, &plan, &mut script).await?,
             (Publisher::Lean, Workload::Bulk) => {
-                let (o, s) = run_bulk_transport(a.transport, addr, plan, script).await?;
+                let (o, s) = run_bulk_transport(a.transport, addr, self.sys.grpc_addr(), plan, script).await?;
                 script = s;
                 o
             }
@@ -554,11 +570,13 @@ async fn run_lean(addr: std::net::SocketAddr, plan: Plan, script: MsgScript) -> 
 async fn run_bulk_transport(
     transport: BulkTransport,
     addr: std::net::SocketAddr,
+    grpc: Option<std::net::SocketAddr>,
     plan: Plan,
     script: MsgScript,
 ) -> Result<(loadgen::Outcome, MsgScript)> {
-    match transport {
-        BulkTransport::Batch => run_lean(addr, plan, script).await,
+    match (transport, grpc) {
+        (BulkTransport::GrpcStream, Some(grpc)) => grpcstream::run_on_thread(grpc, plan, script).await,
+        (BulkTransport::Batch, _) | (BulkTransport::GrpcStream, None) => run_lean(addr, plan, script).await,
     }
 }
 
@@ -578,7 +596,7 @@ impl BulkPlan {
 }
 
 /// The requests of one phase, and which messages were accepted.
-struct MsgScript {
+pub(crate) struct MsgScript {
     workload: Workload,
     form: Form,
     ids: Arc<Vec<String>>,
@@ -596,6 +614,37 @@ struct MsgScript {
 impl MsgScript {
     fn bulk(&self) -> BulkPlan {
         BulkPlan { messages: self.messages, per_request: self.per_request }
+    }
+
+    /// Bulk request `i` as separate sends: (message number, connection id,
+    /// data) — what a streaming transport writes one by one.
+    pub(crate) fn bulk_sends(&self, i: u64, t_ns: u64) -> Vec<(u64, String, String)> {
+        let n = self.ids.len();
+        let mut data = Vec::with_capacity(self.size + 64);
+        self.bulk()
+            .items(i)
+            .map(|k| {
+                let seq = self.first + k;
+                let c = wire::spread(seq, n);
+                data.clear();
+                wire::targeted_json(seq, t_ns, c as u64, self.size, &mut data);
+                (k, self.ids[c].clone(), String::from_utf8_lossy(&data).into_owned())
+            })
+            .collect()
+    }
+
+    /// The stream's result for message `k`: accepted, or why not.
+    pub(crate) fn bulk_result(&mut self, k: u64, error: Option<String>) -> Option<String> {
+        match error {
+            None => {
+                self.accepted[k as usize] = true;
+                None
+            }
+            Some(e) => {
+                self.item_errors += 1;
+                Some(e)
+            }
+        }
     }
 }
 
@@ -804,5 +853,7 @@ pub async fn smoke(env: &Env) -> Result<Vec<MsgPhase>> {
     out.extend(run(env, Workload::Channels, &channels).await?.fixed);
     let bulk = MsgArgs { batch: 100, rate: vec![2_000.0], ..base };
     out.extend(run(env, Workload::Bulk, &bulk).await?.fixed);
+    let stream = MsgArgs { transport: BulkTransport::GrpcStream, no_ceiling: true, ..bulk };
+    out.extend(run(env, Workload::Bulk, &stream).await?.fixed);
     Ok(out)
 }

@@ -401,7 +401,7 @@ async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>
             .ok_or_else(|| anyhow!("no connection id in the welcome {}", String::from_utf8_lossy(&welcome)))?;
         if let Some(ch) = channel {
             let mut f = Vec::new();
-            let cmd = format!(r#"{{"id":1,"op":"subscribe","channel":"{ch}"}}"#);
+            let cmd = pushmesh_common::client::ClientOp::subscribe(1, ch.to_string(), None).to_text();
             wire::put_client_frame(&mut f, 1, cmd.as_bytes());
             s.write_all(&f).await?;
             let reply = next_text(&mut s, &mut buf).await?;
