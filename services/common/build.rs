@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let files = [format!("{root}/pushmesh/v1/hub.proto"), format!("{root}/pushmesh/v1/api.proto")];
+    let files = [
+        format!("{root}/pushmesh/v1/hub.proto"),
+        format!("{root}/pushmesh/v1/api.proto"),
+        format!("{root}/pushmesh/v1/proxy.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -644,3 +644,44 @@ def test_hub_tls_from_existing_secrets_and_all_or_none():
     docs, _ = render()
     assert "PUSHMESH_TLS_CERT" not in _env(docs, "hub")
     assert all("hub-tls" not in str(w) for w in docs)
+
+
+def test_namespaces_values_become_the_file_the_gateway_reads(tmp_path):
+    values = tmp_path / "ns.yaml"
+    values.write_text(yaml.safe_dump({"wsGateway": {"namespaces": {
+        "proxy": {"endpoint": "http://backend.apps:3000/pushmesh", "connect": True, "timeout_ms": 800},
+        "list": [{"prefix": "chat:", "client_publish": True, "join_leave": True,
+                  "require_claims": {"role": "member", "level": 3}},
+                 {"prefix": ""}],
+    }}}))
+    docs, _ = render(values)
+    cm = by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway-namespaces"]
+    text = cm["data"]["namespaces.toml"]
+    import tomllib
+    parsed = tomllib.loads(text)
+    assert parsed["proxy"] == {"endpoint": "http://backend.apps:3000/pushmesh", "connect": True, "timeout_ms": 800}
+    assert parsed["namespace"][0]["require_claims"] == {"role": "member", "level": 3}
+    dep = by_kind(docs, "Deployment")["pm-pushmesh-ws-gateway"]
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["annotations"]["checksum/namespaces"]
+    (c,) = pod["spec"]["containers"]
+    assert {"name": "namespaces", "mountPath": "/etc/pushmesh/namespaces", "readOnly": True} in c["volumeMounts"]
+    assert pod["spec"]["volumes"] == [{"name": "namespaces", "configMap": {"name": "pm-pushmesh-ws-gateway-namespaces"}}]
+    env = by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway"]["data"]
+    assert env["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces/namespaces.toml"
+    # The gateway itself accepts the file: it gets as far as binding its port.
+    f = tmp_path / "namespaces.toml"
+    f.write_text(text)
+    binary = ROOT / "target" / "debug" / "ws-gateway"
+    proc = subprocess.Popen([str(binary), "--namespaces", str(f), "--listen-addr", "127.0.0.1:0",
+                             "--hub", "http://127.0.0.1:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert '"listening"' in line, proc.stderr.read()
+    # Without namespaces values: no file, no mount, no variable.
+    default, _ = render()
+    assert "pm-pushmesh-ws-gateway-namespaces" not in by_kind(default, "ConfigMap")
+    assert "PUSHMESH_NAMESPACES" not in by_kind(default, "ConfigMap")["pm-pushmesh-ws-gateway"]["data"]

@@ -19,6 +19,7 @@ mod openapi;
 mod partition;
 mod per_message;
 mod pipeline;
+mod proxy;
 mod refresh;
 mod reliability;
 mod security;

@@ -7,6 +7,8 @@
 //! to `target/test-logs/<name>-<pid>.log`. Processes are killed on drop,
 //! also when a test fails.
 
+pub mod backend;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -471,6 +473,16 @@ impl Client {
     }
 }
 
+/// Write `contents` to a fresh file named `name` under the test-logs
+/// directory (config files for a service under test); its path.
+pub fn scratch_file(name: &str, contents: &str) -> Result<PathBuf> {
+    let dir = bin_dir().parent().expect("target").join("test-files");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}-{}-{name}", std::process::id(), rand::random::<u32>()));
+    std::fs::write(&path, contents)?;
+    Ok(path)
+}
+
 /// The seed's welcome line, `worker id:GATEWAY connection id:N connected`
 /// (what `?format=raw` clients get first): (gateway, N).
 pub fn seed_welcome(line: &str) -> Option<(String, u64)> {
@@ -590,6 +602,28 @@ impl Client {
             .await
             .map_err(|_| anyhow!("connect to {addr} timed out"))??;
         Ok(Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 })
+    }
+
+    /// Connect with extra request headers (e.g. a session `Cookie`),
+    /// without reading anything.
+    pub async fn connect_with_headers(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Result<Client> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/ws{query}").into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut()
+                .append(tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+        Ok(Client { ws, connection: String::new(), gateway: String::new(), next_id: 1 })
+    }
+
+    /// Close the connection (a normal close) and wait for the gateway's answer.
+    pub async fn close(mut self) -> Result<()> {
+        self.ws.close(None).await?;
+        while let Ok(Some(_)) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        Ok(())
     }
 
     /// Read the welcome frame (after `connect_raw` and an auth command).

@@ -280,6 +280,9 @@ PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
 PUSHMESH_HANDSHAKE_TIMEOUT_SECS: {{ $c.handshakeTimeoutSecs | quote }}
 PUSHMESH_AUTH_TIMEOUT_SECS: {{ $c.authTimeoutSecs | quote }}
 PUSHMESH_MAX_CONNECTIONS_PER_USER: {{ $c.maxConnectionsPerUser | quote }}
+{{- if include "pushmesh.namespacesEnabled" . }}
+PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
+{{- end }}
 PUSHMESH_JWT_ALGORITHM: {{ .Values.auth.jwtAlgorithm | quote }}
 {{- with .Values.auth.jwtIssuer }}
 PUSHMESH_JWT_ISSUER: {{ . | quote }}
@@ -365,5 +368,34 @@ PUSHMESH_HUB_TLS_CA: "/etc/pushmesh/hub-tls/ca.crt"
 PUSHMESH_HUB_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
 PUSHMESH_HUB_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
 PUSHMESH_HUB_TLS_DOMAIN: {{ include "pushmesh.hubTls.domain" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Non-empty when the gateways get a namespaces file. */}}
+{{- define "pushmesh.namespacesEnabled" -}}
+{{- $ns := .Values.wsGateway.namespaces -}}
+{{- if or $ns.proxy $ns.list }}true{{ end -}}
+{{- end -}}
+
+{{/* The gateways' namespaces file (TOML) from wsGateway.namespaces; JSON
+scalars are valid TOML values, and quoted keys valid TOML keys. */}}
+{{- define "pushmesh.namespacesToml" -}}
+{{- $ns := .Values.wsGateway.namespaces -}}
+{{- with $ns.proxy }}
+[proxy]
+{{- range $k, $v := . }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
+{{- range $ns.list }}
+
+[[namespace]]
+{{- range $k, $v := . }}
+{{- if kindIs "map" $v }}
+{{ $k }} = { {{- range $i, $ck := keys $v | sortAlpha }}{{ if $i }}, {{ end }}{{ toJson $ck }} = {{ toJson (get $v $ck) }}{{ end }} }
+{{- else }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}

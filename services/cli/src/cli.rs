@@ -333,6 +333,10 @@ pub struct DevArgs {
     #[arg(long, env = "PUSHMESH_DEV_GATEWAY_ID", default_value = "gw-local")]
     pub gateway_id: String,
 
+    /// The gateway's channel namespaces and backend proxy file (TOML, see docs/proxy.md).
+    #[arg(long, env = "PUSHMESH_NAMESPACES")]
+    pub namespaces: Option<std::path::PathBuf>,
+
     /// Require client JWTs signed with this HS256 secret (mint them with `pushmesh token`).
     #[arg(long, env = "PUSHMESH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -19,6 +19,10 @@ use crate::failure::{Failure, Result};
 pub async fn run(args: DevArgs) -> Result<()> {
     pushmesh_common::telemetry::init(&args.log, pushmesh_common::telemetry::LogFormat::Text);
     let shutdown = pushmesh_common::shutdown::on_signal();
+    // Checked first: a bad file is the user's to fix, not a port in use.
+    if let Some(path) = &args.namespaces {
+        pushmesh_ws_gateway::namespaces::Namespaces::load(path).map_err(|e| Failure::usage(e.to_string()))?;
+    }
 
     let mut hub_cfg = pushmesh_hub::Config::parse_from(["hub"]);
     hub_cfg.grpc_addr = args.hub_grpc_addr;
@@ -37,6 +41,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     gw_cfg.hubs = vec![hub_url.clone()];
     gw_cfg.gateway_id = Some(args.gateway_id.clone());
     gw_cfg.jwt_secret = args.jwt_secret.clone();
+    gw_cfg.namespaces = args.namespaces.clone();
     let gateway = pushmesh_ws_gateway::Gateway::bind(gw_cfg)
         .await
         .map_err(|e| in_use(format!("cannot start the ws-gateway on {}: {e:#}", args.gateway_addr)))?;

@@ -45,7 +45,7 @@ impl HubMetrics {
     pub fn new() -> Self {
         let registry = pushmesh_common::admin::registry();
         let publishes = IntCounterVec::new(
-            Opts::new("pushmesh_hub_publishes_total", "Publishes accepted by the hub, by target kind (relay: a copy of another hub's publish for gateways cut off from it)."),
+            Opts::new("pushmesh_hub_publishes_total", "Publishes accepted by the hub, by target kind (relay: a copy of another hub's publish for gateways cut off from it; event: a channel join/leave from a gateway)."),
             &["target"],
         )
         .expect("metric");

@@ -162,6 +162,9 @@ impl Publisher {
         if let Some(relay) = req.relay {
             return Ok(self.relay(&target, req.data, req.exclude, req.id, relay));
         }
+        if !req.event.is_empty() {
+            return self.event(&target, req.event, req.data, req.exclude, req.id);
+        }
         let kind = target.kind();
         let resp = match &target {
             // Positioned and routed by the sequencer: one channel's
@@ -201,6 +204,27 @@ impl Publisher {
             self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
         }
         Ok(resp)
+    }
+
+    /// A channel event (join/leave): routed at once, unpositioned, not kept.
+    fn event(
+        &self,
+        target: &Target,
+        event: String,
+        data: Bytes,
+        exclude: Vec<String>,
+        id: u64,
+    ) -> Result<PublishResponse, Status> {
+        if !matches!(target, Target::Channel(_)) || !matches!(event.as_str(), "join" | "leave") {
+            return Err(
+                self.reject("invalid", Status::invalid_argument("an event is \"join\" or \"leave\", on a channel"))
+            );
+        }
+        let mut delivery = target.delivery(data, exclude, id, None);
+        delivery.event = event;
+        let routed = self.table.route(delivery);
+        self.metrics.publishes.with_label_values(&["event"]).inc();
+        Ok(PublishResponse { gateways: routed.queued, ..Default::default() })
     }
 
     /// A direct send answered with what its gateway says.

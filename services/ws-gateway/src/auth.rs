@@ -35,6 +35,12 @@ pub enum AuthError {
     Invalid(String),
     #[error("authentication required: pass ?token=JWT or send {{\"op\":\"auth\",\"token\":\"JWT\"}} first")]
     Missing,
+    /// The connect proxy refused the connection: its close code and reason.
+    #[error("{}", .0.1)]
+    Refused(Box<(u16, String)>),
+    /// The connect proxy failed (timeout, error, unavailable).
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// What a valid token grants.
@@ -42,14 +48,31 @@ pub enum AuthError {
 pub struct Grant {
     pub user: Option<UserId>,
     /// `None`: any channel (anonymous mode).
-    pub channels: Option<Vec<String>>,
+    /// Shared: a grant lives in every connection's task, so it stays small.
+    pub channels: Option<std::sync::Arc<[String]>>,
     /// The token's `exp` (seconds since the epoch); `None` in anonymous mode.
     pub expires: Option<u64>,
+    /// Claims and backend info; one pointer, as a grant lives in every
+    /// connection's task.
+    pub extra: Option<std::sync::Arc<GrantExtra>>,
+}
+
+/// The rarer parts of a grant.
+#[derive(Debug, Default)]
+pub struct GrantExtra {
+    /// The token's other claims (or the connect proxy's `claims`), checked
+    /// against a namespace's `require_claims`.
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Channels the connect proxy's answer subscribes the connection to.
+    pub channels: Vec<pushmesh_common::ids::Channel>,
+    /// The connect proxy's `info` for this connection, sent back to the
+    /// backend with the connection's later calls.
+    pub info: Option<serde_json::Value>,
 }
 
 impl Grant {
     pub fn anonymous() -> Self {
-        Self { user: None, channels: None, expires: None }
+        Self { user: None, channels: None, expires: None, extra: None }
     }
 
     /// How long until a connection holding this grant must close: `exp`
@@ -59,6 +82,14 @@ impl Grant {
         let exp = self.expires?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         Some(std::time::Duration::from_secs((exp + LEEWAY_SECS).saturating_sub(now)))
+    }
+
+    pub fn claims(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.extra.as_ref()?.claims.as_ref()
+    }
+
+    pub fn info(&self) -> Option<&serde_json::Value> {
+        self.extra.as_ref()?.info.as_ref()
     }
 
     pub fn may_subscribe(&self, channel: &str) -> bool {
@@ -78,6 +109,8 @@ struct Claims {
     #[serde(default)]
     channels: Vec<String>,
     exp: u64,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the verifying key comes from.
@@ -223,7 +256,13 @@ impl Authenticator {
             Some(sub) => Some(UserId::new(sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?),
             None => None,
         };
-        Ok(Grant { user, channels: Some(data.claims.channels), expires: Some(data.claims.exp) })
+        Ok(Grant {
+            user,
+            channels: Some(data.claims.channels.into()),
+            expires: Some(data.claims.exp),
+            extra: (!data.claims.extra.is_empty())
+                .then(|| std::sync::Arc::new(GrantExtra { claims: Some(data.claims.extra), ..Default::default() })),
+        })
     }
 }
 

@@ -166,6 +166,13 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_CLIENT_COMMANDS_BURST", default_value_t = 100)]
     pub client_commands_burst: u32,
 
+    /// TOML file of channel namespaces (options per channel prefix) and the
+    /// application backend proxy (docs/proxy.md); checked at start-up,
+    /// errors name the line. None: every channel gets the defaults (no
+    /// client publish, no proxies, recovery on).
+    #[arg(long, env = "PUSHMESH_NAMESPACES")]
+    pub namespaces: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
 

@@ -14,6 +14,14 @@
 //! (disconnect), shutdown (1012), or the token's expiry (4002: the reader
 //! holds a timer for `exp` that a `refresh` command moves). Frames still
 //! queued when it ends are counted as dropped with the reason.
+//!
+//! Commands that need the application's backend (a connect without a JWT,
+//! proxied subscribes and publishes, rpc; see `proxy`) wait for it inside
+//! the reader, in order: a slow backend delays that connection's next
+//! commands, bounded by the proxy's timeout, and nothing else. A client
+//! publish then goes to the channel's hub through `links`; join/leave
+//! events and the disconnect notice are sent as the connection changes and
+//! ends (best effort).
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -21,19 +29,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use pushmesh_common::ids::{Channel, ConnectionId, GatewayId};
+use pushmesh_common::ids::{Channel, ConnectionId, GatewayId, UserId};
 
 use crate::admission::CommandBudget;
-use crate::auth::{AuthError, Authenticator, Grant};
+use crate::auth::{AuthError, Authenticator, Grant, GrantExtra};
 use crate::config::Config;
+use crate::links::{HubLinks, HubPublishError};
 use crate::metrics::GatewayMetrics;
+use crate::namespaces::Namespaces;
 use crate::protocol::{self, Command, Reply, close};
+use crate::proxy::{ConnectRequest, ConnectResult, Kind, Proxy, ProxyError};
 use crate::queue::{CloseSignal, Frame, OutQueue, Outbound, SendError};
 use crate::recovery::{Recovery, Subscriber};
 use crate::registry::{ConnEntry, JoinError, Registry};
@@ -81,6 +93,12 @@ pub struct Clients {
     pub ws_config: WebSocketConfig,
     /// Fires at shutdown: every connection closes with 1012.
     pub shutdown: CancellationToken,
+    /// Options per channel prefix (defaults everywhere without a file).
+    pub namespaces: Arc<Namespaces>,
+    /// The application's backend, when `[proxy]` is configured.
+    pub proxy: Option<Arc<Proxy>>,
+    /// For client publishes (`None`: clients cannot publish here).
+    pub links: Option<Arc<HubLinks>>,
     next_seq: AtomicU64,
 }
 
@@ -99,7 +117,38 @@ impl Clients {
             .read_buffer_size(256)
             .max_message_size(Some(settings.max_message_bytes))
             .max_frame_size(Some(settings.max_message_bytes));
-        Self { gateway, settings, registry, recovery, metrics, auth, ws_config, shutdown, next_seq: AtomicU64::new(1) }
+        Self {
+            gateway,
+            settings,
+            registry,
+            recovery,
+            metrics,
+            auth,
+            ws_config,
+            shutdown,
+            namespaces: Arc::new(Namespaces::default()),
+            proxy: None,
+            links: None,
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// Namespaces, the backend proxy, and the hub links client publishes go through.
+    pub fn with_backend(
+        mut self,
+        namespaces: Arc<Namespaces>,
+        proxy: Option<Arc<Proxy>>,
+        links: Arc<HubLinks>,
+    ) -> Self {
+        self.namespaces = namespaces;
+        self.proxy = proxy;
+        self.links = Some(links);
+        self
+    }
+
+    /// The connect proxy, when on.
+    pub fn connect_proxy(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.as_ref().filter(|p| p.config().connect)
     }
 
     /// The per-connection read buffer (it grows for a larger message).
@@ -113,19 +162,45 @@ impl Clients {
     }
 }
 
+/// What the upgrade request said that authentication needs.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    pub token: Option<String>,
+    pub connect: Option<ConnectRequest>,
+}
+
+impl Handshake {
+    /// `None` when there is nothing to carry.
+    pub fn boxed(token: Option<String>, connect: Option<ConnectRequest>) -> Option<Box<Self>> {
+        (token.is_some() || connect.is_some()).then(|| Box::new(Self { token, connect }))
+    }
+}
+
 /// Serve one upgraded connection: `read_buf` holds what the client sent
 /// right behind its upgrade request, if anything.
-pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: bool, token: Option<String>) {
+/// `handshake`: the `?token=`, and what the connect proxy is told when it
+/// is on (boxed, and `None` when there is neither: the arguments of this
+/// function stay in every idle connection's task).
+pub async fn run(
+    stream: TcpStream,
+    read_buf: Bytes,
+    shared: Arc<Clients>,
+    raw: bool,
+    handshake: Option<Box<Handshake>>,
+) {
     let tx = Arc::new(OutQueue::new(stream, shared.settings.outbound_queue));
     let mut inbound = Inbound::new(read_buf, tx.clone(), &shared);
+    let seq = shared.next_seq();
     // Boxed: cold paths stay out of the connection task's resident state.
-    let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, token, &mut inbound)).await {
+    let (grant, auth_reply_id) = match Box::pin(authenticate(&shared, seq, handshake, &mut inbound)).await {
         Ok(g) => g,
         Err(e) => {
             let (code, label) = match e {
                 AuthError::Expired => (close::TOKEN_EXPIRED, "expired"),
                 AuthError::Invalid(_) => (close::UNAUTHORIZED, "invalid"),
                 AuthError::Missing => (close::UNAUTHORIZED, "missing"),
+                AuthError::Refused(ref r) => (r.0, "refused"),
+                AuthError::Backend(_) => (close::BACKEND_FAILED, "backend"),
             };
             shared.metrics.auth_failures.with_label_values(&[label]).inc();
             shared.metrics.disconnects.with_label_values(&["auth"]).inc();
@@ -135,7 +210,6 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
         }
     };
 
-    let seq = shared.next_seq();
     let id = ConnectionId::new(shared.gateway.clone(), seq);
     let close = Arc::new(CloseSignal::default());
     // Held in the queue, not written yet: they go first, and the writer
@@ -162,6 +236,9 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
     // to this user reach this connection".
     if !confirmation.is_empty() {
         confirmation.confirmed(shared.settings.subscribe_timeout).await;
+    }
+    if let Some(extra) = grant.extra.as_ref().filter(|e| !e.channels.is_empty()) {
+        Box::pin(join_server_side(&shared, seq, grant.user.as_ref(), &tx, &close, extra.clone())).await;
     }
     tracing::debug!(connection = %id, raw, user = ?grant.user, "client connected");
 
@@ -192,24 +269,77 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, shared: Arc<Clients>, raw: 
             }
         }
     };
+    let user = conn.grant.lock().expect("grant lock").user.clone();
+    drop(conn);
     // Boxed, and taking everything: nothing stays live in this task's
     // state across the end's await.
-    Box::pin(end(shared, tx, id, reason)).await;
+    Box::pin(end(shared, tx, id, reason, user)).await;
+}
+
+/// Subscribe a new connection to the channels its connect answer named,
+/// telling it with a `subscribed` frame for each.
+async fn join_server_side(
+    shared: &Clients,
+    seq: u64,
+    user: Option<&UserId>,
+    tx: &OutQueue,
+    close: &CloseSignal,
+    extra: Arc<GrantExtra>,
+) {
+    for ch in &extra.channels {
+        match shared.registry.join(seq, ch, shared.settings.max_channels, shared.settings.subscribe_timeout).await {
+            Ok(added) => {
+                let frame = Frame { text: protocol::membership_frame(true, ch.as_str()), is_delivery: false };
+                if let Err(SendError::Full) = tx.try_send(frame) {
+                    close.slow_consumer();
+                }
+                if added {
+                    announce(shared, seq, user, ch, "join").await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(channel = ch.as_str(), error = %e, "server-side subscribe from the connect answer failed")
+            }
+        }
+    }
 }
 
 /// The connection is over: it leaves the registry and the counts at once;
 /// then, if this side closed it, the socket lingers (see `linger`).
-async fn end(shared: Arc<Clients>, tx: Arc<OutQueue>, id: ConnectionId, reason: &'static str) {
+async fn end(shared: Arc<Clients>, tx: Arc<OutQueue>, id: ConnectionId, reason: &'static str, user: Option<UserId>) {
     // Anything still queued will never be written.
     let lost = tx.abandon();
+    let announced: Vec<Channel> = shared
+        .registry
+        .with_connection(id.seq(), |e| {
+            e.channels().iter().filter(|c| shared.namespaces.for_channel(c.as_str()).join_leave).cloned().collect()
+        })
+        .unwrap_or_default();
     shared.registry.remove(id.seq());
     shared.recovery.forget_connection(id.seq());
     shared.metrics.connections.dec();
     shared.metrics.disconnects.with_label_values(&[reason]).inc();
     count_dropped(&shared, reason, lost);
     tracing::debug!(connection = %id, reason, "client disconnected");
+    let notice = async {
+        // Best effort, bounded by the proxy's timeout: the backend's
+        // presence may miss it (a crashed gateway sends none at all).
+        if let Some(p) = shared.proxy.as_ref().filter(|p| p.config().disconnect_notice) {
+            let body = serde_json::json!({
+                "client": id.to_string(),
+                "user": user.as_ref().map(UserId::as_str),
+                "reason": reason,
+            });
+            let _ = p.call(Kind::Disconnect, body).await;
+        }
+        for ch in &announced {
+            announce(&shared, id.seq(), user.as_ref(), ch, "leave").await;
+        }
+    };
     if reason != "client" {
-        linger(&tx).await;
+        tokio::join!(linger(&tx), notice);
+    } else {
+        notice.await;
     }
 }
 
@@ -376,19 +506,80 @@ impl Write for SocketIo<'_> {
 /// With auth configured: the token from `?token=`, or from a first
 /// `{"op":"auth","token":…}` within the auth timeout. Returns the grant and
 /// the id of the auth command to reply to.
+///
+/// With the connect proxy on, a client without `?token=` (or any client,
+/// when no JWT key is configured) is asked about to the backend instead;
+/// its answer also names the channels to subscribe the connection to.
 async fn authenticate(
     shared: &Clients,
-    token: Option<String>,
+    seq: u64,
+    handshake: Option<Box<Handshake>>,
     inbound: &mut Inbound,
 ) -> Result<(Grant, Option<u64>), AuthError> {
+    let Handshake { token, connect } = handshake.map(|h| *h).unwrap_or_default();
+    let use_jwt = shared.auth.is_some() && token.is_some();
+    if let (Some(proxy), Some(req), false) = (shared.connect_proxy(), connect, use_jwt) {
+        let client = ConnectionId::new(shared.gateway.clone(), seq).to_string();
+        let mut body = req.body(&client);
+        let mut reply_id = None;
+        if proxy.config().connect_first_message {
+            // The client's first frame: `{"op":"connect","data":…}` for the
+            // backend, or (with a JWT key) `{"op":"auth","token":…}`.
+            let cmd = first_command(shared, inbound).await;
+            match cmd {
+                Some(Command { op, token: Some(t), id, .. }) if op == "auth" => {
+                    let Some(auth) = &shared.auth else {
+                        return Err(AuthError::Invalid("this gateway checks no tokens".into()));
+                    };
+                    return auth.check_fresh(&t).await.map(|g| (g, id));
+                }
+                Some(Command { op, data, id, .. }) if op == "connect" => {
+                    body["data"] = data.and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+                    reply_id = id;
+                }
+                _ => {
+                    return Err(AuthError::Refused(Box::new((
+                        close::UNAUTHORIZED,
+                        "send {\"op\":\"connect\",\"data\":…} first".to_owned(),
+                    ))));
+                }
+            }
+        }
+        let r = proxy.call(Kind::Connect, body).await.and_then(ConnectResult::from_result);
+        return match r {
+            Ok(r) => {
+                let extra = (r.claims.is_some() || r.info.is_some() || !r.channels.is_empty())
+                    .then(|| Arc::new(GrantExtra { claims: r.claims, info: r.info, channels: r.channels }));
+                // The backend decides per subscribe (proxy_subscribe) or
+                // the namespaces' claims do; the connect answer grants no
+                // channel patterns itself.
+                let grant = Grant { user: r.user, channels: None, expires: None, extra };
+                Ok((grant, reply_id))
+            }
+            Err(ProxyError::Refused { code, message }) => {
+                let code = code.filter(|c| (4000..=4999).contains(c)).unwrap_or(close::UNAUTHORIZED);
+                Err(AuthError::Refused(Box::new((code, message))))
+            }
+            Err(e) => Err(AuthError::Backend(format!("cannot authenticate now: {e}; retry later"))),
+        };
+    }
     let Some(auth) = &shared.auth else {
         return Ok((Grant::anonymous(), None));
     };
     if let Some(t) = token {
         return auth.check_fresh(&t).await.map(|g| (g, None));
     }
-    let wait = shared.settings.auth_timeout;
-    let first = tokio::time::timeout(wait, async {
+    let cmd = first_command(shared, inbound).await.ok_or(AuthError::Missing)?;
+    match (cmd.op.as_str(), cmd.token) {
+        ("auth", Some(t)) => auth.check_fresh(&t).await.map(|g| (g, cmd.id)),
+        _ => Err(AuthError::Missing),
+    }
+}
+
+/// The client's first command, within the auth timeout (`None`: none came,
+/// or it was not a command).
+async fn first_command(shared: &Clients, inbound: &mut Inbound) -> Option<Command> {
+    let first = tokio::time::timeout(shared.settings.auth_timeout, async {
         loop {
             match inbound.next().await {
                 Some(Ok(Message::Text(t))) => return Some(t),
@@ -399,13 +590,8 @@ async fn authenticate(
     })
     .await
     .ok()
-    .flatten()
-    .ok_or(AuthError::Missing)?;
-    let cmd: Command = serde_json::from_str(first.as_str()).map_err(|_| AuthError::Missing)?;
-    match (cmd.op.as_str(), cmd.token) {
-        ("auth", Some(t)) => auth.check_fresh(&t).await.map(|g| (g, cmd.id)),
-        _ => Err(AuthError::Missing),
-    }
+    .flatten()?;
+    serde_json::from_str(first.as_str()).ok()
 }
 
 /// Write a close frame behind whatever frame is half written, dropping
@@ -493,6 +679,30 @@ async fn write(out: &OutQueue, close: &CloseSignal, shared: &Clients, heard: &He
             Err(metric) => return metric,
         }
     }
+}
+
+/// Most clients a client's presence answer lists.
+const PRESENCE_LIMIT: u32 = 1000;
+
+/// Tell `channel`'s other subscribers that connection `seq` joined or left
+/// it, when its namespace has join_leave. Best effort: a hub that cannot
+/// take the event costs the others a frame, not this connection anything.
+async fn announce(shared: &Clients, seq: u64, user: Option<&UserId>, channel: &Channel, event: &str) {
+    if !shared.namespaces.for_channel(channel.as_str()).join_leave {
+        return;
+    }
+    let Some(links) = &shared.links else { return };
+    let id = ConnectionId::new(shared.gateway.clone(), seq).to_string();
+    let data = json!({ "user": user.map(UserId::as_str), "connection": id }).to_string();
+    if let Err(e) = links.publish_event(channel, event, data.into(), vec![id], shared.settings.subscribe_timeout).await
+    {
+        tracing::debug!(channel = channel.as_str(), event, error = %e, "channel event not sent");
+    }
+}
+
+/// A failed backend call, as the client's reply.
+fn proxy_error(e: &ProxyError) -> Reply {
+    Reply::error(e.client_code(), e.to_string())
 }
 
 fn join_error(e: JoinError) -> Reply {
@@ -668,11 +878,14 @@ impl Conn {
             }
         };
         let (op, reply) = match cmd.op.as_str() {
-            "subscribe" => ("subscribe", self.subscribe(&cmd).await),
-            "unsubscribe" => ("unsubscribe", self.unsubscribe(&cmd)),
+            "subscribe" => ("subscribe", self.subscribe_announced(&cmd).await),
+            "unsubscribe" => ("unsubscribe", self.unsubscribe_announced(&cmd).await),
+            "presence" => ("presence", self.presence(&cmd).await),
             "ping" => ("ping", Reply::Ok),
+            "publish" => ("publish", self.publish(&cmd).await),
+            "rpc" => ("rpc", self.rpc(&cmd).await),
             "refresh" => ("refresh", self.refresh(&cmd).await),
-            "auth" => {
+            "auth" | "connect" => {
                 ("auth", Reply::error("bad_request", "already authenticated; to present a new token use refresh"))
             }
             other => (
@@ -680,13 +893,16 @@ impl Conn {
                 Reply::error(
                     "unknown_op",
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe, ping or refresh",
+                        "unknown op {:?}; expected subscribe, unsubscribe, publish, rpc, presence, ping or refresh",
                         pushmesh_common::ids::truncate(other, 40)
                     ),
                 ),
             ),
         };
-        let ok = matches!(reply, Reply::Ok | Reply::Subscribed { .. } | Reply::AlreadySent);
+        let ok = matches!(
+            reply,
+            Reply::Ok | Reply::Subscribed { .. } | Reply::AlreadySent | Reply::Published { .. } | Reply::Data(_)
+        );
         self.count(op, if ok { "ok" } else { "error" });
         // Success replies only for commands that asked (with an id).
         if !matches!(reply, Reply::AlreadySent) && (!ok || cmd.id.is_some()) {
@@ -703,19 +919,109 @@ impl Conn {
         Channel::new(name).map_err(|e| Reply::error("invalid_channel", e.to_string()))
     }
 
+    /// A subscribe, then a `join` event for the channel's other
+    /// subscribers when the namespace has join_leave and the connection
+    /// was not a member yet.
+    async fn subscribe_announced(&self, cmd: &Command) -> Reply {
+        let channel = Self::channel(cmd).ok();
+        let was_member = channel.as_ref().is_some_and(|ch| self.is_member(ch));
+        let reply = self.subscribe(cmd).await;
+        if let Some(ch) = channel
+            && !was_member
+            && matches!(reply, Reply::Ok | Reply::Subscribed { .. } | Reply::AlreadySent)
+        {
+            let user = self.grant.lock().expect("grant lock").user.clone();
+            announce(&self.shared, self.seq, user.as_ref(), &ch, "join").await;
+        }
+        reply
+    }
+
+    async fn unsubscribe_announced(&self, cmd: &Command) -> Reply {
+        let channel = Self::channel(cmd).ok();
+        let was_member = channel.as_ref().is_some_and(|ch| self.is_member(ch));
+        let reply = self.unsubscribe(cmd);
+        if let Some(ch) = channel
+            && was_member
+        {
+            let user = self.grant.lock().expect("grant lock").user.clone();
+            announce(&self.shared, self.seq, user.as_ref(), &ch, "leave").await;
+        }
+        reply
+    }
+
+    fn is_member(&self, channel: &Channel) -> bool {
+        self.shared.registry.with_connection(self.seq, |e| e.channels().contains(channel)).unwrap_or(false)
+    }
+
+    /// `{"op":"presence","channel"}` where the namespace allows it: who is
+    /// subscribed, on every gateway (as `GET /presence` answers it).
+    async fn presence(&self, cmd: &Command) -> Reply {
+        let channel = match Self::channel(cmd) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let ns = self.shared.namespaces.for_channel(channel.as_str());
+        let Some(links) = self.shared.links.as_ref().filter(|_| ns.presence) else {
+            return Reply::error(
+                "permission_denied",
+                format!(
+                    "clients may not ask for the presence of {:?}: its namespace has no presence",
+                    channel.as_str()
+                ),
+            );
+        };
+        if let Err(r) = self.allowed(&channel) {
+            return r;
+        }
+        match links.presence(channel.as_str(), PRESENCE_LIMIT, self.shared.settings.subscribe_timeout).await {
+            Ok((connections, clients, partial)) => {
+                let users: std::collections::BTreeSet<&str> =
+                    clients.iter().map(|c| c.user.as_str()).filter(|u| !u.is_empty()).collect();
+                let list: Vec<serde_json::Value> = clients
+                    .iter()
+                    .map(|c| {
+                        json!({ "connection": c.connection, "user": (!c.user.is_empty()).then_some(c.user.as_str()) })
+                    })
+                    .collect();
+                Reply::Data(json!({
+                    "channel": channel.as_str(),
+                    "connections": connections,
+                    "users": users.len(),
+                    "clients": list,
+                    "partial": partial,
+                }))
+            }
+            Err(e) => Reply::error("unavailable", e.to_string()),
+        }
+    }
+
     async fn subscribe(&self, cmd: &Command) -> Reply {
         let channel = match Self::channel(cmd) {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if !self.grant.lock().expect("grant lock").may_subscribe(channel.as_str()) {
-            return Reply::error(
-                "permission_denied",
-                format!("your token does not allow channel {:?}", channel.as_str()),
-            );
+        if let Err(r) = self.allowed(&channel) {
+            return r;
+        }
+        let ns = self.shared.namespaces.for_channel(channel.as_str());
+        if ns.proxy_subscribe
+            && let Some(proxy) = &self.shared.proxy
+        {
+            let body = self.backend_body(json!({ "channel": channel.as_str() }));
+            if let Err(e) = proxy.call(Kind::Subscribe, body).await {
+                return proxy_error(&e);
+            }
         }
         let timeout = self.shared.settings.subscribe_timeout;
         let max = self.shared.settings.max_channels;
+        if !ns.recover && cmd.since.is_some() {
+            // Recovery is off in this namespace: the subscription starts
+            // now, and the reply says nothing was recovered.
+            return match self.shared.registry.join(self.seq, &channel, max, timeout).await {
+                Ok(_) => Reply::Subscribed { recovered: false, epoch: None, offset: 0 },
+                Err(e) => join_error(e),
+            };
+        }
         let Some(since) = &cmd.since else {
             return match self.shared.registry.join(self.seq, &channel, max, timeout).await {
                 Ok(_) => Reply::Ok,
@@ -729,6 +1035,111 @@ impl Conn {
         match self.shared.recovery.subscribe(who, &channel, since, reply, max, timeout).await {
             Ok(()) => Reply::AlreadySent,
             Err(e) => join_error(e),
+        }
+    }
+
+    /// Whether this connection's token (channel patterns) and claims allow `channel`.
+    fn allowed(&self, channel: &Channel) -> Result<(), Reply> {
+        let grant = self.grant.lock().expect("grant lock");
+        if !grant.may_subscribe(channel.as_str()) {
+            return Err(Reply::error(
+                "permission_denied",
+                format!("your token does not allow channel {:?}", channel.as_str()),
+            ));
+        }
+        let ns = self.shared.namespaces.for_channel(channel.as_str());
+        if !ns.claims_allow(grant.claims()) {
+            let names: Vec<&str> = ns.require_claims.keys().map(String::as_str).collect();
+            return Err(Reply::error(
+                "permission_denied",
+                format!("channel {:?} needs the claims {names:?} with the namespace's values", channel.as_str()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A backend call's body: `fields` plus who is asking.
+    fn backend_body(&self, mut fields: serde_json::Value) -> serde_json::Value {
+        let grant = self.grant.lock().expect("grant lock");
+        fields["client"] = json!(ConnectionId::new(self.shared.gateway.clone(), self.seq).to_string());
+        fields["user"] = json!(grant.user.as_ref().map(UserId::as_str));
+        if let Some(info) = grant.info() {
+            fields["info"] = info.clone();
+        }
+        fields
+    }
+
+    /// `{"op":"publish","channel","data"}`: where the namespace allows it,
+    /// asked of the backend (which may change the data) where configured,
+    /// then published through the channel's hub like any publish; the
+    /// reply carries its stream position. `ok` only once a hub accepted it.
+    async fn publish(&self, cmd: &Command) -> Reply {
+        let reply = self.publish_inner(cmd).await;
+        let result = match &reply {
+            Reply::Published { .. } => "ok",
+            Reply::Error { code, .. } if code.starts_with("backend") || *code == "unavailable" => "failed",
+            _ => "refused",
+        };
+        self.shared.metrics.client_publishes.with_label_values(&[result]).inc();
+        reply
+    }
+
+    async fn publish_inner(&self, cmd: &Command) -> Reply {
+        let channel = match Self::channel(cmd) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let Some(data) = &cmd.data else {
+            return Reply::error("bad_request", "publish needs \"data\": any JSON value");
+        };
+        let ns = self.shared.namespaces.for_channel(channel.as_str());
+        let Some(links) = self.shared.links.as_ref().filter(|_| ns.client_publish) else {
+            return Reply::error(
+                "permission_denied",
+                format!("clients may not publish to {:?}: its namespace has no client_publish", channel.as_str()),
+            );
+        };
+        if let Err(r) = self.allowed(&channel) {
+            return r;
+        }
+        let mut data = bytes::Bytes::copy_from_slice(data.get().as_bytes());
+        if ns.proxy_publish
+            && let Some(proxy) = &self.shared.proxy
+        {
+            let value: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+            let body = self.backend_body(json!({ "channel": channel.as_str(), "data": value }));
+            match proxy.call(Kind::Publish, body).await {
+                Ok(mut r) => {
+                    if let Some(changed) = r.remove("data") {
+                        data = changed.to_string().into();
+                    }
+                }
+                Err(e) => return proxy_error(&e),
+            }
+        }
+        match links.publish(&channel, data, self.shared.settings.subscribe_timeout).await {
+            Ok(resp) => Reply::Published { epoch: resp.epoch, offset: resp.offset },
+            Err(e @ HubPublishError::Rejected(_)) => Reply::error("bad_request", e.to_string()),
+            Err(e @ HubPublishError::Unavailable(_)) => Reply::error("unavailable", e.to_string()),
+        }
+    }
+
+    /// `{"op":"rpc","method","data"}`: the backend's answer, by request id.
+    async fn rpc(&self, cmd: &Command) -> Reply {
+        let Some(proxy) = self.shared.proxy.as_ref().filter(|p| p.config().rpc) else {
+            return Reply::error("not_available", "rpc is not enabled on this gateway (no [proxy] with rpc = true)");
+        };
+        let method = cmd.method.as_deref().unwrap_or_default();
+        if method.is_empty() || method.len() > 255 || method.chars().any(char::is_control) {
+            return Reply::error("bad_request", "rpc needs a \"method\": 1 to 255 bytes, no control characters");
+        }
+        let data: serde_json::Value =
+            cmd.data.as_ref().and_then(|d| serde_json::from_str(d.get()).ok()).unwrap_or_default();
+        let body = self.backend_body(json!({ "method": method, "data": data }));
+        match proxy.call(Kind::Rpc, body).await {
+            Ok(mut r) => Reply::Data(r.remove("data").unwrap_or_default()),
+            Err(ProxyError::Refused { message, .. }) => Reply::error("rpc_error", message),
+            Err(e) => proxy_error(&e),
         }
     }
 

@@ -114,12 +114,20 @@ impl Fanout {
         let mut frames =
             Frames { delivery: d, data, json: None, raw: None, json_wire: None, raw_wire: None, written: 0 };
         let (mut found, mut sent) = (false, false);
+        let event = !d.event.is_empty();
         self.registry.for_each_recipient(to, |seq, conn| {
             found = true;
             if !excluded.is_empty() && excluded.contains(&seq) {
                 return;
             }
+            // Join/leave events are for JSON clients (a raw client gets
+            // published content only), and are not positioned: recovery
+            // has nothing to say about them.
+            if event && (conn.raw || matches!(conn.out, Outbound::Sse(_))) {
+                return;
+            }
             if let Recipients::Channel(channel) = to
+                && !event
                 && conn.recovers()
             {
                 match self.recovery.admit(seq, channel, &d.epoch, d.offset, || frames.text(conn.raw)) {

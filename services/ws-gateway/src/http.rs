@@ -25,6 +25,7 @@ use crate::admission::{Admission, Refusal, Slot};
 use crate::auth::{AuthError, Grant};
 use crate::connection::{self, Clients};
 use crate::links::AttachedCount;
+use crate::proxy::ConnectRequest;
 
 type Body = crate::sse::Body;
 
@@ -74,7 +75,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
                 TokioIo::new(stream),
                 service_fn(move |req| {
                     let shared = service.clone();
-                    async move { Ok::<_, Infallible>(route(req, shared, peer.ip())) }
+                    async move { Ok::<_, Infallible>(route(req, shared, peer)) }
                 }),
             )
             .with_upgrades();
@@ -95,10 +96,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
     }
 }
 
-fn route(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
+fn route(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(req, shared, ip),
-        (&Method::GET, "/sse") => sse(req, shared, ip),
+        (&Method::GET, "/ws") => upgrade(req, shared, peer),
+        (&Method::GET, "/sse") => sse(req, shared, peer.ip()),
         (&Method::GET, "/") => {
             let mut r = text(StatusCode::OK, DEMO_PAGE);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -145,7 +146,8 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
+    let ip = peer.ip();
     if !header_has_token(&req, header::CONNECTION, "upgrade") || !header_has_token(&req, header::UPGRADE, "websocket") {
         return error(
             StatusCode::UPGRADE_REQUIRED,
@@ -171,6 +173,10 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr)
         Ok(slot) => slot,
         Err(r) => return r.response(),
     };
+    // What the connect proxy is told about this client (allow-listed).
+    let connect =
+        shared.clients.connect_proxy().map(|_| ConnectRequest::from_parts(req.headers(), req.uri().query(), peer));
+    let handshake = connection::Handshake::boxed(token, connect);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let clients = shared.clients.clone();
     shared.tasks.spawn(async move {
@@ -178,7 +184,7 @@ fn upgrade(mut req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr)
         // read and write halves are then independent, and the fan-out can
         // write frames into it directly (see `queue`).
         match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-            Ok(Ok(parts)) => connection::run(parts.io.into_inner(), parts.read_buf, clients, raw, token).await,
+            Ok(Ok(parts)) => connection::run(parts.io.into_inner(), parts.read_buf, clients, raw, handshake).await,
             Ok(Err(_)) => tracing::warn!("websocket upgrade: the connection is not a TCP socket"),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

@@ -29,7 +29,20 @@ use tonic::transport::Endpoint;
 use pushmesh_common::health::Health;
 use pushmesh_common::ids::Topic;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{HistoryRequest, HistoryResponse, Links};
+use pushmesh_common::proto::{
+    HistoryRequest, HistoryResponse, Links, PublishRequest, PublishResponse, publish_request,
+};
+
+/// Why a client's publish did not reach a hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubPublishError {
+    /// A hub refused the message itself (any hub would).
+    #[error("the hub refused the message: {0}")]
+    Rejected(String),
+    /// No attached hub took it.
+    #[error("no hub took the message ({0}); retry")]
+    Unavailable(&'static str),
+}
 
 use crate::dedupe::RecentIds;
 
@@ -231,6 +244,124 @@ impl HubLinks {
             Some(i) => answers.into_iter().nth(i),
             None => answers.into_iter().find(|a| !a.epoch.is_empty()),
         }
+    }
+
+    /// Publish a client's message to `channel` through the hub that owns
+    /// it: the attached hubs in rendezvous order of the channel's topic
+    /// (the order the ingresses use, so one channel keeps one hub, one
+    /// order and one history), failing over to the next when one cannot
+    /// be reached. A hub refusing the request itself is final.
+    ///
+    /// Unlike the ingress, the gateway does not relay the message through
+    /// other hubs to gateways cut off from the owner during a partition
+    /// (docs/proxy.md says so).
+    pub async fn publish(
+        &self,
+        channel: &pushmesh_common::ids::Channel,
+        data: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<PublishResponse, HubPublishError> {
+        self.publish_to(channel, data, String::new(), Vec::new(), timeout).await
+    }
+
+    /// A channel event (`join`/`leave`, with `{"user","connection"}`) for
+    /// the channel's subscribers everywhere but `exclude`: through the same
+    /// hub as the channel's messages, unpositioned.
+    pub async fn publish_event(
+        &self,
+        channel: &pushmesh_common::ids::Channel,
+        event: &str,
+        data: bytes::Bytes,
+        exclude: Vec<String>,
+        timeout: Duration,
+    ) -> Result<PublishResponse, HubPublishError> {
+        self.publish_to(channel, data, event.to_owned(), exclude, timeout).await
+    }
+
+    async fn publish_to(
+        &self,
+        channel: &pushmesh_common::ids::Channel,
+        data: bytes::Bytes,
+        event: String,
+        exclude: Vec<String>,
+        timeout: Duration,
+    ) -> Result<PublishResponse, HubPublishError> {
+        let key = Topic::Channel(channel.clone()).wire();
+        let mut hubs: Vec<(u64, tonic::transport::Channel)> = self
+            .current()
+            .iter()
+            .filter_map(|s| {
+                let ch = s.channel.lock().expect("channel lock").clone()?;
+                Some((pushmesh_common::rendezvous::score(&s.url, &key), ch))
+            })
+            .collect();
+        hubs.sort_by_key(|h| std::cmp::Reverse(h.0));
+        let req = PublishRequest {
+            target: Some(publish_request::Target::Channel(channel.as_str().to_owned())),
+            data,
+            id: rand::random::<u64>() | 1,
+            event,
+            exclude,
+            ..Default::default()
+        };
+        let mut last = "no hub is attached";
+        for (_, ch) in hubs {
+            let mut client = HubClient::new(ch);
+            let status = match tokio::time::timeout(timeout, client.publish(req.clone())).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded("no answer in time"),
+            };
+            match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
+                    return Err(HubPublishError::Rejected(status.message().to_owned()));
+                }
+                tonic::Code::DeadlineExceeded => last = "timed out",
+                _ => last = "unavailable",
+            }
+            tracing::warn!(code = ?status.code(), error = %status.message(), "client publish failed on a hub; trying the next");
+        }
+        Err(HubPublishError::Unavailable(last))
+    }
+
+    /// Who is subscribed to `channel` on every gateway, asked through one
+    /// attached hub (each reaches every gateway): (connections, clients
+    /// up to `limit`, partial).
+    pub async fn presence(
+        &self,
+        channel: &str,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<pushmesh_common::proto::Client>, bool), HubPublishError> {
+        let attached: Vec<_> =
+            self.current().iter().filter_map(|s| s.channel.lock().expect("channel lock").clone()).collect();
+        let mut last = "no hub is attached";
+        for ch in attached {
+            let req = pushmesh_common::proto::QueryRequest {
+                op: Some(pushmesh_common::proto::QueryOp {
+                    op: Some(pushmesh_common::proto::query_op::Op::Presence(channel.to_owned())),
+                }),
+                gateway: String::new(),
+                limit,
+            };
+            match tokio::time::timeout(timeout, HubClient::new(ch).query(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let partial = resp.answers.len() < resp.asked as usize;
+                    let mut connections = 0;
+                    let mut clients = Vec::new();
+                    for reply in resp.answers.into_iter().filter_map(|a| a.reply) {
+                        connections += u64::from(reply.matched);
+                        clients.extend(reply.clients);
+                    }
+                    clients.truncate(limit as usize);
+                    return Ok((connections, clients, partial));
+                }
+                Ok(Err(_)) => last = "unavailable",
+                Err(_) => last = "timed out",
+            }
+        }
+        Err(HubPublishError::Unavailable(last))
     }
 
     /// Ask every link to subscribe to `topics`; the confirmation completes

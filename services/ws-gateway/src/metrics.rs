@@ -1,7 +1,7 @@
 //! The gateway's metrics, registered in one place: `pushmesh_gateway_*`,
 //! labels from small fixed sets only (never a connection id or channel).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -29,6 +29,11 @@ pub struct GatewayMetrics {
     pub queries: IntCounterVec,
     /// Upgrades refused by admission, by reason.
     pub refused: IntCounterVec,
+    /// Calls to the application's backend (docs/proxy.md), by kind and outcome.
+    pub proxy_requests: IntCounterVec,
+    pub proxy_duration: HistogramVec,
+    /// Client publishes (`{"op":"publish"}`) by result.
+    pub client_publishes: IntCounterVec,
 }
 
 pub const DROP_REASONS: &[&str] =
@@ -126,8 +131,36 @@ impl GatewayMetrics {
         for r in ["origin_not_allowed", "gateway_full", "too_many_connections"] {
             refused.with_label_values(&[r]);
         }
+        let proxy_requests = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_gateway_proxy_requests_total",
+                "Calls to the application's backend (connect, subscribe, publish, rpc, disconnect), by kind and outcome.",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("metric");
+        let proxy_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pushmesh_gateway_proxy_duration_seconds",
+                "Time of calls to the application's backend, by kind.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["kind"],
+        )
+        .expect("metric");
+        let client_publishes = IntCounterVec::new(
+            Opts::new(
+                "pushmesh_gateway_client_publishes_total",
+                "Client publishes ({\"op\":\"publish\"}), by result: ok (a hub accepted it), refused (namespace or backend said no), failed (backend or hubs failed; the client was told).",
+            ),
+            &["result"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proxy_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proxy_duration.clone()),
+            Box::new(client_publishes.clone()),
+            Box::new(refused.clone()),
             Box::new(auth_failures.clone()),
             Box::new(queries.clone()),
             Box::new(connections.clone()),
@@ -156,7 +189,9 @@ impl GatewayMetrics {
             disconnects.with_label_values(&[r]);
         }
         // Every series a dashboard or alert may read exists from the start, at 0.
-        for op in ["subscribe", "unsubscribe", "ping", "auth", "refresh", "unknown", "invalid"] {
+        for op in
+            ["subscribe", "unsubscribe", "ping", "auth", "refresh", "publish", "rpc", "presence", "unknown", "invalid"]
+        {
             for result in ["ok", "error"] {
                 commands.with_label_values(&[op, result]);
             }
@@ -182,6 +217,9 @@ impl GatewayMetrics {
             auth_failures,
             queries,
             refused,
+            proxy_requests,
+            proxy_duration,
+            client_publishes,
         }
     }
 }

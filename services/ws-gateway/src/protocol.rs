@@ -45,6 +45,9 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
     /// The client answered no ping for two ping intervals.
     pub const IDLE_TIMEOUT: u16 = 4004;
+    /// The connect proxy could not decide (the backend timed out, failed or
+    /// is unavailable): reconnect later.
+    pub const BACKEND_FAILED: u16 = 4005;
 }
 
 /// A close reason must fit in a control frame (123 bytes of UTF-8).
@@ -99,6 +102,18 @@ pub fn json_frame(d: &Delivery, data: &str) -> Utf8Bytes {
     s.into()
 }
 
+/// A channel event: `{"type":"join"|"leave","channel":"…","user":…,"connection":"…"}`;
+/// `data` is the event's `{"user","connection"}` (made by a gateway).
+pub fn event_frame(d: &Delivery, data: &str) -> Utf8Bytes {
+    let mut v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    let mut frame = serde_json::Map::new();
+    frame.insert("type".into(), json!(d.event));
+    frame.insert("channel".into(), json!(d.channel));
+    frame.insert("user".into(), v.get_mut("user").map(serde_json::Value::take).unwrap_or_default());
+    frame.insert("connection".into(), v.get_mut("connection").map(serde_json::Value::take).unwrap_or_default());
+    serde_json::Value::Object(frame).to_string().into()
+}
+
 /// The published content alone, as the seed sent it: a JSON string is
 /// unquoted; any other JSON value goes as its text (sharing the buffer).
 pub fn raw_frame(d: &Delivery, data: &str) -> Utf8Bytes {
@@ -133,7 +148,13 @@ pub fn frame_type(frame: &str) -> Option<String> {
 
 /// A delivery's frame in the connection's format.
 pub fn message_frame(d: &Delivery, data: &str, raw: bool) -> Utf8Bytes {
-    if raw { raw_frame(d, data) } else { json_frame(d, data) }
+    if !d.event.is_empty() {
+        event_frame(d, data)
+    } else if raw {
+        raw_frame(d, data)
+    } else {
+        json_frame(d, data)
+    }
 }
 
 /// A command from the client.
@@ -149,6 +170,10 @@ pub struct Command {
     pub since: Option<Since>,
     /// `auth` and `refresh`: the JWT.
     pub token: Option<String>,
+    /// `publish` and `rpc`: any JSON value.
+    pub data: Option<Box<serde_json::value::RawValue>>,
+    /// `rpc`: the backend method's name.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +194,13 @@ pub enum Reply {
         epoch: Option<String>,
         offset: u64,
     },
+    /// A client publish a hub accepted, at this stream position.
+    Published {
+        epoch: String,
+        offset: u64,
+    },
+    /// An rpc's answer.
+    Data(serde_json::Value),
     /// The reply was queued already (with recovered messages behind it).
     AlreadySent,
     Error {
@@ -194,6 +226,10 @@ pub fn reply_frame(id: Option<u64>, reply: &Reply) -> Utf8Bytes {
             }
             v
         }
+        Reply::Published { epoch, offset } => {
+            json!({ "type": "reply", "id": id, "ok": true, "epoch": epoch, "offset": offset })
+        }
+        Reply::Data(data) => json!({ "type": "reply", "id": id, "ok": true, "data": data }),
         Reply::AlreadySent => unreachable!("an already-sent reply is never encoded again"),
         Reply::Error { code, message } => {
             json!({ "type": "reply", "id": id, "error": { "code": code, "message": message } })

@@ -48,6 +48,11 @@ impl ConnEntry {
         Self { out, raw, close, user, recovers: AtomicBool::new(false), channels: Vec::new() }
     }
 
+    /// The channels the connection is subscribed to.
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
     pub fn recovers(&self) -> bool {
         self.recovers.load(Ordering::Relaxed)
     }
