@@ -52,6 +52,19 @@ async fn run(addr: SocketAddr, plan: &Plan, script: &mut MsgScript) -> Result<Ou
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<ApiStreamRequest>(65_536);
     let mut results = client.publish_stream(ReceiverStream::new(rx)).await.context("open PublishStream")?.into_inner();
+    // Results are read by a task of their own: a sender that stopped
+    // reading while the ingress waits to write results would deadlock the
+    // stream under overload (HTTP/2 flow control).
+    let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = results.message().await;
+            let end = !matches!(r, Ok(Some(_)));
+            if res_tx.send(r).is_err() || end {
+                return;
+            }
+        }
+    });
 
     let offsets = plan.arrivals.offsets(plan.requests, plan.per_sec);
     let (m0, w0) = (loadgen::mono_ns(), wire::now_ns());
@@ -61,18 +74,18 @@ async fn run(addr: SocketAddr, plan: &Plan, script: &mut MsgScript) -> Result<Ou
     // Stream item id → message number.
     let mut pending: HashMap<u64, u64> = HashMap::new();
     let mut next_id = 1u64;
+
     for (i, off) in offsets.iter().enumerate() {
         let due = start_mono + off;
-        // Read results while waiting for the next due time.
+        // Take in results while waiting for the next due time.
         loop {
             let now = loadgen::mono_ns();
             if now >= due {
                 break;
             }
-            let wait = Duration::from_nanos(due - now);
             tokio::select! {
-                r = results.message() => read_result(r.context("PublishStream")?, &mut pending, script, &mut out)?,
-                _ = tokio::time::sleep(wait) => {}
+                Some(r) = res_rx.recv() => read_result(r.context("PublishStream")?, &mut pending, script, &mut out)?,
+                _ = tokio::time::sleep(Duration::from_nanos(due - now)) => {}
             }
         }
         let now = loadgen::mono_ns();
@@ -87,12 +100,20 @@ async fn run(addr: SocketAddr, plan: &Plan, script: &mut MsgScript) -> Result<Ou
                 .map_err(|_| anyhow!("the PublishStream request stream closed"))?;
         }
         out.requests += 1;
+        while let Ok(r) = res_rx.try_recv() {
+            read_result(r.context("PublishStream")?, &mut pending, script, &mut out)?;
+        }
     }
     drop(tx);
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     while !pending.is_empty() {
-        match tokio::time::timeout_at(deadline, results.message()).await {
-            Ok(r) => read_result(r.context("PublishStream")?, &mut pending, script, &mut out)?,
+        match tokio::time::timeout_at(deadline, res_rx.recv()).await {
+            Ok(Some(r)) => read_result(r.context("PublishStream")?, &mut pending, script, &mut out)?,
+            Ok(None) => {
+                out.errors += pending.len() as u64;
+                out.first_error.get_or_insert(format!("the stream ended with {} results missing", pending.len()));
+                break;
+            }
             Err(_) => {
                 out.errors += pending.len() as u64;
                 out.first_error.get_or_insert(format!("{} results missing after {ANSWER_WITHIN:?}", pending.len()));
@@ -100,6 +121,7 @@ async fn run(addr: SocketAddr, plan: &Plan, script: &mut MsgScript) -> Result<Ou
             }
         }
     }
+    reader.abort();
     out.ok = out.requests;
     loadgen::lag_figures(&mut out, &lag);
     out.thread_cpu_s = Some(loadgen::thread_cpu_s() - cpu0);
