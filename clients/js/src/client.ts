@@ -35,7 +35,7 @@ import {
   type ReplyFrame,
   type WelcomeFrame,
 } from "./protocol.js";
-import { type SubscribeOptions, Subscription, type SubscriptionHost } from "./subscription.js";
+import { type PresenceEvent, type SubscribeOptions, Subscription, type SubscriptionHost } from "./subscription.js";
 import { refreshDelay, tokenTimes } from "./token.js";
 
 /** The part of the WHATWG `WebSocket` the client uses. */
@@ -110,6 +110,16 @@ export interface ClientMessage<T = unknown> {
   data: T;
   epoch?: string;
   offset?: number;
+}
+
+/** The answer to `presence()`. */
+export interface PresenceAnswer {
+  channel: string;
+  connections: number;
+  users: number;
+  clients: { connection: string; user?: string }[];
+  /** True when some gateway did not answer in time: the lists may be short. */
+  partial: boolean;
 }
 
 export interface ClientEvents {
@@ -321,6 +331,31 @@ export class Client extends Emitter<ClientEvents> {
     return performance.now() - start;
   }
 
+  /**
+   * Publish `data` to a channel whose namespace allows client publishes
+   * (your backend may change or refuse it first). Resolves with the
+   * message's stream position once a hub accepted it; rejects with a
+   * `ReplyError` (e.g. `permission_denied`) or a `TimeoutError`. Not
+   * retried: a publish whose answer was lost may have happened.
+   */
+  async publish(channel: string, data: unknown, timeoutMs: number = this.#timeoutMs): Promise<StreamPosition> {
+    const reply = await this.#command({ op: "publish", channel, data }, timeoutMs);
+    return { epoch: reply.epoch ?? "", offset: reply.offset ?? 0 };
+  }
+
+  /** Call `method` on your backend through the gateway; resolves with its answer. */
+  async rpc<R = unknown>(method: string, data?: unknown, timeoutMs: number = this.#timeoutMs): Promise<R> {
+    const cmd: Command = data === undefined ? { op: "rpc", method } : { op: "rpc", method, data };
+    const reply = await this.#command(cmd, timeoutMs);
+    return reply.data as R;
+  }
+
+  /** Who is subscribed to `channel` (namespaces with `presence`). */
+  async presence(channel: string, timeoutMs: number = this.#timeoutMs): Promise<PresenceAnswer> {
+    const reply = await this.#command({ op: "presence", channel }, timeoutMs);
+    return reply.data as PresenceAnswer;
+  }
+
   // ---- connecting ------------------------------------------------------
 
   async #open(): Promise<void> {
@@ -452,6 +487,13 @@ export class Client extends Emitter<ClientEvents> {
       case "subscribed":
         this.emit("serverSubscribed", { channel: frame.channel });
         return;
+      case "join":
+      case "leave": {
+        const event: PresenceEvent = { channel: frame.channel, connection: frame.connection };
+        if (frame.user !== undefined) event.user = frame.user;
+        this.#subs.get(frame.channel)?._presence(frame.type, event);
+        return;
+      }
       case "unsubscribed": {
         const sub = this.#subs.get(frame.channel);
         if (sub) {

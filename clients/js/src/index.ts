@@ -20,6 +20,7 @@ export {
   type ConnectingEvent,
   type ConnectionState,
   type DisconnectedEvent,
+  type PresenceAnswer,
   type WebSocketConstructor,
   type WebSocketLike,
   withTimeout,
@@ -31,6 +32,7 @@ export { ClientCloseCode, CloseCode } from "./protocol.js";
 export {
   type ChannelMessage,
   type NotRecoveredEvent,
+  type PresenceEvent,
   type RecoveredEvent,
   type SubscribedEvent,
   type SubscribeOptions,

@@ -19,6 +19,8 @@ export interface ReplyFrame {
   recovered?: boolean;
   epoch?: string;
   offset?: number;
+  /** `rpc`: the backend's answer; `presence`: who is in the channel. */
+  data?: unknown;
   error?: { code: string; message: string };
 }
 
@@ -35,14 +37,25 @@ export interface MembershipFrame {
   channel: string;
 }
 
-export type ServerFrame = WelcomeFrame | ReplyFrame | MessageFrame | MembershipFrame;
+/** Someone joined or left a channel whose namespace sends `join_leave`. */
+export interface PresenceFrame {
+  type: "join" | "leave";
+  channel: string;
+  user?: string;
+  connection: string;
+}
+
+export type ServerFrame = WelcomeFrame | ReplyFrame | MessageFrame | MembershipFrame | PresenceFrame;
 
 export type Command =
   | { op: "auth"; token: string }
   | { op: "refresh"; token: string }
   | { op: "subscribe"; channel: string; since?: StreamPosition }
   | { op: "unsubscribe"; channel: string }
-  | { op: "ping" };
+  | { op: "ping" }
+  | { op: "publish"; channel: string; data: unknown }
+  | { op: "rpc"; method: string; data?: unknown }
+  | { op: "presence"; channel: string };
 
 /** Parse one text frame; undefined when it is not a frame of this protocol. */
 export function parseFrame(data: unknown): ServerFrame | undefined {
@@ -60,6 +73,8 @@ export function parseFrame(data: unknown): ServerFrame | undefined {
     case "message":
     case "subscribed":
     case "unsubscribed":
+    case "join":
+    case "leave":
       return v as ServerFrame;
     default:
       return undefined;

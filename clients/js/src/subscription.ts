@@ -55,8 +55,17 @@ export interface UnsubscribedEvent {
   error?: PushmeshError;
 }
 
+/** A `join` or `leave` of the channel (namespaces with `join_leave`). */
+export interface PresenceEvent {
+  channel: string;
+  connection: string;
+  user?: string;
+}
+
 export interface SubscriptionEvents<T = unknown> {
   subscribed: SubscribedEvent;
+  join: PresenceEvent;
+  leave: PresenceEvent;
   recovered: RecoveredEvent;
   notRecovered: NotRecoveredEvent;
   message: ChannelMessage<T>;
@@ -223,6 +232,11 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
       }
     }
     this.emit("message", message);
+  }
+
+  /** @internal A join or leave frame for this channel. */
+  _presence(kind: "join" | "leave", event: PresenceEvent): void {
+    if (this.#state === "subscribed") this.emit(kind, event);
   }
 
   /** @internal */

@@ -266,7 +266,7 @@ export function recorder(client, ...subs) {
     client.on(type, (e) => log.push({ on: "client", type, ...e }));
   }
   const watch = (sub) => {
-    for (const type of ["subscribed", "recovered", "notRecovered", "message", "error", "unsubscribed"]) {
+    for (const type of ["subscribed", "recovered", "notRecovered", "message", "error", "unsubscribed", "join", "leave"]) {
       sub.on(type, (e) => log.push({ on: sub.channel, type, ...e }));
     }
   };

@@ -122,6 +122,8 @@ function parseFrame(data) {
     case "message":
     case "subscribed":
     case "unsubscribed":
+    case "join":
+    case "leave":
       return v;
     default:
       return void 0;
@@ -330,6 +332,10 @@ var Subscription = class extends Emitter {
     }
     this.emit("message", message);
   }
+  /** @internal A join or leave frame for this channel. */
+  _presence(kind, event) {
+    if (this.#state === "subscribed") this.emit(kind, event);
+  }
   /** @internal */
   _ended(event) {
     if (this.#state === "unsubscribed") return;
@@ -530,6 +536,28 @@ var Client = class extends Emitter {
     await this.#command({ op: "ping" }, timeoutMs);
     return performance.now() - start;
   }
+  /**
+   * Publish `data` to a channel whose namespace allows client publishes
+   * (your backend may change or refuse it first). Resolves with the
+   * message's stream position once a hub accepted it; rejects with a
+   * `ReplyError` (e.g. `permission_denied`) or a `TimeoutError`. Not
+   * retried: a publish whose answer was lost may have happened.
+   */
+  async publish(channel, data, timeoutMs = this.#timeoutMs) {
+    const reply = await this.#command({ op: "publish", channel, data }, timeoutMs);
+    return { epoch: reply.epoch ?? "", offset: reply.offset ?? 0 };
+  }
+  /** Call `method` on your backend through the gateway; resolves with its answer. */
+  async rpc(method, data, timeoutMs = this.#timeoutMs) {
+    const cmd = data === void 0 ? { op: "rpc", method } : { op: "rpc", method, data };
+    const reply = await this.#command(cmd, timeoutMs);
+    return reply.data;
+  }
+  /** Who is subscribed to `channel` (namespaces with `presence`). */
+  async presence(channel, timeoutMs = this.#timeoutMs) {
+    const reply = await this.#command({ op: "presence", channel }, timeoutMs);
+    return reply.data;
+  }
   // ---- connecting ------------------------------------------------------
   async #open() {
     this.#reconnectTimer = void 0;
@@ -647,6 +675,13 @@ var Client = class extends Emitter {
       case "subscribed":
         this.emit("serverSubscribed", { channel: frame.channel });
         return;
+      case "join":
+      case "leave": {
+        const event = { channel: frame.channel, connection: frame.connection };
+        if (frame.user !== void 0) event.user = frame.user;
+        this.#subs.get(frame.channel)?._presence(frame.type, event);
+        return;
+      }
       case "unsubscribed": {
         const sub = this.#subs.get(frame.channel);
         if (sub) {
