@@ -33,8 +33,11 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// The directory cargo put the binaries in (next to this test binary).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/e2e-xxxx → target/<profile>
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    // target/<profile>/deps/e2e-xxxx → target/<profile>; a binary of the
+    // workspace (the benchmark: target/<profile>/pushmesh-bench) is there
+    // already. (Redis data and logs go beside it, never into the checkout.)
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target dir") } else { dir }.to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
