@@ -104,10 +104,35 @@ pub struct Config {
     pub hub_tls: pushmesh_common::tls::HubTlsArgs,
 
     #[command(flatten)]
+    pub colocated_hub: ColocatedHubArgs,
+
+    #[command(flatten)]
     pub runtime: pushmesh_common::runtime::RuntimeArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A hub run inside the ingress process (see docs/architecture.md,
+/// "Co-located hub"): gateways attach to it like to any hub; the ingress
+/// hands it publishes without a gRPC hop.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ColocatedHubArgs {
+    /// Run a hub in this process, serving gateways' gRPC on this address.
+    /// Its other settings (engine, history, Redis, TLS, hub id) come from
+    /// the same `PUSHMESH_*` variables a standalone hub reads.
+    #[arg(long, env = "PUSHMESH_COLOCATED_HUB_ADDR")]
+    pub colocated_hub_addr: Option<SocketAddr>,
+
+    /// Its admin address (/metrics, /healthz, /readyz of the hub).
+    #[arg(long, env = "PUSHMESH_COLOCATED_HUB_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub colocated_hub_admin_addr: SocketAddr,
+
+    /// The URL this hub has in the hub set (--hub or --hub-dns), e.g.
+    /// http://$(POD_IP):50051; default http://<--colocated-hub-addr>.
+    /// Added to --hub when that does not list it and --hub-dns is unused.
+    #[arg(long, env = "PUSHMESH_COLOCATED_HUB_URL")]
+    pub colocated_hub_url: Option<String>,
 }
 
 impl Config {

@@ -26,7 +26,11 @@ use tonic_health::pb::health_client::HealthClient;
 
 use pushmesh_common::health::Health;
 use pushmesh_common::proto::hub_client::HubClient;
-use pushmesh_common::proto::{HistoryRequest, HistoryResponse, Member, MembersRequest, QueryRequest, QueryResponse};
+use pushmesh_common::proto::{
+    HistoryRequest, HistoryResponse, Member, MembersRequest, PublishRequest, PublishResponse, QueryRequest,
+    QueryResponse,
+};
+use pushmesh_hub::publish::Publisher;
 use pushmesh_common::rendezvous::score;
 
 use crate::metrics::IngressMetrics;
@@ -41,9 +45,24 @@ pub struct HubHandle {
     /// The hub's id and its attached gateways, from its last `Members`.
     hub_id: Mutex<Option<String>>,
     members: Mutex<Vec<Member>>,
+    /// Set when this hub runs in this process: publishes are handed to it
+    /// directly (everything else still goes over gRPC).
+    local: Option<Arc<Publisher>>,
 }
 
 impl HubHandle {
+    /// A publish, answered like the hub's `Publish`.
+    pub async fn publish(&self, req: PublishRequest) -> Result<PublishResponse, Status> {
+        match &self.local {
+            Some(hub) => hub.publish(req).await,
+            None => self.publisher.publish(req).await,
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
     pub fn client(&self) -> HubClient<Channel> {
         HubClient::new(self.channel.clone())
     }
@@ -73,6 +92,8 @@ pub struct HubPool {
     /// Owns the publish streams' tasks, and ends them.
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// The hub running in this process, by its URL in the hub set.
+    local: Option<(String, Arc<Publisher>)>,
 }
 
 /// How long each kind of hub call may take.
@@ -114,8 +135,9 @@ impl HubPool {
         tls: Option<tonic::transport::ClientTlsConfig>,
         tasks: TaskTracker,
         stop: CancellationToken,
+        local: Option<(String, Arc<Publisher>)>,
     ) -> anyhow::Result<Self> {
-        let pool = Self { hubs: RwLock::default(), timeouts, frame_bytes, tls, tasks, stop };
+        let pool = Self { hubs: RwLock::default(), timeouts, frame_bytes, tls, tasks, stop, local };
         pool.set_hubs(urls)?;
         Ok(pool)
     }
@@ -141,6 +163,7 @@ impl HubPool {
             up: AtomicBool::new(false),
             hub_id: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            local: self.local.as_ref().filter(|(local, _)| local == url).map(|(_, hub)| hub.clone()),
         })
     }
 

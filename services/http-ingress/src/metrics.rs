@@ -22,6 +22,9 @@ pub struct IngressMetrics {
     pub replayed: prometheus::IntCounter,
     /// Bytes of recent publishes kept for that replay.
     pub replay_bytes: IntGauge,
+    /// Publishes handed to the hub in this process (--colocated-hub-addr),
+    /// without a gRPC hop.
+    pub colocated: prometheus::IntCounter,
 }
 
 pub const TARGETS: &[&str] = &["channel", "broadcast", "connection", "user"];
@@ -75,6 +78,11 @@ impl IngressMetrics {
             "Bytes of recent publishes kept to replay to gateways found cut off from a hub.",
         )
         .expect("metric");
+        let colocated = prometheus::IntCounter::new(
+            "pushmesh_ingress_colocated_publishes_total",
+            "Publishes accepted by the hub running in this process (--colocated-hub-addr), without a gRPC hop.",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(publishes.clone()),
@@ -84,6 +92,7 @@ impl IngressMetrics {
             Box::new(partitioned_gateways.clone()),
             Box::new(replayed.clone()),
             Box::new(replay_bytes.clone()),
+            Box::new(colocated.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -105,6 +114,7 @@ impl IngressMetrics {
             partitioned_gateways,
             replayed,
             replay_bytes,
+            colocated,
         }
     }
 }

@@ -59,9 +59,12 @@ impl Relays {
             .pool
             .call(key, Call::Publish, |hub| {
                 let req = req.clone();
-                async move { hub.publisher.publish(req).await }
+                async move { hub.publish(req).await }
             })
             .await?;
+        if owner.is_local() {
+            self.metrics.colocated.inc();
+        }
         if !resp.duplicate {
             if self.pool.current().len() > 1 && self.replay.enabled() {
                 let mut kept = req.clone();

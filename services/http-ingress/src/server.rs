@@ -41,13 +41,19 @@ pub struct Ingress {
     hub_set: (tokio::sync::watch::Receiver<Vec<String>>, CancellationToken),
     pub metrics: IngressMetrics,
     pub health: Health,
+    /// The hub running in this process (--colocated-hub-addr).
+    colocated: Option<pushmesh_hub::Hub>,
 }
 
 impl Ingress {
     /// Check the whole config (hub URLs, TLS files, API keys), then bind.
-    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+    pub async fn bind(mut config: Config) -> anyhow::Result<Self> {
         let tls = config.hub_tls.client_config()?;
         let frame_bytes = crate::stream::frame_budget(config.max_body_bytes, config.hub_max_message_bytes)?;
+        let colocated = match config.colocated_hub.colocated_hub_addr {
+            Some(addr) => Some(colocated_hub(&mut config, addr).await?),
+            None => None,
+        };
         let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
         let access = Access::from_config(&config)?;
         let hub_set_stop = CancellationToken::new();
@@ -59,7 +65,9 @@ impl Ingress {
         };
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
-        let pool = Arc::new(HubPool::new(&initial, timeouts, frame_bytes, tls, tasks.clone(), background.clone())?);
+        let local = colocated.as_ref().map(|(url, hub)| (url.clone(), hub.publisher()));
+        let pool =
+            Arc::new(HubPool::new(&initial, timeouts, frame_bytes, tls, tasks.clone(), background.clone(), local)?);
         let listener = pushmesh_common::listener::bind(config.listen_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind {}", config.listen_addr))?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
@@ -75,7 +83,13 @@ impl Ingress {
             hub_set: (hub_set, hub_set_stop),
             metrics: IngressMetrics::new(),
             health: Health::new("no hub checked yet"),
+            colocated: colocated.map(|(_, hub)| hub),
         })
+    }
+
+    /// The co-located hub's gRPC and admin addresses, when there is one.
+    pub fn colocated_hub_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.colocated.as_ref().map(|hub| (hub.grpc_addr(), hub.admin_addr()))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -98,7 +112,18 @@ impl Ingress {
             hub_set: (mut hub_set, hub_set_stop),
             metrics,
             health,
+            colocated,
         } = self;
+        // The co-located hub stops after the API drained (with the other
+        // background tasks), so publishes in flight still reach it.
+        if let Some(hub) = colocated {
+            let stop = background.clone();
+            tasks.spawn(async move {
+                if let Err(e) = hub.run(stop).await {
+                    tracing::error!(error = %e, "co-located hub failed");
+                }
+            });
+        }
         let relays = Arc::new(Relays::new(
             pool.clone(),
             metrics.clone(),
@@ -199,6 +224,32 @@ impl Ingress {
         tracing::info!("ingress stopped");
         Ok(())
     }
+}
+
+/// Bind the hub this process runs next to the API, and make sure the hub
+/// set has it: its URL is added to --hub when neither --hub nor --hub-dns
+/// names it (with --hub-dns, --colocated-hub-url must be the address DNS
+/// gives for this pod).
+async fn colocated_hub(config: &mut Config, addr: SocketAddr) -> anyhow::Result<(String, pushmesh_hub::Hub)> {
+    let args = &config.colocated_hub;
+    // The hub's own settings from its PUSHMESH_* variables; its ports and
+    // its query deadline (under the ingress's, so the hub answers first)
+    // from the ingress's flags.
+    let query_timeout = config.query_timeout_ms.saturating_sub(1000).max(1);
+    let hub_config = <pushmesh_hub::Config as clap::Parser>::try_parse_from([
+        "hub".to_owned(),
+        format!("--grpc-addr={addr}"),
+        format!("--admin-addr={}", args.colocated_hub_admin_addr),
+        format!("--query-timeout-ms={query_timeout}"),
+    ])
+    .map_err(|e| anyhow::anyhow!("the co-located hub's settings (PUSHMESH_* variables of the hub): {e}"))?;
+    let hub = pushmesh_hub::Hub::bind(hub_config).await.context("cannot start the co-located hub")?;
+    let url = args.colocated_hub_url.clone().unwrap_or_else(|| format!("http://{}", hub.grpc_addr()));
+    if config.hub_dns.hub_dns.is_none() && !config.hubs.contains(&url) {
+        config.hubs.push(url.clone());
+    }
+    tracing::info!(grpc = %hub.grpc_addr(), admin = %hub.admin_addr(), %url, "co-located hub bound");
+    Ok((url, hub))
 }
 
 /// tonic refuses a request larger than this before the API sees it; a

@@ -31,6 +31,9 @@ pub struct Hub {
     pub health: Health,
     engine: Built,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    hub_id: String,
+    table: Arc<TopicTable>,
+    publisher: Arc<Publisher>,
 }
 
 impl Hub {
@@ -48,6 +51,17 @@ impl Hub {
         }
         let metrics = HubMetrics::new();
         let engine = Built::from_config(&config, metrics.clone())?;
+        let hub_id =
+            config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
+        let table = Arc::new(TopicTable::new(metrics.clone()));
+        let sequencer = Arc::new(Sequencer::new(engine.shared(), table.clone(), metrics.clone()));
+        let publisher = Arc::new(Publisher::new(
+            table.clone(),
+            sequencer,
+            metrics.clone(),
+            Arc::default(),
+            Duration::from_millis(config.confirm_timeout_ms.max(1)),
+        ));
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
         let admin = pushmesh_common::listener::bind(config.admin_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
@@ -60,7 +74,18 @@ impl Hub {
             health: Health::new("warming up: gateways are attaching"),
             engine,
             tls,
+            hub_id,
+            table,
+            publisher,
         })
+    }
+
+    /// The hub's publishing, for a process that hosts this hub next to its
+    /// own publishers (an http-ingress with a co-located hub): a publish
+    /// handed here is routed as if it came over `Publish`, without the gRPC
+    /// hop.
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.publisher.clone()
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -75,10 +100,7 @@ impl Hub {
     /// `NOT_SERVING`, close every gateway stream (gateways move to the other
     /// hubs) and return.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Hub { config, grpc, admin, metrics, health, engine, tls } = self;
-        let hub_id =
-            config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
-        let table = Arc::new(TopicTable::new(metrics.clone()));
+        let Hub { config, grpc, admin, metrics, health, engine, tls, hub_id, table, publisher } = self;
         let settings = AttachSettings {
             hub_id: hub_id.clone(),
             query_timeout_ms: config.query_timeout_ms.max(1),
@@ -88,14 +110,6 @@ impl Hub {
         engine.spawn_background(shutdown.clone());
         let engine = engine.shared();
         tracing::info!(engine = engine.name(), "channel state engine");
-        let sequencer = Arc::new(Sequencer::new(engine.clone(), table.clone(), metrics.clone()));
-        let publisher = Arc::new(Publisher::new(
-            table.clone(),
-            sequencer,
-            metrics.clone(),
-            Arc::default(),
-            Duration::from_millis(config.confirm_timeout_ms.max(1)),
-        ));
         // Roles are read from client certificates, so they are enforced
         // exactly when client certificates are required.
         let access = crate::identity::Access::new(config.tls_client_ca.is_some(), metrics.clone());

@@ -34,7 +34,9 @@ pub async fn start(program: &Path, name: &str, args: &[String], logs: &Path) -> 
 }
 
 pub struct Cluster {
-    pub hub: Proc,
+    /// The hub process; none when the hub runs inside the ingress
+    /// (`--colocated-hub-addr`).
+    pub hub: Option<Proc>,
     pub gateways: Vec<Proc>,
     pub ingress: Proc,
 }
@@ -60,20 +62,16 @@ impl Cluster {
         hub_args: &[String],
         ingress_args: &[String],
     ) -> Result<Cluster> {
+        if ingress_args.iter().any(|a| a.starts_with("--colocated-hub-addr")) {
+            anyhow::ensure!(hub_args.is_empty(), "a co-located hub takes no hub arguments here");
+            return Self::start_colocated(env, gateways, gateway_args, ingress_args).await;
+        }
         let logs = env.out.join("logs");
         let mut args = ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"].map(String::from).to_vec();
         args.extend_from_slice(hub_args);
         let hub = start(&env.bin("hub")?, "hub", &args, &logs).await?;
         let hub_url = format!("http://{}", hub.addr("grpc"));
-        let mut gws = Vec::new();
-        for i in 0..gateways {
-            let mut args: Vec<String> =
-                ["--listen-addr", "127.0.0.1:0", "--hub", &hub_url, "--gateway-id", &format!("gw-{i}")]
-                    .map(String::from)
-                    .to_vec();
-            args.extend_from_slice(gateway_args);
-            gws.push(start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
-        }
+        let gws = Self::start_gateways(env, gateways, gateway_args, &hub_url).await?;
         // Both listeners on kernel-chosen ports: a fixed gRPC port (the
         // default 8082) collides with anything else on the machine.
         let mut args: Vec<String> = ["--listen-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--hub", &hub_url]
@@ -81,12 +79,54 @@ impl Cluster {
             .to_vec();
         args.extend_from_slice(ingress_args);
         let ingress = start(&env.bin("http-ingress")?, "ingress", &args, &logs).await?;
-        let c = Cluster { hub, gateways: gws, ingress };
+        let c = Cluster { hub: Some(hub), gateways: gws, ingress };
+        c.wait_ready().await?;
+        Ok(c)
+    }
+
+    /// The ingress with its hub in its own process: started first, then the
+    /// gateways attach to the hub address it announces.
+    async fn start_colocated(
+        env: &Env,
+        gateways: usize,
+        gateway_args: &[String],
+        ingress_args: &[String],
+    ) -> Result<Cluster> {
+        let logs = env.out.join("logs");
+        let mut args: Vec<String> =
+            ["--listen-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--colocated-hub-admin-addr", "127.0.0.1:0"]
+                .map(String::from)
+                .to_vec();
+        args.extend_from_slice(ingress_args);
+        let ingress = start(&env.bin("http-ingress")?, "ingress", &args, &logs).await?;
+        let hub_url = format!("http://{}", ingress.addr("hub-grpc"));
+        let gws = Self::start_gateways(env, gateways, gateway_args, &hub_url).await?;
+        let c = Cluster { hub: None, gateways: gws, ingress };
+        c.wait_ready().await?;
+        Ok(c)
+    }
+
+    async fn start_gateways(env: &Env, gateways: usize, gateway_args: &[String], hub_url: &str) -> Result<Vec<Proc>> {
+        let logs = env.out.join("logs");
+        let mut gws = Vec::new();
+        for i in 0..gateways {
+            let mut args: Vec<String> =
+                ["--listen-addr", "127.0.0.1:0", "--hub", hub_url, "--gateway-id", &format!("gw-{i}")]
+                    .map(String::from)
+                    .to_vec();
+            args.extend_from_slice(gateway_args);
+            gws.push(start(&env.bin("ws-gateway")?, &format!("gw-{i}"), &args, &logs).await?);
+        }
+        Ok(gws)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let c = self;
         for g in &c.gateways {
             pushmesh_tests::wait_ready(g.addr("http")).await?;
         }
         pushmesh_tests::wait_ready(c.ingress.addr("http")).await?;
-        Ok(c)
+        Ok(())
     }
 
     pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
@@ -94,7 +134,7 @@ impl Cluster {
     }
 
     pub fn procs(&self) -> Vec<&Proc> {
-        let mut v = vec![&self.hub];
+        let mut v: Vec<&Proc> = self.hub.iter().collect();
         v.extend(self.gateways.iter());
         v.push(&self.ingress);
         v
