@@ -22,6 +22,7 @@
 //! exits by itself when its parent's pipe closes.
 
 mod ceiling;
+mod clientops;
 mod cluster;
 mod enginebench;
 mod fleet;
@@ -31,6 +32,7 @@ mod loadgen;
 mod msgceiling;
 mod plot;
 mod procstat;
+mod proxybackend;
 mod publisher;
 mod report;
 mod scenario;
@@ -81,6 +83,9 @@ enum Command {
     Channels(targeted::MsgArgs),
     /// Many sends per request (POST /batch); against the per-message ceiling.
     Bulk(targeted::MsgArgs),
+    /// Client ops over the WebSocket: publish → every subscriber, or rpc
+    /// round trips; with no backend proxy, or through an HTTP or gRPC one.
+    ClientOps(clientops::ClientArgs),
     /// Seconds-long run with few clients; exits non-zero if a delivery is lost, duplicated or misdelivered.
     Smoke,
     /// Every target of the benchmark (what `make bench` runs), then the plot.
@@ -90,6 +95,14 @@ enum Command {
     Worker {
         #[arg(long)]
         spec: String,
+    },
+    /// (internal) The backend the client-ops workload proxies to.
+    #[command(hide = true)]
+    ProxyBackend {
+        #[arg(long, value_enum)]
+        kind: proxybackend::ProxyKind,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// (internal) The ceiling: writes pre-built frames to its sockets.
     #[command(hide = true)]
@@ -112,6 +125,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { spec } => return worker::main(&spec),
+        Command::ProxyBackend { kind, threads } => return proxybackend::main(kind, threads),
         Command::CeilingServer { threads } => return ceiling::server_main(threads),
         Command::MsgCeilingServer { threads, capacity } => return msgceiling::server_main(threads, capacity),
         _ => {}
@@ -135,9 +149,13 @@ fn main() -> std::process::ExitCode {
                 Command::Unicast(a) => targeted::cmd(&env, targeted::Workload::Unicast, a).await,
                 Command::Channels(a) => targeted::cmd(&env, targeted::Workload::Channels, a).await,
                 Command::Bulk(a) => targeted::cmd(&env, targeted::Workload::Bulk, a).await,
+                Command::ClientOps(a) => clientops::cmd(&env, a).await,
                 Command::Smoke => scenario::smoke_cmd(&env).await,
                 Command::Suite(a) => suite::cmd(&env, a).await,
-                Command::Worker { .. } | Command::CeilingServer { .. } | Command::MsgCeilingServer { .. } => {
+                Command::Worker { .. }
+                | Command::ProxyBackend { .. }
+                | Command::CeilingServer { .. }
+                | Command::MsgCeilingServer { .. } => {
                     unreachable!("handled above")
                 }
             }
