@@ -17,6 +17,12 @@
 //! per-message ceiling (`msgceiling`): one process that reads HTTP requests
 //! and writes one frame to the addressed socket.
 //!
+//! The `client-ops` workload (issue 15) publishes the other way: clients
+//! write `publish` (or `rpc`) ops over their own WebSockets, with no
+//! backend proxy or through a minimal HTTP or gRPC backend the tool starts
+//! as a process of its own (`proxy-backend`), so the proxy's cost per call
+//! is the difference between the rows.
+//!
 //! Everything the tool starts is killed when it ends, also on failure or
 //! Ctrl-C: services and workers are `kill_on_drop` children, and a worker
 //! exits by itself when its parent's pipe closes.
