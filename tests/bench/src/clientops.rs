@@ -668,3 +668,100 @@ pub async fn smoke(env: &Env) -> Result<Vec<ClientPhase>> {
     out.extend(run(env, &base(LoadOp::Rpc)).await?.phases);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A correct phase of 1,000 publishes (10 receivers each) with the given
+    /// gateway CPU, backend CPU and latency.
+    fn phase(proxy: ProxyKind, gw_us: f64, backend_us: f64, p50: f64, p99: f64) -> ClientPhase {
+        ClientPhase {
+            config: "t".to_owned(),
+            op: LoadOp::Publish,
+            proxy,
+            connections: 100,
+            gateways: 2,
+            channels: Some(10),
+            publishers: 10,
+            payload_bytes: 64,
+            offered_rate: 1_000.0,
+            duration_s: 1.0,
+            ops: 1_000,
+            written: 1_000,
+            write_failed: 0,
+            accepted: 1_000,
+            op_errors: 0,
+            first_op_error: None,
+            unanswered: 0,
+            proxied: if proxy == ProxyKind::None { 0 } else { 1_000 },
+            expected: 10_000,
+            delivered: 10_000,
+            lost: 0,
+            duplicates: 0,
+            misdelivered: 0,
+            out_of_order: 0,
+            stray: 0,
+            disconnected: 0,
+            offered_delivery_rate: 10_000.0,
+            delivered_rate: 10_000.0,
+            latency_ms: Latency { p50, p90: p99, p99, p999: p99, max: p99 },
+            pushmesh_us_per_op: gw_us + 5.0,
+            us_per_op: vec![
+                ("hub".to_owned(), 5.0),
+                ("gw-0".to_owned(), gw_us / 2.0),
+                ("gw-1".to_owned(), gw_us / 2.0),
+                ("backend".to_owned(), backend_us),
+            ],
+            backend_us_per_op: backend_us,
+            workers_us_per_delivery: 1.0,
+            writer_late_max_ms: 0.0,
+            usage: Vec::new(),
+            other_cpu_s: 0.0,
+            pass: true,
+        }
+    }
+
+    #[test]
+    fn the_proxy_cost_is_a_proxied_phase_minus_the_unproxied_one() {
+        let run = ClientRun {
+            op: LoadOp::Publish,
+            config: "t".to_owned(),
+            phases: vec![
+                phase(ProxyKind::None, 20.0, 0.0, 1.0, 3.0),
+                phase(ProxyKind::Http, 32.0, 15.0, 1.5, 4.0),
+                phase(ProxyKind::Grpc, 36.0, 25.0, 1.25, 5.0),
+            ],
+            proxy_costs: Vec::new(),
+        };
+        let c = proxy_costs(&run);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.versus_none));
+        let http = (c[0].proxy, c[0].gateways_us_per_call, c[0].hub_us_per_call, c[0].backend_us_per_call);
+        assert_eq!(http, (ProxyKind::Http, 12.0, 0.0, 15.0));
+        assert_eq!((c[1].gateways_us_per_call, c[1].p50_ms, c[1].p99_ms), (16.0, 0.25, 2.0));
+    }
+
+    #[test]
+    fn a_phase_is_correct_only_when_every_op_went_the_way_its_proxy_says() {
+        assert!(phase(ProxyKind::Http, 1.0, 1.0, 1.0, 1.0).correct());
+        // A proxied op that never reached the backend, or an unproxied one that did.
+        assert!(!ClientPhase { proxied: 999, ..phase(ProxyKind::Http, 1.0, 1.0, 1.0, 1.0) }.correct());
+        assert!(!ClientPhase { proxied: 1, ..phase(ProxyKind::None, 1.0, 0.0, 1.0, 1.0) }.correct());
+        for bad in [
+            ClientPhase { lost: 1, ..phase(ProxyKind::None, 1.0, 0.0, 1.0, 1.0) },
+            ClientPhase { unanswered: 1, ..phase(ProxyKind::None, 1.0, 0.0, 1.0, 1.0) },
+            ClientPhase { accepted: 999, ..phase(ProxyKind::None, 1.0, 0.0, 1.0, 1.0) },
+            ClientPhase { write_failed: 1, ..phase(ProxyKind::None, 1.0, 0.0, 1.0, 1.0) },
+        ] {
+            assert!(!bad.correct());
+        }
+    }
+
+    #[test]
+    fn rpc_needs_a_backend_and_defaults_to_both() {
+        let a = ClientArgs::defaults(LoadOp::Rpc);
+        assert_eq!(a.proxies(), [ProxyKind::Http, ProxyKind::Grpc]);
+        assert_eq!(ClientArgs::defaults(LoadOp::Publish).proxies().len(), 3);
+    }
+}
