@@ -53,11 +53,35 @@ pub enum ClientOp {
         id: Option<u64>,
         token: String,
     },
+    /// Publish to a channel whose namespace allows client publish
+    /// (docs/proxy.md); the reply carries the message's position.
+    Publish {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: String,
+        data: Value,
+    },
+    /// Call the application's backend; its answer is the reply's `data`.
+    Rpc {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        method: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    },
 }
 
 impl ClientOp {
     pub fn subscribe(id: u64, channel: impl Into<String>, since: Option<Since>) -> Self {
         ClientOp::Subscribe { id: Some(id), channel: channel.into(), since }
+    }
+
+    pub fn publish(id: u64, channel: impl Into<String>, data: Value) -> Self {
+        ClientOp::Publish { id: Some(id), channel: channel.into(), data }
+    }
+
+    pub fn rpc(id: u64, method: impl Into<String>, data: Value) -> Self {
+        ClientOp::Rpc { id: Some(id), method: method.into(), data: Some(data) }
     }
 
     /// The JSON text frame.
@@ -155,6 +179,15 @@ mod tests {
         assert_eq!(cmd, json!({"op": "subscribe", "id": 1, "channel": "news", "since": {"epoch": "e1", "offset": 41}}));
         let ping: Value = serde_json::from_str(&ClientOp::Ping { id: None }.to_text()).unwrap();
         assert_eq!(ping, json!({"op": "ping"}));
+    }
+
+    #[test]
+    fn publish_and_rpc_are_written_as_the_protocol_says() {
+        let p: Value =
+            serde_json::from_str(&ClientOp::publish(6, "chat:room", json!({"text": "hi"})).to_text()).unwrap();
+        assert_eq!(p, json!({"id": 6, "op": "publish", "channel": "chat:room", "data": {"text": "hi"}}));
+        let r: Value = serde_json::from_str(&ClientOp::rpc(7, "getUser", json!({"id": 42})).to_text()).unwrap();
+        assert_eq!(r, json!({"id": 7, "op": "rpc", "method": "getUser", "data": {"id": 42}}));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::worker::{ChannelSpread, Cmd, Event, Expect, Report, Spec};
+use crate::worker::{ChannelSpread, Cmd, Event, Expect, Load, Report, Spec};
 
 /// Most connections one worker holds: the per-process open-file limit is
 /// 20,000 and a worker needs a few descriptors of its own.
@@ -43,6 +43,20 @@ pub struct Merged {
     pub last_recv_ns: u64,
     pub misdelivered: u64,
     pub out_of_order: u64,
+    /// Load ops answered `ok` (a bit per sequence number offset), answered
+    /// so, and answered with an error (the first one's frame).
+    pub accepted: Vec<u64>,
+    pub op_ok: u64,
+    pub op_errors: u64,
+    pub first_op_error: Option<String>,
+}
+
+/// What the workers did with a load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loaded {
+    pub written: u64,
+    pub failed: u64,
+    pub late_max_ms: f64,
 }
 
 /// Connect-phase totals.
@@ -226,6 +240,21 @@ impl Fleet {
         Ok((unique, open))
     }
 
+    /// Have every worker write its share of `load`'s ops; returns once
+    /// all are written.
+    pub async fn load(&mut self, load: &Load) -> Result<Loaded> {
+        let limit = Duration::from_secs_f64(load.count as f64 / load.per_sec.max(1e-9) + 60.0);
+        let mut out = Loaded::default();
+        for ev in self.all(&Cmd::Load(load.clone()), limit).await? {
+            if let Event::Loaded { written, failed, late_max_ms } = ev {
+                out.written += written;
+                out.failed += failed;
+                out.late_max_ms = out.late_max_ms.max(late_max_ms);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn report(&mut self) -> Result<Merged> {
         let mut m = Merged {
             hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
@@ -238,6 +267,10 @@ impl Fleet {
             last_recv_ns: 0,
             misdelivered: 0,
             out_of_order: 0,
+            accepted: Vec::new(),
+            op_ok: 0,
+            op_errors: 0,
+            first_op_error: None,
         };
         for ev in self.all(&Cmd::Report, Duration::from_secs(60)).await? {
             let Event::Report(r) = ev else { continue };
@@ -252,8 +285,23 @@ impl Fleet {
                 last_recv_ns,
                 misdelivered,
                 out_of_order,
+                accepted,
+                op_ok,
+                op_errors,
+                first_op_error,
                 ..
             } = *r;
+            if m.accepted.len() < accepted.len() {
+                m.accepted.resize(accepted.len(), 0);
+            }
+            for (w, bits) in m.accepted.iter_mut().zip(accepted) {
+                *w |= bits;
+            }
+            m.op_ok += op_ok;
+            m.op_errors += op_errors;
+            if m.first_op_error.is_none() {
+                m.first_op_error = first_op_error;
+            }
             m.misdelivered += misdelivered;
             m.out_of_order += out_of_order;
             for (v, c) in hist_us {

@@ -17,11 +17,18 @@
 //! per-message ceiling (`msgceiling`): one process that reads HTTP requests
 //! and writes one frame to the addressed socket.
 //!
+//! The `client-ops` workload (issue 15) publishes the other way: clients
+//! write `publish` (or `rpc`) ops over their own WebSockets, with no
+//! backend proxy or through a minimal HTTP or gRPC backend the tool starts
+//! as a process of its own (`proxy-backend`), so the proxy's cost per call
+//! is the difference between the rows.
+//!
 //! Everything the tool starts is killed when it ends, also on failure or
 //! Ctrl-C: services and workers are `kill_on_drop` children, and a worker
 //! exits by itself when its parent's pipe closes.
 
 mod ceiling;
+mod clientops;
 mod cluster;
 mod enginebench;
 mod fleet;
@@ -31,6 +38,7 @@ mod loadgen;
 mod msgceiling;
 mod plot;
 mod procstat;
+mod proxybackend;
 mod publisher;
 mod report;
 mod scenario;
@@ -81,6 +89,9 @@ enum Command {
     Channels(targeted::MsgArgs),
     /// Many sends per request (POST /batch); against the per-message ceiling.
     Bulk(targeted::MsgArgs),
+    /// Client ops over the WebSocket: publish → every subscriber, or rpc
+    /// round trips; with no backend proxy, or through an HTTP or gRPC one.
+    ClientOps(clientops::ClientArgs),
     /// Seconds-long run with few clients; exits non-zero if a delivery is lost, duplicated or misdelivered.
     Smoke,
     /// Every target of the benchmark (what `make bench` runs), then the plot.
@@ -90,6 +101,14 @@ enum Command {
     Worker {
         #[arg(long)]
         spec: String,
+    },
+    /// (internal) The backend the client-ops workload proxies to.
+    #[command(hide = true)]
+    ProxyBackend {
+        #[arg(long, value_enum)]
+        kind: proxybackend::ProxyKind,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// (internal) The ceiling: writes pre-built frames to its sockets.
     #[command(hide = true)]
@@ -112,6 +131,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { spec } => return worker::main(&spec),
+        Command::ProxyBackend { kind, threads } => return proxybackend::main(kind, threads),
         Command::CeilingServer { threads } => return ceiling::server_main(threads),
         Command::MsgCeilingServer { threads, capacity } => return msgceiling::server_main(threads, capacity),
         _ => {}
@@ -135,9 +155,13 @@ fn main() -> std::process::ExitCode {
                 Command::Unicast(a) => targeted::cmd(&env, targeted::Workload::Unicast, a).await,
                 Command::Channels(a) => targeted::cmd(&env, targeted::Workload::Channels, a).await,
                 Command::Bulk(a) => targeted::cmd(&env, targeted::Workload::Bulk, a).await,
+                Command::ClientOps(a) => clientops::cmd(&env, a).await,
                 Command::Smoke => scenario::smoke_cmd(&env).await,
                 Command::Suite(a) => suite::cmd(&env, a).await,
-                Command::Worker { .. } | Command::CeilingServer { .. } | Command::MsgCeilingServer { .. } => {
+                Command::Worker { .. }
+                | Command::ProxyBackend { .. }
+                | Command::CeilingServer { .. }
+                | Command::MsgCeilingServer { .. } => {
                     unreachable!("handled above")
                 }
             }

@@ -583,6 +583,30 @@ pub async fn smoke_cmd(env: &Env) -> Result<bool> {
             ok = false;
         }
     }
+    let client_ops = crate::clientops::smoke(env).await?;
+    report::write_json(&env.out.join("smoke-client-ops.json"), &client_ops)?;
+    for p in &client_ops {
+        if !p.correct() || p.delivered == 0 {
+            eprintln!(
+                "smoke: {} / proxy {}: ops {}, written {}, accepted {}, errors {} ({}), unanswered {}; expected {}, delivered {}, lost {}, duplicates {}, misdelivered {}, out of order {}",
+                p.config,
+                p.proxy.name(),
+                p.ops,
+                p.written,
+                p.accepted,
+                p.op_errors,
+                p.first_op_error.as_deref().unwrap_or("-"),
+                p.unanswered,
+                p.expected,
+                p.delivered,
+                p.lost,
+                p.duplicates,
+                p.misdelivered,
+                p.out_of_order,
+            );
+            ok = false;
+        }
+    }
     if ok {
         eprintln!("smoke: ok, every delivery arrived exactly once, to the client it was for");
     }

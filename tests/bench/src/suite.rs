@@ -8,11 +8,13 @@ use anyhow::Result;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::clientops::{self, ClientArgs, ClientPhase, ClientRun};
 use crate::hubbench::{self, HubArgs, HubResult};
 use crate::procstat;
 use crate::report::{self, IdleResult, MsgPhase, MsgRun, SweepResult};
 use crate::scenario::{self, Env, ScenarioArgs, TargetKind};
 use crate::targeted::{self, BulkTransport, MsgArgs, Workload};
+use crate::worker::LoadOp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
@@ -27,11 +29,14 @@ pub enum Part {
     Bulk,
     /// Publishes over many small channels (figures).
     Channels,
+    /// Client publish and rpc over the WebSocket, with no proxy and
+    /// through an HTTP and a gRPC backend (figures; the proxy's cost).
+    ClientOps,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
-    /// Parts to run (default: all): hub, fixed, sweep, connect, fifty, unicast, bulk, channels.
+    /// Parts to run (default: all): hub, fixed, sweep, connect, fifty, unicast, bulk, channels, client-ops.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
     /// Seconds of publishing per phase.
@@ -63,7 +68,17 @@ struct Suite {
     bulk_stream: Option<MsgRun>,
     /// The same clients over 5,000 channels, 10,000 publishes/s.
     channels: Option<MsgRun>,
+    /// 4,000 clients over 2 gateways and 400 channels, 400 of them
+    /// publishing over their WebSocket at 1,000 and 5,000 publishes/s: no
+    /// proxy, HTTP and gRPC backend.
+    client_publish: Option<ClientRun>,
+    /// The same 400 clients calling rpc at 1,000 and 5,000 calls/s, HTTP
+    /// and gRPC backend.
+    client_rpc: Option<ClientRun>,
 }
+
+/// The client-ops settings of the suite (see `client_publish`).
+const CLIENT_OPS_RATES: [f64; 2] = [1_000.0, 5_000.0];
 
 /// The targeted workloads' suite settings (issue 11's targets): 10,000
 /// clients over 2 gateways, 64-byte data.
@@ -148,6 +163,17 @@ pub async fn cmd(env: &Env, a: SuiteArgs) -> Result<bool> {
         procstat::wait_quiet(quiet).await;
         let c = MsgArgs { no_ceiling: true, ..msg_args(&[10_000.0], a.duration) };
         s.channels = Some(targeted::run(env, Workload::Channels, &c).await?);
+    }
+    if want(Part::ClientOps) {
+        for op in [LoadOp::Publish, LoadOp::Rpc] {
+            procstat::wait_quiet(quiet).await;
+            let c = ClientArgs { rate: CLIENT_OPS_RATES.to_vec(), duration: a.duration, ..ClientArgs::defaults(op) };
+            let r = Some(clientops::run(env, &c).await?);
+            match op {
+                LoadOp::Publish => s.client_publish = r,
+                LoadOp::Rpc => s.client_rpc = r,
+            }
+        }
     }
     report::write_json(&env.out.join("suite.json"), &s)?;
     if let Some(u) = &s.unicast {
@@ -316,6 +342,9 @@ fn summary(s: &Suite) -> String {
             yes(p.correct())
         );
     }
+    for run in [&s.client_publish, &s.client_rpc].into_iter().flatten() {
+        client_ops_rows(&mut o, run);
+    }
     for h in &s.hub {
         let _ = writeln!(
             o,
@@ -426,6 +455,81 @@ fn bulk_rows(o: &mut String, b: &MsgRun) {
             yes(p.pass)
         );
     }
+}
+
+fn client_ops_rows(o: &mut String, run: &ClientRun) {
+    for p in &run.phases {
+        let what = match p.op {
+            LoadOp::Publish => format!(
+                "client publish → {} subscribers each, {} conns / {} gateways, {} publishers, {}/s",
+                p.connections / p.channels.unwrap_or(1).max(1),
+                thousands(p.connections as f64),
+                p.gateways,
+                p.publishers,
+                thousands(p.offered_rate)
+            ),
+            LoadOp::Rpc => format!(
+                "client rpc round trip, {} callers over {} gateways, {}/s",
+                p.publishers,
+                p.gateways,
+                thousands(p.offered_rate)
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "| {what}, proxy {} (figures) | {}; pushmesh {:.1} µs CPU per op (gateways {:.1}, hub {:.1}), backend {} | {} |",
+            p.proxy.name(),
+            client_figures(p),
+            p.pushmesh_us_per_op,
+            p.us("gw-"),
+            p.us("hub"),
+            if p.proxy == crate::proxybackend::ProxyKind::None {
+                "-".to_owned()
+            } else {
+                format!("{:.1} µs", p.backend_us_per_op)
+            },
+            yes(p.correct())
+        );
+    }
+    for c in &run.proxy_costs {
+        let what = if c.versus_none { "added by the proxy, against no proxy" } else { "the whole call" };
+        let _ = writeln!(
+            o,
+            "| ({} proxy, {:?} at {}/s: {what}) | gateways {:+.1} µs, hub {:+.1} µs, backend {:.1} µs CPU per call; p50 {:+.2} ms, p99 {:+.2} ms | |",
+            c.proxy.name(),
+            c.op,
+            thousands(c.rate),
+            c.gateways_us_per_call,
+            c.hub_us_per_call,
+            c.backend_us_per_call,
+            c.p50_ms,
+            c.p99_ms
+        );
+    }
+}
+
+/// p50/p99/max, delivered, and everything that went wrong, in one cell.
+fn client_figures(p: &ClientPhase) -> String {
+    let mut t = format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {}/s delivered, lost {}",
+        p.latency_ms.p50,
+        p.latency_ms.p99,
+        p.latency_ms.max,
+        thousands(p.delivered_rate),
+        p.lost
+    );
+    for (n, what) in [
+        (p.duplicates, "duplicated"),
+        (p.misdelivered, "misdelivered"),
+        (p.out_of_order, "out of order"),
+        (p.op_errors, "refused"),
+        (p.unanswered, "unanswered"),
+    ] {
+        if n > 0 {
+            let _ = write!(t, ", **{n} {what}**");
+        }
+    }
+    t
 }
 
 /// 12345.6 → "12,346".

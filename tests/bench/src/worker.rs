@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use pushmesh_common::client::ClientOp;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -99,6 +100,60 @@ pub enum Cmd {
     Stats,
     /// Everything measured in this phase.
     Report,
+    /// Write client ops (publish or rpc) on the load's schedule; answered
+    /// once this worker's last op is written.
+    Load(Load),
+}
+
+/// Client ops on an open-loop schedule (the clientpub workload): op `seq`
+/// (`first..first+count`) is due at `start_ns + (seq-first)/per_sec`, and
+/// is written by client [`Load::publisher`] over its own WebSocket — by
+/// the worker that holds that client. Its data is stamped with the due
+/// time, so latency counts any lag of the writer too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Load {
+    pub first: u64,
+    pub count: u64,
+    pub per_sec: f64,
+    /// Wall clock (ns since the Unix epoch) of op `first`.
+    pub start_ns: u64,
+    pub kind: LoadOp,
+    /// Clients that write ops: every `stride`th client, `publishers` of them.
+    pub publishers: usize,
+    pub stride: usize,
+    /// Publish: channels `{prefix}{n}`, n < channels (the fleet's spread).
+    pub channels: usize,
+    pub prefix: String,
+    /// Bytes of each op's data.
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadOp {
+    /// `{"op":"publish","channel":…,"data":…}` to channel `c` of the spread;
+    /// every subscriber of it must receive the data once.
+    Publish,
+    /// `{"op":"rpc","method":"echo","data":…}`; the reply must echo the data
+    /// (with `c` = the caller) back to the caller.
+    Rpc,
+}
+
+impl Load {
+    /// The global number of the client that writes op `seq` (the high bits
+    /// of the spread pick it, the low bits the channel).
+    pub fn publisher(&self, seq: u64) -> usize {
+        ((wire::spread_bits(seq) >> 32) % self.publishers.max(1) as u64) as usize * self.stride.max(1)
+    }
+
+    /// The channel number a publish `seq` goes to.
+    pub fn channel(&self, seq: u64) -> usize {
+        wire::spread(seq, self.channels)
+    }
+
+    fn due_ns(&self, seq: u64) -> u64 {
+        self.start_ns + ((seq - self.first) as f64 * 1e9 / self.per_sec.max(1e-9)) as u64
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -124,6 +179,14 @@ pub enum Event {
         open: usize,
     },
     Report(Box<Report>),
+    /// A load's ops written by this worker, ops that could not be written
+    /// (the client was not open, or its socket failed), and the most any
+    /// op was written after it was due.
+    Loaded {
+        written: u64,
+        failed: u64,
+        late_max_ms: f64,
+    },
     /// Per client slot, its connection id ("" when it is not open).
     Ids {
         ids: Vec<String>,
@@ -155,6 +218,16 @@ pub struct Report {
     /// the same connection.
     #[serde(default)]
     pub out_of_order: u64,
+    /// Load ops answered `ok`, as a bit per sequence number of the phase.
+    #[serde(default)]
+    pub accepted: Vec<u64>,
+    /// Load ops answered `ok`, and answered with an error.
+    #[serde(default)]
+    pub op_ok: u64,
+    #[serde(default)]
+    pub op_errors: u64,
+    #[serde(default)]
+    pub first_op_error: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -178,6 +251,12 @@ struct State {
     bytes: u64,
     misdelivered: u64,
     out_of_order: u64,
+    accepted: Vec<u64>,
+    op_ok: u64,
+    op_errors: u64,
+    first_op_error: Option<String>,
+    /// Per connection slot: its socket while open (a load writes on it).
+    conns: Vec<Option<Rc<Conn>>>,
     /// Per connection slot: open or not.
     open: Vec<bool>,
     /// Per connection slot: the id its welcome frame gave.
@@ -224,6 +303,11 @@ async fn run(spec: Spec) {
         bytes: 0,
         misdelivered: 0,
         out_of_order: 0,
+        accepted: Vec::new(),
+        op_ok: 0,
+        op_errors: 0,
+        first_op_error: None,
+        conns: vec![None; spec.count],
         open: vec![false; spec.count],
         ids: vec![String::new(); spec.count],
     }));
@@ -258,6 +342,10 @@ async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
             st.bytes = 0;
             st.misdelivered = 0;
             st.out_of_order = 0;
+            st.accepted = vec![0; count.div_ceil(64) as usize];
+            st.op_ok = 0;
+            st.op_errors = 0;
+            st.first_op_error = None;
             Event::Ok
         }
         Cmd::Ids => {
@@ -283,8 +371,78 @@ async fn handle(spec: &Spec, state: &Shared, cmd: Cmd) -> Event {
                 bytes: st.bytes,
                 misdelivered: st.misdelivered,
                 out_of_order: st.out_of_order,
+                accepted: st.accepted.clone(),
+                op_ok: st.op_ok,
+                op_errors: st.op_errors,
+                first_op_error: st.first_op_error.clone(),
             }))
         }
+        Cmd::Load(load) => run_load(spec, state, &load).await,
+    }
+}
+
+/// Write this worker's share of `load`'s ops, each when it is due. One
+/// task writes them in order; a socket that cannot take an op at once
+/// (the gateway is not reading) holds up the ops behind it, which shows
+/// as latency, as it would for a real client.
+async fn run_load(spec: &Spec, state: &Shared, load: &Load) -> Event {
+    let (wall0, inst0) = (wire::now_ns(), tokio::time::Instant::now());
+    let mine = spec.first_client..spec.first_client + spec.count;
+    let (mut written, mut failed, mut late_max) = (0u64, 0u64, 0u64);
+    let (mut data, mut frame) = (Vec::with_capacity(load.size + 64), Vec::with_capacity(load.size + 160));
+    for seq in load.first..load.first + load.count {
+        let g = load.publisher(seq);
+        if !mine.contains(&g) {
+            continue;
+        }
+        let due = load.due_ns(seq);
+        if due > wire::now_ns() {
+            tokio::time::sleep_until(inst0 + Duration::from_nanos(due.saturating_sub(wall0))).await;
+        }
+        late_max = late_max.max(wire::now_ns().saturating_sub(due));
+        let Some(conn) = state.borrow().conns[g - spec.first_client].clone() else {
+            failed += 1;
+            continue;
+        };
+        let c = match load.kind {
+            LoadOp::Publish => load.channel(seq),
+            LoadOp::Rpc => g,
+        };
+        data.clear();
+        wire::targeted_json(seq, due, c as u64, load.size, &mut data);
+        let value: serde_json::Value = serde_json::from_slice(&data).expect("the benchmark's data is JSON");
+        let op = match load.kind {
+            LoadOp::Publish => ClientOp::publish(seq, format!("{}{c}", load.prefix), value),
+            LoadOp::Rpc => ClientOp::rpc(seq, "echo", value),
+        };
+        frame.clear();
+        wire::put_client_frame(&mut frame, 1, op.to_text().as_bytes());
+        match conn.write_all(&frame).await {
+            Ok(()) => written += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    Event::Loaded { written, failed, late_max_ms: late_max as f64 / 1e6 }
+}
+
+/// A client's socket, shared by its read loop and the load task; a write
+/// holds the lock so a pong and an op never interleave their bytes.
+struct Conn {
+    stream: TcpStream,
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Conn {
+    async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        let _writing = self.write.lock().await;
+        while !buf.is_empty() {
+            match self.stream.try_write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -347,7 +505,9 @@ async fn connect_pass(spec: &Spec, state: &Shared) -> (usize, usize, Option<Stri
                 }
                 let client = (spec.first_client + i) as u64;
                 let keys = Keys { client, channel: spec.spread.as_ref().map_or(0, |s| client % s.count.max(1) as u64) };
-                tokio::task::spawn_local(read_loop(i, keys, stream, leftover, state.clone()));
+                let conn = Rc::new(Conn { stream, write: tokio::sync::Mutex::new(()) });
+                state.borrow_mut().conns[i] = Some(conn.clone());
+                tokio::task::spawn_local(read_loop(i, keys, conn, leftover, state.clone()));
             }
             Err(e) => {
                 failed += 1;
@@ -401,7 +561,7 @@ async fn connect_one(target: SocketAddr, source: Ipv4Addr, channel: Option<&str>
             .ok_or_else(|| anyhow!("no connection id in the welcome {}", String::from_utf8_lossy(&welcome)))?;
         if let Some(ch) = channel {
             let mut f = Vec::new();
-            let cmd = pushmesh_common::client::ClientOp::subscribe(1, ch.to_string(), None).to_text();
+            let cmd = ClientOp::subscribe(1, ch.to_string(), None).to_text();
             wire::put_client_frame(&mut f, 1, cmd.as_bytes());
             s.write_all(&f).await?;
             let reply = next_text(&mut s, &mut buf).await?;
@@ -453,7 +613,8 @@ struct Keys {
     channel: u64,
 }
 
-async fn read_loop(slot: usize, keys: Keys, stream: TcpStream, mut pending: Vec<u8>, state: Shared) {
+async fn read_loop(slot: usize, keys: Keys, conn: Rc<Conn>, mut pending: Vec<u8>, state: Shared) {
+    let stream = &conn.stream;
     let mut seen = Seen { phase: 0, bits: Vec::new(), list: Vec::new(), list_end: 0, last_offset: 0, keys };
     let mut replies = Vec::new();
     if !pending.is_empty() {
@@ -500,24 +661,16 @@ async fn read_loop(slot: usize, keys: Keys, stream: TcpStream, mut pending: Vec<
             pending.shrink_to(1024);
         }
         if !replies.is_empty() {
-            // Pongs (and the close echo): rare, written directly.
-            let mut off = 0;
-            while off < replies.len() {
-                match stream.try_write(&replies[off..]) {
-                    Ok(n) => off += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if stream.writable().await.is_err() {
-                            break 'conn;
-                        }
-                    }
-                    Err(_) => break 'conn,
-                }
+            // Pongs (and the close echo): rare.
+            if conn.write_all(&replies).await.is_err() {
+                break 'conn;
             }
             replies.clear();
         }
     }
     let mut st = state.borrow_mut();
     st.open[slot] = false;
+    st.conns[slot] = None;
     st.closed += 1;
 }
 
@@ -549,6 +702,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// (welcome and reply frames have neither), whatever the key order, as
 /// JSON or (the seed's form) inside a JSON string.
 fn on_text(p: &[u8], now: u64, st: &mut State, seen: &mut Seen) {
+    if contains(p, br#""type":"reply""#) && !on_reply(p, st) {
+        return;
+    }
     let (Some(seq), Some(t)) = (wire::field(p, b's'), wire::field(p, b't')) else {
         return;
     };
@@ -607,6 +763,29 @@ fn on_text(p: &[u8], now: u64, st: &mut State, seen: &mut Seen) {
     st.hist.saturating_record(now.saturating_sub(t) / 1000);
 }
 
+/// A reply to a load's op (the subscribe replies were read while
+/// connecting): counted, and marked accepted by its id (the op's sequence
+/// number). True when it goes on to be a delivery: an rpc's echoed data.
+fn on_reply(p: &[u8], st: &mut State) -> bool {
+    if contains(p, br#""error":"#) {
+        st.op_errors += 1;
+        if st.first_op_error.is_none() {
+            st.first_op_error = Some(String::from_utf8_lossy(&p[..p.len().min(300)]).into_owned());
+        }
+        return false;
+    }
+    st.op_ok += 1;
+    let Phase { first, count, .. } = st.phase;
+    if let Some(id) = wire::number_after(p, br#""id":"#)
+        && id >= first
+        && id < first + count
+    {
+        let i = (id - first) as usize;
+        st.accepted[i / 64] |= 1 << (i % 64);
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +803,11 @@ mod tests {
             bytes: 0,
             misdelivered: 0,
             out_of_order: 0,
+            accepted: vec![0; count.div_ceil(64) as usize],
+            op_ok: 0,
+            op_errors: 0,
+            first_op_error: None,
+            conns: vec![None],
             open: vec![true],
             ids: vec!["gw-0:1".to_owned()],
         }
@@ -663,6 +847,57 @@ mod tests {
         let seed = format!(r#"{{"type":"message","data":{}}}"#, serde_json::to_string(data).unwrap());
         on_text(seed.as_bytes(), 10, &mut st, &mut me);
         assert_eq!((st.unique, st.counts[5]), (3, 1));
+    }
+
+    #[test]
+    fn load_replies_are_counted_and_an_rpc_echo_is_a_delivery() {
+        let mut st = state(10, 70, Expect::Client);
+        let mut me = seen(7, 0);
+        // A publish accepted (the gateway's keys come sorted), one refused.
+        on_text(br#"{"epoch":"e","id":12,"ok":true,"offset":3,"type":"reply"}"#, 10, &mut st, &mut me);
+        on_text(
+            br#"{"error":{"code":"permission_denied","message":"no"},"id":13,"type":"reply"}"#,
+            10,
+            &mut st,
+            &mut me,
+        );
+        // An rpc's echo: accepted, and a delivery to its caller.
+        let mut data = Vec::new();
+        wire::targeted_json(75, 1, 7, 0, &mut data);
+        let echo = format!(r#"{{"data":{},"id":75,"ok":true,"type":"reply"}}"#, String::from_utf8(data).unwrap());
+        on_text(echo.as_bytes(), 10, &mut st, &mut me);
+        assert_eq!((st.op_ok, st.op_errors, st.unique), (2, 1, 1));
+        assert!(st.first_op_error.as_deref().unwrap().contains("permission_denied"));
+        assert_eq!(st.accepted, [1 << 2, 1 << 1]);
+        assert_eq!(st.counts[65], 1);
+    }
+
+    #[test]
+    fn load_ops_spread_over_publishers_and_channels() {
+        let load = Load {
+            first: 1,
+            count: 4_000,
+            per_sec: 1_000.0,
+            start_ns: 0,
+            kind: LoadOp::Publish,
+            publishers: 20,
+            stride: 10,
+            channels: 20,
+            prefix: "bench:".to_owned(),
+            size: 0,
+        };
+        let mut by_publisher = [0u32; 20];
+        let mut by_channel = [0u32; 20];
+        for seq in 1..=4_000 {
+            let g = load.publisher(seq);
+            assert_eq!(g % 10, 0, "only every 10th client publishes");
+            by_publisher[g / 10] += 1;
+            by_channel[load.channel(seq)] += 1;
+        }
+        // Roughly even: 200 each.
+        assert!(by_publisher.iter().all(|n| (120..280).contains(n)), "{by_publisher:?}");
+        assert!(by_channel.iter().all(|n| (120..280).contains(n)), "{by_channel:?}");
+        assert_eq!(load.due_ns(1_001), 1_000_000_000);
     }
 
     #[test]
