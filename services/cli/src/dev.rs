@@ -21,7 +21,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let shutdown = pushmesh_common::shutdown::on_signal();
     // Checked first: a bad file is the user's to fix, not a port in use.
     if let Some(path) = &args.namespaces {
-        pushmesh_ws_gateway::namespaces::Namespaces::load(path).map_err(|e| Failure::usage(e.to_string()))?;
+        pushmesh_common::namespaces::Namespaces::load(path).map_err(|e| Failure::usage(e.to_string()))?;
     }
 
     let mut hub_cfg = pushmesh_hub::Config::parse_from(["hub"]);

@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use pushmesh_common::health::Health;
+use pushmesh_common::namespaces::Namespaces;
 use pushmesh_common::proto::hub_server::HubServer;
 
 use crate::attach::AttachSettings;
 use crate::config::Config;
 use crate::engine::Built;
+use crate::engine::limits::{HistoryLimits, Limit};
 use crate::engine::SharedEngine;
 use crate::metrics::HubMetrics;
 use crate::publish::Publisher;
@@ -34,9 +36,21 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Check the configuration (TLS files, engine settings) first, then bind
-    /// both ports: a bad flag never leaves a port bound or a "listening" line.
+    /// Check the configuration (namespaces file, TLS files, engine
+    /// settings) first, then bind both ports: a bad flag never leaves a port
+    /// bound or a "listening" line.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let namespaces = match &config.namespaces {
+            Some(path) => Namespaces::load(path)?,
+            None => Namespaces::default(),
+        };
+        let limits = HistoryLimits::new(
+            Limit {
+                size: config.history_size,
+                ttl: Duration::from_secs(config.history_ttl_secs.max(1)),
+            },
+            &namespaces,
+        );
         let tls = pushmesh_common::tls::server(
             config.tls_cert.as_ref(),
             config.tls_key.as_ref(),
@@ -47,7 +61,7 @@ impl Hub {
             tonic::transport::Server::builder().tls_config(tls.clone()).context("invalid TLS configuration")?;
         }
         let metrics = HubMetrics::new();
-        let engine = Built::from_config(&config, metrics.clone())?;
+        let engine = Built::from_config(&config, limits, metrics.clone())?;
         let grpc = pushmesh_common::listener::bind(config.grpc_addr, pushmesh_common::listener::DEFAULT_BACKLOG)
             .with_context(|| format!("cannot bind the gRPC address {}", config.grpc_addr))?;
         let admin = pushmesh_common::listener::bind(config.admin_addr, pushmesh_common::listener::DEFAULT_BACKLOG)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pushmesh_common::ids::Channel;
+use pushmesh_hub::engine::limits::{HistoryLimits, Limit};
 use pushmesh_hub::engine::memory::{HistoryConfig, Streams};
 use pushmesh_hub::engine::redis::{RedisEngine, RedisSettings};
 use pushmesh_hub::engine::{Engine, NewEntry, Page, ReadQuery, Slot};
@@ -28,8 +29,7 @@ fn redis_engine(redis: &Redis, size: usize, ttl: Duration) -> RedisEngine {
             prefix: "t".into(),
             connections: 2,
             timeout: Duration::from_secs(2),
-            size,
-            ttl,
+            limits: HistoryLimits::uniform(Limit { size, ttl }),
         },
         HubMetrics::new(),
     )
@@ -37,7 +37,7 @@ fn redis_engine(redis: &Redis, size: usize, ttl: Duration) -> RedisEngine {
 }
 
 fn memory_engine(size: usize, ttl: Duration) -> Arc<Streams> {
-    Arc::new(Streams::new(HistoryConfig { size, ttl, max_bytes: 1 << 30 }, HubMetrics::new()))
+    Arc::new(Streams::new(HistoryConfig { limits: HistoryLimits::uniform(Limit { size, ttl }), max_bytes: 1 << 30 }, HubMetrics::new()))
 }
 
 fn datas(p: &Page) -> Vec<(u64, &str)> {

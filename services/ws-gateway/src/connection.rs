@@ -43,7 +43,7 @@ use crate::auth::{AuthError, Authenticator, Grant, GrantExtra};
 use crate::config::Config;
 use crate::links::{HubLinks, HubPublishError};
 use crate::metrics::GatewayMetrics;
-use crate::namespaces::Namespaces;
+use pushmesh_common::namespaces::Namespaces;
 use crate::protocol::{self, Command, Reply, close};
 use crate::proxy::{ConnectRequest, ConnectResult, Kind, Proxy, ProxyError};
 use crate::queue::{CloseSignal, Frame, OutQueue, Outbound, SendError};

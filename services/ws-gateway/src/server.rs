@@ -30,7 +30,7 @@ use crate::http::Front;
 use crate::hubs::{self, LinkCtx};
 use crate::links::{AttachedCount, HubLinks};
 use crate::metrics::GatewayMetrics;
-use crate::namespaces::Namespaces;
+use pushmesh_common::namespaces::Namespaces;
 use crate::proxy::Proxy;
 use crate::queries::Queries;
 use crate::recovery::Recovery;
