@@ -27,6 +27,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut hub_cfg = pushmesh_hub::Config::parse_from(["hub"]);
     hub_cfg.grpc_addr = args.hub_grpc_addr;
     hub_cfg.admin_addr = args.hub_admin_addr;
+    hub_cfg.namespaces = args.namespaces.clone();
     let hub = pushmesh_hub::Hub::bind(hub_cfg).await.map_err(|e| {
         in_use(format!(
             "cannot start the hub on {} (gRPC) and {} (admin): {e:#}",
