@@ -236,6 +236,9 @@ PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
+{{- if include "pushmesh.namespacesEnabled" . }}
+PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
+{{- end }}
 {{- if .Values.hub.tls.enabled }}
 PUSHMESH_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
 PUSHMESH_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
@@ -371,14 +374,15 @@ PUSHMESH_HUB_TLS_DOMAIN: {{ include "pushmesh.hubTls.domain" . | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Non-empty when the gateways get a namespaces file. */}}
+{{/* Non-empty when the gateways and hubs get a namespaces file. */}}
 {{- define "pushmesh.namespacesEnabled" -}}
 {{- $ns := .Values.wsGateway.namespaces -}}
 {{- if or $ns.proxy $ns.list }}true{{ end -}}
 {{- end -}}
 
-{{/* The gateways' namespaces file (TOML) from wsGateway.namespaces; JSON
-scalars are valid TOML values, and quoted keys valid TOML keys. */}}
+{{/* The namespaces file (TOML) from wsGateway.namespaces, read by the
+gateways (client options, [proxy]) and the hubs (history per namespace);
+JSON scalars are valid TOML values, and quoted keys valid TOML keys. */}}
 {{- define "pushmesh.namespacesToml" -}}
 {{- $ns := .Values.wsGateway.namespaces -}}
 {{- with $ns.proxy }}
