@@ -125,12 +125,18 @@ async fn the_hub_refuses_a_bad_namespaces_file_naming_the_line() -> anyhow::Resu
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text:?} was accepted");
-        assert!(out.stdout.is_empty(), "the hub announced ports with a bad file: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "the hub announced ports with a bad file: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(stderr.contains(line) && stderr.contains(what), "{text:?}: {stderr}");
     }
     let full = scratch_file(
         "full.toml",
-        &format!("[proxy]\nendpoint = \"http://127.0.0.1:1/pushmesh\"\nconnect = true\n{FILE}\n[[namespace]]\nprefix = \"chat:\"\nclient_publish = true\nproxy_publish = true\njoin_leave = true\npresence = true\nrequire_claims = {{ role = \"member\" }}\n"),
+        &format!(
+            "[proxy]\nendpoint = \"http://127.0.0.1:1/pushmesh\"\nconnect = true\n{FILE}\n[[namespace]]\nprefix = \"chat:\"\nclient_publish = true\nproxy_publish = true\njoin_leave = true\npresence = true\nrequire_claims = {{ role = \"member\" }}\n"
+        ),
     )?;
     hub_with(&["--namespaces", full.to_str().expect("utf-8 path")]).await?;
     Ok(())

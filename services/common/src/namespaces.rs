@@ -422,7 +422,11 @@ recover = false
             "line 3: history_ttl_secs must be 1..=31536000 (one year), not 0"
         );
         let negative = "[[namespace]]\nprefix = \"a:\"\n\nhistory_size = -1\n";
-        assert!(Namespaces::parse(negative).unwrap_err().starts_with("line 4: "), "{}", Namespaces::parse(negative).unwrap_err());
+        assert!(
+            Namespaces::parse(negative).unwrap_err().starts_with("line 4: "),
+            "{}",
+            Namespaces::parse(negative).unwrap_err()
+        );
         let typo = "[[namespace]]\nprefix = \"a:\"\nhistory_sise = 3\n";
         let e = Namespaces::parse(typo).unwrap_err();
         assert!(e.starts_with("line 3: ") && e.contains("history_sise"), "{e}");

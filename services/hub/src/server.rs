@@ -16,8 +16,8 @@ use pushmesh_common::proto::hub_server::HubServer;
 use crate::attach::AttachSettings;
 use crate::config::Config;
 use crate::engine::Built;
-use crate::engine::limits::{HistoryLimits, Limit};
 use crate::engine::SharedEngine;
+use crate::engine::limits::{HistoryLimits, Limit};
 use crate::metrics::HubMetrics;
 use crate::publish::Publisher;
 use crate::sequencer::Sequencer;
@@ -45,10 +45,7 @@ impl Hub {
             None => Namespaces::default(),
         };
         let limits = HistoryLimits::new(
-            Limit {
-                size: config.history_size,
-                ttl: Duration::from_secs(config.history_ttl_secs.max(1)),
-            },
+            Limit { size: config.history_size, ttl: Duration::from_secs(config.history_ttl_secs.max(1)) },
             &namespaces,
         );
         let tls = pushmesh_common::tls::server(
