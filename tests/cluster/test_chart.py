@@ -648,13 +648,13 @@ def test_hub_tls_from_existing_secrets_and_all_or_none():
 
 def test_namespaces_values_become_the_file_the_gateway_and_the_hub_read(tmp_path):
     values = tmp_path / "ns.yaml"
-    values.write_text(yaml.safe_dump({"wsGateway": {"namespaces": {
+    values.write_text(yaml.safe_dump({"namespaces": {
         "proxy": {"endpoint": "http://backend.apps:3000/pushmesh", "connect": True, "timeout_ms": 800},
         "list": [{"prefix": "chat:", "client_publish": True, "join_leave": True,
                   "require_claims": {"role": "member", "level": 3},
                   "history_size": 3, "history_ttl_secs": 60},
                  {"prefix": ""}],
-    }}}))
+    }}))
     docs, _ = render(values)
     cm = by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway-namespaces"]
     text = cm["data"]["namespaces.toml"]
@@ -715,3 +715,21 @@ def test_namespaces_values_become_the_file_the_gateway_and_the_hub_read(tmp_path
         assert "PUSHMESH_NAMESPACES" not in by_kind(default, "ConfigMap")[f"pm-pushmesh-{component}"]["data"]
     (h,) = by_kind(default, "StatefulSet")["pm-pushmesh-hub"]["spec"]["template"]["spec"]["containers"]
     assert not any(m["name"] == "namespaces" for m in h.get("volumeMounts", []))
+
+
+def test_the_deprecated_wsgateway_namespaces_value_still_renders_the_same_file(tmp_path):
+    ns = {"proxy": {"endpoint": "grpc://backend.apps:50051", "rpc": True},
+          "list": [{"prefix": "chat:", "history_size": 3, "require_claims": {"role": "member"}}]}
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump({"wsGateway": {"namespaces": ns}}))
+    new.write_text(yaml.safe_dump({"namespaces": ns}))
+    files = []
+    for values in (old, new):
+        docs, _ = render(values)
+        files.append(by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway-namespaces"]["data"]["namespaces.toml"])
+        sts = by_kind(docs, "StatefulSet")["pm-pushmesh-hub"]
+        assert {"name": "namespaces", "configMap": {"name": "pm-pushmesh-ws-gateway-namespaces"}} \
+            in sts["spec"]["template"]["spec"]["volumes"]
+    assert files[0] == files[1]
+    import tomllib
+    assert tomllib.loads(files[0])["namespace"][0]["history_size"] == 3
