@@ -646,14 +646,15 @@ def test_hub_tls_from_existing_secrets_and_all_or_none():
     assert all("hub-tls" not in str(w) for w in docs)
 
 
-def test_namespaces_values_become_the_file_the_gateway_reads(tmp_path):
+def test_namespaces_values_become_the_file_the_gateway_and_the_hub_read(tmp_path):
     values = tmp_path / "ns.yaml"
-    values.write_text(yaml.safe_dump({"wsGateway": {"namespaces": {
+    values.write_text(yaml.safe_dump({"namespaces": {
         "proxy": {"endpoint": "http://backend.apps:3000/pushmesh", "connect": True, "timeout_ms": 800},
         "list": [{"prefix": "chat:", "client_publish": True, "join_leave": True,
-                  "require_claims": {"role": "member", "level": 3}},
+                  "require_claims": {"role": "member", "level": 3},
+                  "history_size": 3, "history_ttl_secs": 60},
                  {"prefix": ""}],
-    }}}))
+    }}))
     docs, _ = render(values)
     cm = by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway-namespaces"]
     text = cm["data"]["namespaces.toml"]
@@ -681,7 +682,54 @@ def test_namespaces_values_become_the_file_the_gateway_reads(tmp_path):
         proc.kill()
         proc.wait()
     assert '"listening"' in line, proc.stderr.read()
+    # The hubs mount the same file (history_size / history_ttl_secs per
+    # namespace), and the real hub accepts it whole, gateway keys included.
+    assert parsed["namespace"][0]["history_size"] == 3
+    sts = by_kind(docs, "StatefulSet")["pm-pushmesh-hub"]
+    hub_pod = sts["spec"]["template"]
+    assert hub_pod["metadata"]["annotations"]["checksum/namespaces"] == pod["metadata"]["annotations"]["checksum/namespaces"]
+    (h,) = hub_pod["spec"]["containers"]
+    assert {"name": "namespaces", "mountPath": "/etc/pushmesh/namespaces", "readOnly": True} in h["volumeMounts"]
+    assert {"name": "namespaces", "configMap": {"name": "pm-pushmesh-ws-gateway-namespaces"}} in hub_pod["spec"]["volumes"]
+    hub_env = by_kind(docs, "ConfigMap")["pm-pushmesh-hub"]["data"]
+    assert hub_env["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces/namespaces.toml"
+    hub_bin = ROOT / "target" / "debug" / "hub"
+    proc = subprocess.Popen([str(hub_bin), "--namespaces", str(f), "--grpc-addr", "127.0.0.1:0",
+                             "--admin-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert '"listening"' in line, proc.stderr.read()
+    # A file the hub refuses is refused before it binds, naming the line.
+    f.write_text(text + "\nhistory_ttl_secs = 0\n")
+    bad = subprocess.run([str(hub_bin), "--namespaces", str(f), "--grpc-addr", "127.0.0.1:0",
+                          "--admin-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and bad.stdout == "", bad.stdout
+    assert f"line {(text + chr(10)).count(chr(10)) + 1}: history_ttl_secs must be" in bad.stderr, bad.stderr
     # Without namespaces values: no file, no mount, no variable.
     default, _ = render()
     assert "pm-pushmesh-ws-gateway-namespaces" not in by_kind(default, "ConfigMap")
-    assert "PUSHMESH_NAMESPACES" not in by_kind(default, "ConfigMap")["pm-pushmesh-ws-gateway"]["data"]
+    for component in ("ws-gateway", "hub"):
+        assert "PUSHMESH_NAMESPACES" not in by_kind(default, "ConfigMap")[f"pm-pushmesh-{component}"]["data"]
+    (h,) = by_kind(default, "StatefulSet")["pm-pushmesh-hub"]["spec"]["template"]["spec"]["containers"]
+    assert not any(m["name"] == "namespaces" for m in h.get("volumeMounts", []))
+
+
+def test_the_deprecated_wsgateway_namespaces_value_still_renders_the_same_file(tmp_path):
+    ns = {"proxy": {"endpoint": "grpc://backend.apps:50051", "rpc": True},
+          "list": [{"prefix": "chat:", "history_size": 3, "require_claims": {"role": "member"}}]}
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump({"wsGateway": {"namespaces": ns}}))
+    new.write_text(yaml.safe_dump({"namespaces": ns}))
+    files = []
+    for values in (old, new):
+        docs, _ = render(values)
+        files.append(by_kind(docs, "ConfigMap")["pm-pushmesh-ws-gateway-namespaces"]["data"]["namespaces.toml"])
+        sts = by_kind(docs, "StatefulSet")["pm-pushmesh-hub"]
+        assert {"name": "namespaces", "configMap": {"name": "pm-pushmesh-ws-gateway-namespaces"}} \
+            in sts["spec"]["template"]["spec"]["volumes"]
+    assert files[0] == files[1]
+    import tomllib
+    assert tomllib.loads(files[0])["namespace"][0]["history_size"] == 3

@@ -15,6 +15,7 @@ mod logs;
 mod make_run;
 mod message_limits;
 mod metrics;
+mod namespaces;
 mod openapi;
 mod partition;
 mod per_message;

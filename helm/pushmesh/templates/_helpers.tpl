@@ -123,6 +123,11 @@ says what is wrong and what to do.
 {{- if and .Values.redis.enabled (ne .Values.engine.type "redis") -}}
 {{- fail "redis.enabled deploys a Redis for the hubs' channel state: set engine.type=redis too (or leave redis.enabled false)" -}}
 {{- end -}}
+{{- $top := .Values.namespaces | default dict -}}
+{{- $old := .Values.wsGateway.namespaces | default dict -}}
+{{- if and (or $top.proxy $top.list) (or $old.proxy $old.list) -}}
+{{- fail "namespaces: set the top-level namespaces or the deprecated wsGateway.namespaces, not both (move wsGateway.namespaces' proxy and list under namespaces)" -}}
+{{- end -}}
 {{- $tlsSecrets := .Values.hub.tls.existingSecrets -}}
 {{- $given := compact (list $tlsSecrets.hub $tlsSecrets.wsGateway $tlsSecrets.httpIngress) -}}
 {{- if and (gt (len $given) 0) (lt (len $given) 3) -}}
@@ -236,6 +241,9 @@ PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
 PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
+{{- if include "pushmesh.namespacesEnabled" . }}
+PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
+{{- end }}
 {{- if .Values.hub.tls.enabled }}
 PUSHMESH_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
 PUSHMESH_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
@@ -371,16 +379,28 @@ PUSHMESH_HUB_TLS_DOMAIN: {{ include "pushmesh.hubTls.domain" . | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Non-empty when the gateways get a namespaces file. */}}
+{{/* Non-empty when the gateways and hubs get a namespaces file. */}}
 {{- define "pushmesh.namespacesEnabled" -}}
-{{- $ns := .Values.wsGateway.namespaces -}}
+{{- $ns := include "pushmesh.namespacesValues" . | fromJson -}}
 {{- if or $ns.proxy $ns.list }}true{{ end -}}
 {{- end -}}
 
-{{/* The gateways' namespaces file (TOML) from wsGateway.namespaces; JSON
-scalars are valid TOML values, and quoted keys valid TOML keys. */}}
+{{/* The namespaces values as JSON: the top-level namespaces, else the
+deprecated wsGateway.namespaces (pushmesh.validate refuses both). */}}
+{{- define "pushmesh.namespacesValues" -}}
+{{- $top := .Values.namespaces | default dict -}}
+{{- if or $top.proxy $top.list -}}
+{{- toJson $top -}}
+{{- else -}}
+{{- toJson (.Values.wsGateway.namespaces | default dict) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces file (TOML) from the namespaces values, read by the
+gateways (client options, [proxy]) and the hubs (history per namespace);
+JSON scalars are valid TOML values, and quoted keys valid TOML keys. */}}
 {{- define "pushmesh.namespacesToml" -}}
-{{- $ns := .Values.wsGateway.namespaces -}}
+{{- $ns := include "pushmesh.namespacesValues" . | fromJson -}}
 {{- with $ns.proxy }}
 [proxy]
 {{- range $k, $v := . }}

@@ -333,7 +333,8 @@ pub struct DevArgs {
     #[arg(long, env = "PUSHMESH_DEV_GATEWAY_ID", default_value = "gw-local")]
     pub gateway_id: String,
 
-    /// The gateway's channel namespaces and backend proxy file (TOML, see docs/proxy.md).
+    /// The channel namespaces and backend proxy file (TOML, see docs/proxy.md):
+    /// the gateway's options and the hub's history per namespace.
     #[arg(long, env = "PUSHMESH_NAMESPACES")]
     pub namespaces: Option<std::path::PathBuf>,
 

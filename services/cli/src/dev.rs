@@ -21,12 +21,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let shutdown = pushmesh_common::shutdown::on_signal();
     // Checked first: a bad file is the user's to fix, not a port in use.
     if let Some(path) = &args.namespaces {
-        pushmesh_ws_gateway::namespaces::Namespaces::load(path).map_err(|e| Failure::usage(e.to_string()))?;
+        pushmesh_common::namespaces::Namespaces::load(path).map_err(|e| Failure::usage(e.to_string()))?;
     }
 
     let mut hub_cfg = pushmesh_hub::Config::parse_from(["hub"]);
     hub_cfg.grpc_addr = args.hub_grpc_addr;
     hub_cfg.admin_addr = args.hub_admin_addr;
+    hub_cfg.namespaces = args.namespaces.clone();
     let hub = pushmesh_hub::Hub::bind(hub_cfg).await.map_err(|e| {
         in_use(format!(
             "cannot start the hub on {} (gRPC) and {} (admin): {e:#}",

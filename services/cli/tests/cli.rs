@@ -371,6 +371,34 @@ async fn two_devs_side_by_side_on_the_free_ports_of_the_help_example() -> Result
     Ok(())
 }
 
+/// `pushmesh dev --namespaces` gives the file to its hub too: a namespace's
+/// `history_size` holds in `GET /history`.
+#[tokio::test]
+async fn dev_gives_the_namespaces_file_to_its_hub() -> Result<()> {
+    let file =
+        pushmesh_tests::scratch_file("namespaces.toml", "[[namespace]]\nprefix = \"short:\"\nhistory_size = 2\n")?;
+    let mut args = free_ports_example().await?;
+    args.extend(["--namespaces".to_owned(), file.to_str().expect("utf-8 path").to_owned()]);
+    let dev = Dev::start(&args).await?;
+    let api = dev.addr("ingress");
+    let http = reqwest::Client::new();
+    for ch in ["short:a", "long"] {
+        for i in 0..4 {
+            let r = http
+                .post(format!("http://{api}/publish"))
+                .json(&serde_json::json!({ "channel": ch, "data": i }))
+                .send()
+                .await?;
+            assert_eq!(r.status(), 200, "{}", r.text().await?);
+        }
+    }
+    let kept = |v: serde_json::Value| v["messages"].as_array().map(Vec::len);
+    let short: serde_json::Value = reqwest::get(format!("http://{api}/history?channel=short:a")).await?.json().await?;
+    let long: serde_json::Value = reqwest::get(format!("http://{api}/history?channel=long")).await?.json().await?;
+    assert_eq!((kept(short), kept(long)), (Some(2), Some(4)));
+    dev.stop().await
+}
+
 #[tokio::test]
 async fn broadcasts_api_key_hints_and_a_gateway_that_is_not_ready() -> Result<()> {
     let sys = System::start_with(1, 1, &[], &["--api-key", "right-key-0123456789"]).await?;

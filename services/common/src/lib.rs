@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod health;
 pub mod ids;
 pub mod listener;
+pub mod namespaces;
 pub mod rendezvous;
 pub mod runtime;
 pub mod shutdown;

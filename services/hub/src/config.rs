@@ -57,6 +57,13 @@ pub struct Config {
     #[arg(long, env = "PUSHMESH_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
     pub history_max_bytes: usize,
 
+    /// The channel namespaces file (TOML, docs/proxy.md: the same file the
+    /// gateways read): its `history_size` / `history_ttl_secs` override
+    /// --history-size / --history-ttl-secs per channel prefix. Checked at
+    /// start-up, errors name the line.
+    #[arg(long, env = "PUSHMESH_NAMESPACES")]
+    pub namespaces: Option<std::path::PathBuf>,
+
     /// Where channel state (positions, history, idempotency keys) lives:
     /// `memory` (this hub's memory; lost with it) or `redis` (shared by
     /// every hub; survives a hub crash, see --redis-url).

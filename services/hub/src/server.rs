@@ -10,12 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use pushmesh_common::health::Health;
+use pushmesh_common::namespaces::Namespaces;
 use pushmesh_common::proto::hub_server::HubServer;
 
 use crate::attach::AttachSettings;
 use crate::config::Config;
 use crate::engine::Built;
 use crate::engine::SharedEngine;
+use crate::engine::limits::{HistoryLimits, Limit};
 use crate::metrics::HubMetrics;
 use crate::publish::Publisher;
 use crate::sequencer::Sequencer;
@@ -37,9 +39,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Check the configuration (TLS files, engine settings) first, then bind
-    /// both ports: a bad flag never leaves a port bound or a "listening" line.
+    /// Check the configuration (namespaces file, TLS files, engine
+    /// settings) first, then bind both ports: a bad flag never leaves a port
+    /// bound or a "listening" line.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let namespaces = match &config.namespaces {
+            Some(path) => Namespaces::load(path)?,
+            None => Namespaces::default(),
+        };
+        let limits = HistoryLimits::new(
+            Limit { size: config.history_size, ttl: Duration::from_secs(config.history_ttl_secs.max(1)) },
+            &namespaces,
+        );
         let tls = pushmesh_common::tls::server(
             config.tls_cert.as_ref(),
             config.tls_key.as_ref(),
@@ -50,7 +61,7 @@ impl Hub {
             tonic::transport::Server::builder().tls_config(tls.clone()).context("invalid TLS configuration")?;
         }
         let metrics = HubMetrics::new();
-        let engine = Built::from_config(&config, metrics.clone())?;
+        let engine = Built::from_config(&config, limits, metrics.clone())?;
         let hub_id =
             config.hub_id.clone().unwrap_or_else(|| pushmesh_common::ids::GatewayId::random("hub").to_string());
         let table = Arc::new(TopicTable::new(metrics.clone()));

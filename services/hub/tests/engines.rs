@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pushmesh_common::ids::Channel;
+use pushmesh_hub::engine::limits::{HistoryLimits, Limit};
 use pushmesh_hub::engine::memory::{HistoryConfig, Streams};
 use pushmesh_hub::engine::redis::{RedisEngine, RedisSettings};
 use pushmesh_hub::engine::{Engine, NewEntry, Page, ReadQuery, Slot};
@@ -18,6 +19,10 @@ fn entry(data: &str, key: &str) -> NewEntry {
 }
 
 fn redis_engine(redis: &Redis, size: usize, ttl: Duration) -> RedisEngine {
+    redis_engine_with(redis, HistoryLimits::uniform(Limit { size, ttl }))
+}
+
+fn redis_engine_with(redis: &Redis, limits: HistoryLimits) -> RedisEngine {
     RedisEngine::new(
         RedisSettings {
             urls: vec![redis.url()],
@@ -28,8 +33,7 @@ fn redis_engine(redis: &Redis, size: usize, ttl: Duration) -> RedisEngine {
             prefix: "t".into(),
             connections: 2,
             timeout: Duration::from_secs(2),
-            size,
-            ttl,
+            limits,
         },
         HubMetrics::new(),
     )
@@ -37,7 +41,45 @@ fn redis_engine(redis: &Redis, size: usize, ttl: Duration) -> RedisEngine {
 }
 
 fn memory_engine(size: usize, ttl: Duration) -> Arc<Streams> {
-    Arc::new(Streams::new(HistoryConfig { size, ttl, max_bytes: 1 << 30 }, HubMetrics::new()))
+    memory_engine_with(HistoryLimits::uniform(Limit { size, ttl }))
+}
+
+fn memory_engine_with(limits: HistoryLimits) -> Arc<Streams> {
+    Arc::new(Streams::new(HistoryConfig { limits, max_bytes: 1 << 30 }, HubMetrics::new()))
+}
+
+/// Default size 5; `small:` keeps 2, `none:` keeps none (positions only).
+fn namespaced_limits() -> HistoryLimits {
+    let file = "[[namespace]]\nprefix = \"small:\"\nhistory_size = 2\n\n\
+                [[namespace]]\nprefix = \"none:\"\nhistory_size = 0\n";
+    let namespaces = pushmesh_common::namespaces::Namespaces::parse(file).expect("valid file");
+    HistoryLimits::new(Limit { size: 5, ttl: Duration::from_secs(60) }, &namespaces)
+}
+
+/// Each channel keeps its namespace's number of entries.
+async fn per_namespace_sizes(e: &dyn Engine) -> anyhow::Result<()> {
+    let four = || (1..=4).map(|i| entry(&i.to_string(), "")).collect::<Vec<_>>();
+    let mut kept = Vec::new();
+    for name in ["small:a", "none:a", "news"] {
+        let ch = Channel::new(name)?;
+        e.append(&ch, four()).await?;
+        let p = e.read(&ch, ReadQuery { since: None, limit: 0 }).await?;
+        assert_eq!(p.top, 4, "{name}: every publish is positioned: {p:?}");
+        kept.push((name, p.entries.iter().map(|(o, _)| *o).collect::<Vec<u64>>()));
+    }
+    assert_eq!(kept, vec![("small:a", vec![3, 4]), ("none:a", vec![]), ("news", vec![1, 2, 3, 4])]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_memory_engine_keeps_each_namespaces_history_size() -> anyhow::Result<()> {
+    per_namespace_sizes(memory_engine_with(namespaced_limits()).as_ref()).await
+}
+
+#[tokio::test]
+async fn the_redis_engine_keeps_each_namespaces_history_size() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    per_namespace_sizes(&redis_engine_with(&redis, namespaced_limits())).await
 }
 
 fn datas(p: &Page) -> Vec<(u64, &str)> {

@@ -167,9 +167,10 @@ pub struct Config {
     pub client_commands_burst: u32,
 
     /// TOML file of channel namespaces (options per channel prefix) and the
-    /// application backend proxy (docs/proxy.md); checked at start-up,
-    /// errors name the line. None: every channel gets the defaults (no
-    /// client publish, no proxies, recovery on).
+    /// application backend proxy (docs/proxy.md; give the hubs the same
+    /// file: they read its history options); checked at start-up, errors
+    /// name the line. None: every channel gets the defaults (no client
+    /// publish, no proxies, recovery on).
     #[arg(long, env = "PUSHMESH_NAMESPACES")]
     pub namespaces: Option<std::path::PathBuf>,
 

@@ -43,12 +43,12 @@ use crate::auth::{AuthError, Authenticator, Grant, GrantExtra};
 use crate::config::Config;
 use crate::links::{HubLinks, HubPublishError};
 use crate::metrics::GatewayMetrics;
-use crate::namespaces::Namespaces;
 use crate::protocol::{self, Command, Reply, close};
 use crate::proxy::{ConnectRequest, ConnectResult, Kind, Proxy, ProxyError};
 use crate::queue::{CloseSignal, Frame, OutQueue, Outbound, SendError};
 use crate::recovery::{Recovery, Subscriber};
 use crate::registry::{ConnEntry, JoinError, Registry};
+use pushmesh_common::namespaces::Namespaces;
 
 /// The limits and timings every client connection runs with.
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 //! admission, upgrade) → `connection` (auth, commands) → `registry` (join,
 //! leave) → `links` (interest sent to every hub, confirmations). `sse` is
 //! the Server-Sent Events front: the same connections, one-way.
-//! `namespaces` holds the options per channel prefix, and `proxy` the
+//! `pushmesh_common::namespaces` holds the options per channel prefix
+//! (shared with the hub, which reads the same file), and `proxy` the
 //! calls to the application's backend that client commands may need.
 //! `server` wires the parts; no module imports a module that imports it
 //! back.
@@ -23,7 +24,6 @@ pub mod hubs;
 pub mod jwks;
 pub mod links;
 pub mod metrics;
-pub mod namespaces;
 pub mod protocol;
 pub mod proxy;
 pub mod queries;

@@ -38,7 +38,7 @@ use pushmesh_common::proto::{
 };
 
 use crate::metrics::GatewayMetrics;
-use crate::namespaces::{Endpoint, ProxyConfig};
+use pushmesh_common::namespaces::{Endpoint, ProxyConfig};
 
 /// The kinds of backend call (a metric label each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,11 +30,11 @@ use crate::http::Front;
 use crate::hubs::{self, LinkCtx};
 use crate::links::{AttachedCount, HubLinks};
 use crate::metrics::GatewayMetrics;
-use crate::namespaces::Namespaces;
 use crate::proxy::Proxy;
 use crate::queries::Queries;
 use crate::recovery::Recovery;
 use crate::registry::Registry;
+use pushmesh_common::namespaces::Namespaces;
 
 /// How long shutdown waits for connections to close before returning.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);

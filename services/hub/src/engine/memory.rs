@@ -15,6 +15,9 @@
 //!
 //! Memory is bounded three ways: entries per channel, entry age, and a
 //! global byte budget (the sweeper trims the oldest entries while over it).
+//! The first two are per channel ([`super::limits`]: the flags, or the
+//! channel's namespace); a stream looks its limits up once, when it is
+//! created, and keeps them, so a publish pays nothing for namespaces.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,14 +30,15 @@ use tokio_util::sync::CancellationToken;
 use futures_util::FutureExt;
 use pushmesh_common::ids::Channel;
 
+use super::limits::{HistoryLimits, Limit};
 use super::{Appended, Engine, EngineError, EngineFuture, NewEntry, Page, ReadQuery, Slot};
 use crate::metrics::HubMetrics;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HistoryConfig {
-    /// Entries kept per channel (0: positions only, no recovery).
-    pub size: usize,
-    pub ttl: Duration,
+    /// Entries kept per channel (0: positions only, no recovery) and their
+    /// age, per channel.
+    pub limits: HistoryLimits,
     pub max_bytes: usize,
 }
 
@@ -51,6 +55,8 @@ pub struct Stream {
     entries: VecDeque<Entry>,
     keys: HashMap<String, u64>,
     last_publish: Instant,
+    /// This channel's limits, looked up when the stream was created.
+    limit: Limit,
 }
 
 /// What appending a publish decided.
@@ -81,6 +87,7 @@ impl Streams {
         if let Some(s) = self.inner.read().expect("streams lock").get(channel) {
             return s.clone();
         }
+        let limit = self.cfg.limits.for_channel(channel);
         let mut inner = self.inner.write().expect("streams lock");
         inner
             .entry(channel.to_owned())
@@ -91,6 +98,7 @@ impl Streams {
                     entries: VecDeque::new(),
                     keys: HashMap::new(),
                     last_publish: Instant::now(),
+                    limit,
                 }))
             })
             .clone()
@@ -106,7 +114,7 @@ impl Streams {
         }
         st.top += 1;
         st.last_publish = Instant::now();
-        if self.cfg.size > 0 {
+        if st.limit.size > 0 {
             st.entries.push_back(Entry {
                 offset: st.top,
                 data: data.clone(),
@@ -117,7 +125,7 @@ impl Streams {
                 st.keys.insert(k.to_owned(), st.top);
             }
             self.add_bytes(data.len());
-            while st.entries.len() > self.cfg.size {
+            while st.entries.len() > st.limit.size {
                 self.pop_front(st);
             }
         }
@@ -187,10 +195,11 @@ impl Streams {
         let mut idle = Vec::new();
         for (name, stream) in &streams {
             let mut st = stream.lock().expect("stream lock");
-            while st.entries.front().is_some_and(|e| now.duration_since(e.at) > self.cfg.ttl) {
+            let ttl = st.limit.ttl;
+            while st.entries.front().is_some_and(|e| now.duration_since(e.at) > ttl) {
                 self.pop_front(&mut st);
             }
-            if st.entries.is_empty() && now.duration_since(st.last_publish) > self.cfg.ttl {
+            if st.entries.is_empty() && now.duration_since(st.last_publish) > ttl {
                 idle.push(name.clone());
             }
         }
@@ -217,7 +226,7 @@ impl Streams {
                 // Re-check under the write lock: a publish may have come in.
                 let still_idle = inner.get(&name).is_some_and(|s| {
                     let st = s.lock().expect("stream lock");
-                    st.entries.is_empty() && now.duration_since(st.last_publish) > self.cfg.ttl
+                    st.entries.is_empty() && now.duration_since(st.last_publish) > st.limit.ttl
                 });
                 if still_idle {
                     inner.remove(&name);

@@ -18,6 +18,7 @@
 //! task. The memory engine does its work synchronously inside the call and
 //! returns a ready future, so it never costs a task or a wake-up.
 
+pub mod limits;
 pub mod memory;
 pub mod redis;
 
@@ -147,13 +148,17 @@ pub enum Built {
 }
 
 impl Built {
-    /// Build the configured engine (nothing is connected yet).
-    pub fn from_config(config: &crate::Config, metrics: HubMetrics) -> anyhow::Result<Self> {
+    /// Build the configured engine (nothing is connected yet) with the
+    /// history limits of each channel.
+    pub fn from_config(
+        config: &crate::Config,
+        limits: limits::HistoryLimits,
+        metrics: HubMetrics,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let ttl = std::time::Duration::from_secs(config.history_ttl_secs.max(1));
         Ok(match config.engine {
             crate::config::EngineKind::Memory => Self::Memory(Arc::new(memory::Streams::new(
-                memory::HistoryConfig { size: config.history_size, ttl, max_bytes: config.history_max_bytes },
+                memory::HistoryConfig { limits, max_bytes: config.history_max_bytes },
                 metrics,
             ))),
             crate::config::EngineKind::Redis => {
@@ -182,8 +187,7 @@ impl Built {
                     prefix: config.redis_prefix.clone(),
                     connections: config.redis_connections,
                     timeout: std::time::Duration::from_millis(config.engine_timeout_ms.max(1)),
-                    size: config.history_size,
-                    ttl,
+                    limits,
                 };
                 Self::Redis(Arc::new(redis::RedisEngine::new(settings, metrics)?))
             }

@@ -38,6 +38,11 @@
 //! Redis resumes: that publish is then in the history (recoverable) though
 //! its publisher was told 503; docs/reliability.md says so.
 //!
+//! History size and TTL are per channel ([`super::limits`]: the flags, or
+//! the channel's namespace): each append and read call passes its
+//! channel's `MAXLEN` and TTL as arguments, so one script serves every
+//! namespace and a changed file applies from the next publish.
+//!
 //! Limits the memory engine enforces and this one leaves to Redis: the
 //! global byte budget (`--history-max-bytes`; use Redis `maxmemory`), and
 //! the age of single entries (entries older than the TTL are skipped when
@@ -57,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 
 use pushmesh_common::ids::Channel;
 
+use super::limits::{HistoryLimits, Limit};
 use super::{Appended, Engine, EngineError, EngineFuture, NewEntry, Page, ReadQuery, Slot};
 use crate::metrics::HubMetrics;
 
@@ -181,9 +187,8 @@ pub struct RedisSettings {
     pub prefix: String,
     pub connections: usize,
     pub timeout: Duration,
-    /// History size (entries per channel) and TTL.
-    pub size: usize,
-    pub ttl: Duration,
+    /// History size (entries per channel) and TTL, per channel.
+    pub limits: HistoryLimits,
 }
 
 /// One way to reach Redis; each is multiplexed (many calls in flight).
@@ -216,8 +221,7 @@ pub struct RedisEngine {
     append: Arc<Script>,
     read: Arc<Script>,
     prefix: Arc<str>,
-    size: usize,
-    ttl_ms: u64,
+    limits: HistoryLimits,
     timeout: Duration,
     state: Arc<State>,
     metrics: HubMetrics,
@@ -321,8 +325,7 @@ impl RedisEngine {
             append: Arc::new(Script::new(APPEND)),
             read: Arc::new(Script::new(READ)),
             prefix: s.prefix.into(),
-            size: s.size,
-            ttl_ms: s.ttl.as_millis().max(1) as u64,
+            limits: s.limits,
             timeout: s.timeout,
             state: Arc::new(State {
                 down: Mutex::new(Some("not checked yet".to_owned())),
@@ -435,6 +438,11 @@ impl State {
         self.is_down.store(false, Ordering::Relaxed);
         metrics.engine_up.set(1);
     }
+}
+
+/// A limit's TTL in Redis's unit (at least 1 ms).
+fn ttl_ms(limit: Limit) -> u64 {
+    limit.ttl.as_millis().max(1) as u64
 }
 
 /// A connection error or a server error?
@@ -593,10 +601,11 @@ impl Engine for RedisEngine {
 
     fn append(&self, channel: &Channel, batch: Vec<NewEntry>) -> EngineFuture<Appended> {
         let n = batch.len();
+        let limit = self.limits.for_channel(channel.as_str());
         let mut args = Vec::with_capacity(3 + 2 * n);
         args.push(format!("{:016x}", rand::random::<u64>()).into_bytes());
-        args.push(self.size.to_string().into_bytes());
-        args.push(self.ttl_ms.to_string().into_bytes());
+        args.push(limit.size.to_string().into_bytes());
+        args.push(ttl_ms(limit).to_string().into_bytes());
         for e in batch {
             args.push(e.data.to_vec());
             args.push(e.key.into_bytes());
@@ -606,9 +615,10 @@ impl Engine for RedisEngine {
     }
 
     fn read(&self, channel: &Channel, query: ReadQuery) -> EngineFuture<Page> {
+        let limit = self.limits.for_channel(channel.as_str());
         let count = match query.limit {
-            0 => self.size.max(1),
-            n => n.min(self.size.max(1)),
+            0 => limit.size.max(1),
+            n => n.min(limit.size.max(1)),
         };
         let (mode, epoch, offset) = match query.since {
             Some((e, o)) => ("s", e, o),
@@ -619,7 +629,7 @@ impl Engine for RedisEngine {
             epoch.into_bytes(),
             offset.to_string().into_bytes(),
             count.to_string().into_bytes(),
-            self.ttl_ms.to_string().into_bytes(),
+            ttl_ms(limit).to_string().into_bytes(),
         ];
         let call = invoke(self.conn(), self.read.clone(), self.keys(channel), args);
         self.call("read", async move { parse_page(call.await?) })
@@ -687,8 +697,7 @@ mod tests {
             prefix: "a{b}".into(),
             connections: 1,
             timeout: Duration::from_millis(100),
-            size: 10,
-            ttl: Duration::from_secs(10),
+            limits: HistoryLimits::uniform(Limit { size: 10, ttl: Duration::from_secs(10) }),
         };
         let err = RedisEngine::new(s, HubMetrics::new()).err().expect("refused");
         assert!(err.to_string().contains("may not contain"), "{err}");

@@ -2,7 +2,12 @@
 //! start-up from the TOML file given with `--namespaces`, and the backend
 //! proxy's settings (`[proxy]`) in the same file.
 //!
-//! The file is checked whole before the gateway binds a port: unknown keys,
+//! One definition for every service that reads the file: the ws-gateway
+//! uses the client-facing options and `[proxy]`, the hub uses the history
+//! options (`history_size`, `history_ttl_secs`). Both read the same file,
+//! so both accept every valid key and refuse the same mistakes.
+//!
+//! The file is checked whole before a service binds a port: unknown keys,
 //! wrong types, a duplicate prefix, a namespace asking for a proxy that is
 //! not configured, an endpoint that is not a URL: each error names its line
 //! (toml's errors carry spans; ours are computed from `Spanned` fields), so
@@ -11,8 +16,8 @@
 //! A channel takes the options of the namespace with the longest matching
 //! prefix; `""` is the default namespace. With no file, or no match, a
 //! channel gets the defaults: no client publish, no proxies, no join/leave,
-//! no client presence, recovery on, no claims required — exactly what the
-//! gateway did before namespaces existed.
+//! no client presence, recovery on, no claims required, the hub's own
+//! history flags — exactly what the services did before namespaces existed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -148,6 +153,14 @@ pub struct Namespace {
     /// JWT claims (name → exact value) a client needs to subscribe or publish.
     #[serde(default)]
     pub require_claims: BTreeMap<String, serde_json::Value>,
+    /// Messages the hub keeps per channel (the hub's `--history-size` when
+    /// absent; 0: positions only, no recovery, no idempotency keys).
+    #[serde(default)]
+    history_size: Option<usize>,
+    /// Seconds a message stays in the hub's history, and a channel stream
+    /// without publishes lives (the hub's `--history-ttl-secs` when absent).
+    #[serde(default)]
+    history_ttl_secs: Option<Spanned<u64>>,
 }
 
 impl Namespace {
@@ -162,7 +175,19 @@ impl Namespace {
             presence: false,
             recover: true,
             require_claims: BTreeMap::new(),
+            history_size: None,
+            history_ttl_secs: None,
         }
+    }
+
+    /// The hub's history size for this namespace, if the file sets one.
+    pub fn history_size(&self) -> Option<usize> {
+        self.history_size
+    }
+
+    /// The hub's history TTL for this namespace, if the file sets one.
+    pub fn history_ttl(&self) -> Option<std::time::Duration> {
+        self.history_ttl_secs.as_ref().map(|s| std::time::Duration::from_secs(*s.get_ref()))
     }
 
     /// Whether `claims` hold every claim this namespace requires.
@@ -207,7 +232,7 @@ impl Namespaces {
             let line = line_of(text, spanned.span().start);
             let ns = spanned.into_inner();
             if !ns.prefix.is_empty()
-                && let Err(e) = pushmesh_common::ids::Channel::new(ns.prefix.clone())
+                && let Err(e) = crate::ids::Channel::new(ns.prefix.clone())
             {
                 return Err(format!("line {line}: prefix {:?} cannot start a channel name: {e}", ns.prefix));
             }
@@ -226,6 +251,15 @@ impl Namespaces {
                     ns.prefix
                 ));
             }
+            if let Some(ttl) = &ns.history_ttl_secs
+                && !(1..=MAX_TTL_SECS).contains(ttl.get_ref())
+            {
+                return Err(format!(
+                    "line {}: history_ttl_secs must be 1..={MAX_TTL_SECS} (one year), not {}",
+                    line_of(text, ttl.span().start),
+                    ttl.get_ref()
+                ));
+            }
             list.push(ns);
         }
         list.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
@@ -236,6 +270,18 @@ impl Namespaces {
     /// The options for `channel`.
     pub fn for_channel(&self, channel: &str) -> &Namespace {
         self.list.iter().find(|n| channel.starts_with(&n.prefix)).unwrap_or(&self.fallback)
+    }
+
+    /// Every namespace declared, longest prefix first (the order
+    /// [`Self::for_channel`] tries them in).
+    pub fn iter(&self) -> impl Iterator<Item = &Namespace> {
+        self.list.iter()
+    }
+
+    /// What a channel no namespace matches gets (the `""` namespace if
+    /// declared, else the defaults).
+    pub fn fallback(&self) -> &Namespace {
+        &self.fallback
     }
 
     /// Whether any namespace asks for a per-request proxy.
@@ -288,6 +334,10 @@ fn proxy_config(p: ProxyFile, text: &str) -> Result<ProxyConfig, String> {
         max_answer_bytes: p.max_answer_bytes.clamp(1024, 16 << 20),
     })
 }
+
+/// The longest history TTL a namespace may ask for (a year): beyond it a
+/// typo (`history_ttl_secs = 3600000000`) would overflow Redis's `PEXPIRE`.
+const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// The 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
@@ -347,5 +397,38 @@ recover = false
         assert!(Namespaces::parse(timeout).unwrap_err().starts_with("line 3: timeout_ms"));
         let kind = "[[namespace]]\nprefix = 3\n";
         assert!(Namespaces::parse(kind).unwrap_err().starts_with("line 2: "));
+    }
+
+    #[test]
+    fn history_options_are_read_per_namespace_and_absent_means_the_hub_flags() {
+        let text = "[[namespace]]\nprefix = \"chat:\"\nhistory_size = 3\nhistory_ttl_secs = 2\n\n[[namespace]]\nprefix = \"chat:vip:\"\n";
+        let ns = Namespaces::parse(text).unwrap();
+        let chat = ns.for_channel("chat:room");
+        assert_eq!((chat.history_size(), chat.history_ttl()), (Some(3), Some(std::time::Duration::from_secs(2))));
+        // A longer prefix is its own namespace: it does not inherit chat:'s history.
+        let vip = ns.for_channel("chat:vip:1");
+        assert_eq!((vip.history_size(), vip.history_ttl()), (None, None));
+        assert_eq!(ns.for_channel("news").history_size(), None);
+        let prefixes: Vec<&str> = ns.iter().map(|n| n.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["chat:vip:", "chat:"], "longest first");
+        assert_eq!(ns.fallback().prefix, "");
+    }
+
+    #[test]
+    fn history_errors_name_the_line_of_the_key() {
+        let zero = "[[namespace]]\nprefix = \"a:\"\nhistory_ttl_secs = 0\n";
+        assert_eq!(
+            Namespaces::parse(zero).unwrap_err(),
+            "line 3: history_ttl_secs must be 1..=31536000 (one year), not 0"
+        );
+        let negative = "[[namespace]]\nprefix = \"a:\"\n\nhistory_size = -1\n";
+        assert!(
+            Namespaces::parse(negative).unwrap_err().starts_with("line 4: "),
+            "{}",
+            Namespaces::parse(negative).unwrap_err()
+        );
+        let typo = "[[namespace]]\nprefix = \"a:\"\nhistory_sise = 3\n";
+        let e = Namespaces::parse(typo).unwrap_err();
+        assert!(e.starts_with("line 3: ") && e.contains("history_sise"), "{e}");
     }
 }
