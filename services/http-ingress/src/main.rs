@@ -1,10 +1,6 @@
 use clap::Parser;
 use pushmesh_http_ingress::{Config, Ingress};
 
-/// mimalloc instead of glibc's malloc: see docs/performance.md "The allocator".
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init();
