@@ -5,6 +5,7 @@ mod api;
 mod api_abuse;
 mod bad_input;
 mod client_abuse;
+mod colocated;
 mod engine;
 mod faults;
 mod grpc_api;
