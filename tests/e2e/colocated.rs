@@ -74,8 +74,8 @@ async fn an_ingress_with_a_colocated_hub_serves_gateways_and_other_ingresses() -
     // ingress, and by the hub on its own admin port.
     assert_eq!(colocated_publishes(api).await?, 6.0);
     let hub_metrics = metrics(ingress.addr("hub-admin")).await?;
-    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("kind", "connection")]), 4.0);
-    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("kind", "broadcast")]), 1.0);
+    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("target", "connection")]), 4.0);
+    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("target", "broadcast")]), 1.0);
 
     // An ordinary ingress publishes to the same hub over gRPC.
     let other = ingress_with(&hub_url).await?;
@@ -86,7 +86,7 @@ async fn an_ingress_with_a_colocated_hub_serves_gateways_and_other_ingresses() -
     alice.expect_data(&json!("via grpc")).await?;
     assert_eq!(colocated_publishes(other.addr("http")).await?, 0.0);
     let hub_metrics = metrics(ingress.addr("hub-admin")).await?;
-    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("kind", "connection")]), 5.0);
+    assert_eq!(sample(&hub_metrics, "pushmesh_hub_publishes_total", &[("target", "connection")]), 5.0);
     Ok(())
 }
 

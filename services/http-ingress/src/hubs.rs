@@ -30,8 +30,8 @@ use pushmesh_common::proto::{
     HistoryRequest, HistoryResponse, Member, MembersRequest, PublishRequest, PublishResponse, QueryRequest,
     QueryResponse,
 };
-use pushmesh_hub::publish::Publisher;
 use pushmesh_common::rendezvous::score;
+use pushmesh_hub::publish::Publisher;
 
 use crate::metrics::IngressMetrics;
 use crate::stream::{ENGINE_ERROR_HEADER, PublishStream};
