@@ -9,65 +9,11 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdtemp, mkdir, rm } from "node:fs/promises";
-import { createWriteStream, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { OUT, Services, WAIT, browser, curl, waitReady } from "./harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.PUSHMESH_BIN_DIR ||
-  (process.env.CARGO_TARGET_DIR ? path.join(process.env.CARGO_TARGET_DIR, "debug") : path.join(ROOT, "target/debug"));
-const OUT = path.join(ROOT, "target/browser");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT = 15_000;
-
-const procs = [];
-let gw, api, context, page, userDataDir;
-
-/** Start a service binary; resolve with its announced addresses. */
-async function start(name, args) {
-  const exe = path.join(BIN, name);
-  assert.ok(existsSync(exe), `${exe} is missing: build the binaries first (cargo build --bins)`);
-  const log = createWriteStream(path.join(OUT, `${name}.log`));
-  const proc = spawn(exe, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PUSHMESH_LOG: "info" } });
-  procs.push(proc);
-  proc.stderr.pipe(log);
-  const lines = createInterface({ input: proc.stdout });
-  let timer;
-  const first = new Promise((resolve, reject) => {
-    lines.once("line", resolve);
-    proc.once("exit", (code) => reject(new Error(`${name} exited (${code}) before announcing; see ${log.path}`)));
-    timer = setTimeout(() => reject(new Error(`${name} did not announce its addresses within ${WAIT}ms`)), WAIT);
-  });
-  const line = await first.finally(() => clearTimeout(timer));
-  lines.on("line", () => {}); // keep draining
-  return JSON.parse(line).listening;
-}
-
-async function waitReady(addr) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    try {
-      if ((await fetch(`http://${addr}/readyz`)).ok) return;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`${addr}/readyz never answered 200`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** curl, exactly as a user would type it; resolves with stdout. */
-function curl(...args) {
-  return new Promise((resolve, reject) => {
-    execFile("curl", ["-sS", "--fail-with-body", "--max-time", "10", ...args], (err, stdout, stderr) => {
-      if (err) reject(new Error(`curl ${args.join(" ")} failed: ${err.message} ${stdout} ${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
+const services = new Services("demo");
+let gw, api, chromium, page;
 
 const publish = (channel, data) =>
   curl("-H", "content-type: application/json", "-d", JSON.stringify({ channel, data }), `http://${api}/publish`);
@@ -75,45 +21,24 @@ const publish = (channel, data) =>
 const feed = (channel) => page.locator(`#feed section[data-channel="${channel}"]`);
 
 before(async () => {
-  await mkdir(OUT, { recursive: true });
-  const hub = await start("hub", ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+  const hub = (await services.start("hub", ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])).addrs;
   const hubUrl = `http://${hub.grpc}`;
-  gw = (await start("ws-gateway", ["--listen-addr", "127.0.0.1:0", "--hub", hubUrl, "--gateway-id", "gw-browser"])).http;
+  gw = (await services.start("ws-gateway", ["--listen-addr", "127.0.0.1:0", "--hub", hubUrl, "--gateway-id", "gw-browser"])).addrs.http;
   // The page is served from the gateway's origin and calls the ingress from there.
-  api = (await start("http-ingress", [
+  api = (await services.start("http-ingress", [
     "--listen-addr", "127.0.0.1:0", "--hub", hubUrl, "--hub-probe-ms", "100",
     "--cors-allow-origin", `http://${gw}`,
-  ])).http;
+  ])).addrs.http;
   await waitReady(gw);
   await waitReady(api);
-
-  userDataDir = await mkdtemp(path.join(tmpdir(), "pushmesh-chromium-"));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--no-first-run"],
-    viewport: { width: 1200, height: 900 },
-  });
-  context.setDefaultTimeout(WAIT);
-  page = context.pages()[0] ?? (await context.newPage());
-  page.on("pageerror", (e) => console.error("page error:", e.message));
+  chromium = await browser({ viewport: { width: 1200, height: 900 } });
+  page = chromium.page;
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
+  await chromium?.close();
   // Clients first, the hub last; each gets SIGTERM (the graceful drain).
-  for (const p of [...procs].reverse()) {
-    if (p.exitCode !== null) continue;
-    const started = Date.now();
-    const exited = new Promise((r) => p.once("exit", r));
-    p.kill("SIGTERM");
-    const timer = setTimeout(() => p.kill("SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
-    if (Date.now() - started > 4000) console.error(`${p.spawnfile} took ${Date.now() - started}ms to stop on SIGTERM`);
-  }
-  if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
+  await services.stop();
 });
 
 test("the page shows its connection id", async () => {

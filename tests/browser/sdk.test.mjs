@@ -9,58 +9,20 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdtemp, mkdir, rm } from "node:fs/promises";
-import { createWriteStream, existsSync, readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { ROOT, Services, browser, eventually, waitReady } from "./harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.PUSHMESH_BIN_DIR ||
-  (process.env.CARGO_TARGET_DIR ? path.join(process.env.CARGO_TARGET_DIR, "debug") : path.join(ROOT, "target/debug"));
 const SDK = path.join(ROOT, "clients/js");
-const OUT = path.join(ROOT, "target/browser");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT = 15_000;
-
-const procs = [];
-let gws = [], api, context, page, work, bundle;
-
-async function start(name, args) {
-  const exe = path.join(BIN, name);
-  assert.ok(existsSync(exe), `${exe} is missing: build the binaries first (cargo build --bins)`);
-  const log = createWriteStream(path.join(OUT, `sdk-${name}-${procs.length}.log`));
-  const proc = spawn(exe, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PUSHMESH_LOG: "info" } });
-  procs.push(proc);
-  proc.stderr.pipe(log);
-  const lines = createInterface({ input: proc.stdout });
-  let timer;
-  const line = await new Promise((resolve, reject) => {
-    lines.once("line", resolve);
-    proc.once("exit", (code) => reject(new Error(`${name} exited (${code}) before announcing; see ${log.path}`)));
-    timer = setTimeout(() => reject(new Error(`${name} did not announce its addresses within ${WAIT}ms`)), WAIT);
-  }).finally(() => clearTimeout(timer));
-  lines.on("line", () => {});
-  return { proc, addrs: JSON.parse(line).listening };
-}
-
-async function eventually(what, check) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const ready = (addr) => eventually(`${addr}/readyz`, async () => (await fetch(`http://${addr}/readyz`).catch(() => ({}))).ok);
+const services = new Services("sdk");
+let gws = [], api, chromium, page, work, bundle;
+const start = (name, args) => services.start(name, args);
+const ready = waitReady;
 
 before(async () => {
-  await mkdir(OUT, { recursive: true });
   // The package, packed as npm would publish it; its bundle, out of the tarball.
   assert.ok(existsSync(path.join(SDK, "dist/index.js")), "clients/js is not built: make sdk-build");
   work = await mkdtemp(path.join(tmpdir(), "pushmesh-sdk-browser-"));
@@ -77,19 +39,13 @@ before(async () => {
   for (const g of gws) await ready(g.addrs.http);
   await ready(api);
 
-  context = await chromium.launchPersistentContext(await mkdtemp(path.join(work, "profile-")), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-  });
-  context.setDefaultTimeout(WAIT);
-  page = context.pages()[0] ?? (await context.newPage());
-  page.on("pageerror", (e) => console.error("page error:", e.message));
+  chromium = await browser();
+  page = chromium.page;
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
-  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+  await chromium?.close();
+  await services.stop();
   if (work) await rm(work, { recursive: true, force: true });
 });
 

@@ -9,64 +9,11 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdtemp, mkdir, rm } from "node:fs/promises";
-import { createWriteStream, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { Services, WAIT, browser, curl, waitReady } from "./harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.PUSHMESH_BIN_DIR ||
-  (process.env.CARGO_TARGET_DIR ? path.join(process.env.CARGO_TARGET_DIR, "debug") : path.join(ROOT, "target/debug"));
-const OUT = path.join(ROOT, "target/browser");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT = 15_000;
-
-const procs = [];
-let hubUrl, api, context, page, userDataDir;
-
-/** Start a service binary; resolve with the process and its announced addresses. */
-async function start(name, args, logName = name) {
-  const exe = path.join(BIN, name);
-  assert.ok(existsSync(exe), `${exe} is missing: build the binaries first (cargo build --bins)`);
-  const log = createWriteStream(path.join(OUT, `sse-${logName}.log`));
-  const proc = spawn(exe, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PUSHMESH_LOG: "info" } });
-  procs.push(proc);
-  proc.stderr.pipe(log);
-  const lines = createInterface({ input: proc.stdout });
-  let timer;
-  const first = new Promise((resolve, reject) => {
-    lines.once("line", resolve);
-    proc.once("exit", (code) => reject(new Error(`${name} exited (${code}) before announcing; see ${log.path}`)));
-    timer = setTimeout(() => reject(new Error(`${name} did not announce its addresses within ${WAIT}ms`)), WAIT);
-  });
-  const line = await first.finally(() => clearTimeout(timer));
-  lines.on("line", () => {}); // keep draining
-  return { proc, addrs: JSON.parse(line).listening };
-}
-
-async function waitReady(addr) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    try {
-      if ((await fetch(`http://${addr}/readyz`)).ok) return;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`${addr}/readyz never answered 200`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function curl(...args) {
-  return new Promise((resolve, reject) => {
-    execFile("curl", ["-sS", "--fail-with-body", "--max-time", "10", ...args], (err, stdout, stderr) => {
-      if (err) reject(new Error(`curl ${args.join(" ")} failed: ${err.message} ${stdout} ${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
+const services = new Services("sse");
+let hubUrl, api, chromium, page;
+const start = (name, args, logName) => services.start(name, args, logName);
 
 const publish = async (channel, data) => {
   const answer = JSON.parse(await curl("-H", "content-type: application/json", "-d",
@@ -78,35 +25,17 @@ const publish = async (channel, data) => {
 const gatewayArgs = (listen) => ["--listen-addr", listen, "--hub", hubUrl, "--gateway-id", "gw-sse"];
 
 before(async () => {
-  await mkdir(OUT, { recursive: true });
   const hub = (await start("hub", ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])).addrs;
   hubUrl = `http://${hub.grpc}`;
   api = (await start("http-ingress", ["--listen-addr", "127.0.0.1:0", "--hub", hubUrl, "--hub-probe-ms", "100"])).addrs.http;
   await waitReady(api);
-
-  userDataDir = await mkdtemp(path.join(tmpdir(), "pushmesh-chromium-"));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--no-first-run"],
-  });
-  context.setDefaultTimeout(WAIT);
-  page = context.pages()[0] ?? (await context.newPage());
-  page.on("pageerror", (e) => console.error("page error:", e.message));
+  chromium = await browser();
+  page = chromium.page;
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
-  for (const p of [...procs].reverse()) {
-    if (p.exitCode !== null || p.signalCode !== null) continue;
-    const exited = new Promise((r) => p.once("exit", r));
-    p.kill("SIGTERM");
-    const timer = setTimeout(() => p.kill("SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
-  }
-  if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
+  await chromium?.close();
+  await services.stop();
 });
 
 /** What the page's EventSource has seen so far. */
