@@ -201,11 +201,13 @@ test("a silent half-open connection (gateway SIGSTOPped) is detected by ping dea
   console.log(`half-open connection detected and replaced ${took} ms after SIGSTOP (ping every 500 ms, 1000 ms deadline)`);
 });
 
-test("hub killed and restarted (memory engine): the SDK reports the lost history truthfully, live and on reconnect", async (t) => {
-  const sys = await system({ gateways: 2 });
-  t.after(() => sys.stop());
-  // `stays` keeps its connection to gw-1 through the hub restart; `moves` is
-  // on gw-0, which is killed while the hub is down.
+/**
+ * The hub-restart scene both engines share: `stays` keeps its connection to
+ * gw-1 through the hub restart; `moves` is on gw-0, which is killed while
+ * the hub is down. Both have read messages 0..4 of "prices"; then the hub
+ * and gw-0 are killed, and the hub is started again.
+ */
+async function hubRestart(t, sys) {
   const stays = new Client(sys.ws(1), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
   const moves = new Client(roundRobin([sys.ws(0), sys.ws(1)]), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
   t.after(() => (stays.disconnect(), moves.disconnect()));
@@ -218,12 +220,19 @@ test("hub killed and restarted (memory engine): the SDK reports the lost history
   assert.equal(moves.connection.gateway, "gw-0");
   for (let n = 0; n < 5; n++) await publish(sys.api, "prices", { n });
   await eventually("5 each", () => numbers(log1, "prices").length === 5 && numbers(log2, "prices").length === 5);
-  const oldEpoch = s1.position.epoch;
+  const epoch = s1.position.epoch;
 
   await sys.hub.kill();
   await sys.gateways[0].kill();
   await eventually("moves noticed", () => log2.of("disconnected").length > 0);
   await sys.restartHub();
+  return { stays, moves, log1, log2, epoch };
+}
+
+test("hub killed and restarted (memory engine): the SDK reports the lost history truthfully, live and on reconnect", async (t) => {
+  const sys = await system({ gateways: 2 });
+  t.after(() => sys.stop());
+  const { moves, log1, log2, epoch: oldEpoch } = await hubRestart(t, sys);
   // Publish until both clients are in the new epoch. The first publishes
   // may reach no gateway (the new hub takes them before the gateways have
   // re-attached): like whatever the old hub had not yet passed on, they
@@ -276,26 +285,9 @@ test("hub killed and restarted (Redis engine): the stream survives, recovered is
   t.after(() => store.stop());
   const sys = await system({ gateways: 2, hubArgs: ["--engine", "redis", "--redis-url", store.url] });
   t.after(() => sys.stop());
-  const stays = new Client(sys.ws(1), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
-  const moves = new Client(roundRobin([sys.ws(0), sys.ws(1)]), { minReconnectDelayMs: 50, maxReconnectDelayMs: 300 });
-  t.after(() => (stays.disconnect(), moves.disconnect()));
-  const s1 = stays.subscribe("prices");
-  const s2 = moves.subscribe("prices");
-  const log1 = recorder(stays, s1);
-  const log2 = recorder(moves, s2);
-  await Promise.all([stays.connect(), moves.connect()]);
-  await Promise.all([s1.ready(), s2.ready()]);
-  assert.equal(moves.connection.gateway, "gw-0");
-  for (let n = 0; n < 5; n++) await publish(sys.api, "prices", { n });
-  await eventually("5 each", () => numbers(log1, "prices").length === 5 && numbers(log2, "prices").length === 5);
-  const epoch = s1.position.epoch;
-
-  // The hub dies, and so does gw-0: `moves` must reconnect (to gw-1) and
-  // recover from the channel's history, which lives in Redis.
-  await sys.hub.kill();
-  await sys.gateways[0].kill();
-  await eventually("moves noticed", () => log2.of("disconnected").length > 0);
-  await sys.restartHub();
+  // `moves` must reconnect (to gw-1) and recover from the channel's
+  // history, which lives in Redis.
+  const { moves, log1, log2, epoch } = await hubRestart(t, sys);
   await waitReady(sys.gateways[1].addrs.http); // gw-1 attached to the new hub
   for (let n = 5; n < 10; n++) await publishRetrying(sys.api, "prices", { n });
   await eventually("10 each", () => numbers(log1, "prices").length === 10 && numbers(log2, "prices").length === 10);
