@@ -329,6 +329,72 @@ require_claims = { role = "vip" }
     // Clients may not publish where the namespace does not say so.
     let r = ann.command(json!({ "op": "publish", "channel": "room:1", "data": 1 })).await?;
     assert_eq!(r["error"]["code"], "permission_denied", "{r}");
+
+    // An event stream meets the same claims: the token allows every
+    // channel ("*"), the namespace wants role=vip.
+    let guest = token_with_claims("cat", json!({ "role": "guest" }));
+    let r = http().get(format!("http://{}/sse?channel=vip:lounge&token={guest}", sys.gw(0))).send().await?;
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "permission_denied", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("role"), "{body}");
+    let vip = token_with_claims("ann", json!({ "role": "vip" }));
+    let mut sse = SseClient::connect(sys.gw(0), &format!("?channel=vip:lounge&token={vip}"), None).await?;
+    sse.expect("welcome").await?;
+    sse.expect("subscribed").await?;
+    Ok(())
+}
+
+/// An event stream (`GET /sse`) passes the checks a WebSocket and its
+/// subscribes pass: the connect proxy, told about the request's cookies,
+/// decides who it is; the subscribe proxy decides each channel.
+#[tokio::test]
+async fn event_streams_pass_the_connect_and_subscribe_proxies() -> anyhow::Result<()> {
+    let backend = Backend::start().await?;
+    let sys = system_with(&namespaces(&backend.endpoint(), "")).await?;
+    let gw = sys.gw(0);
+    let refused = |query: &'static str, cookie: Option<&'static str>| async move {
+        let mut req = http().get(format!("http://{gw}/sse{query}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await?;
+        anyhow::Ok((status, body["error"]["code"].clone(), body["error"]["message"].clone()))
+    };
+    // Who: the backend's connect answer, as for a WebSocket.
+    assert_eq!(refused("?channel=chat:room", None).await?, (401, json!("unauthorized"), json!("no session cookie")));
+    assert_eq!(
+        refused("?channel=chat:room", Some("session=banned")).await?,
+        (401, json!("unauthorized"), json!("you are banned"))
+    );
+    // Which channels: the subscribe proxy, per channel.
+    assert_eq!(
+        refused("?channel=chat:room&channel=chat:secret", Some("session=ann")).await?,
+        (403, json!("permission_denied"), json!("not a member of chat:secret"))
+    );
+
+    let mut sse =
+        SseClient::connect_with_headers(gw, "?channel=chat:room", None, &[("Cookie", "theme=dark; session=ann")])
+            .await?;
+    let welcome = sse.expect("welcome").await?.json()?;
+    assert_eq!(welcome["user"], "ann", "{welcome}");
+    sse.expect("subscribed").await?;
+    let client = welcome["connection"].as_str().expect("connection").to_owned();
+    let connect = backend.wait_for("connect", |b| b["client"] == client.as_str()).await?;
+    assert_eq!(
+        (connect["transport"].as_str(), connect["headers"]["cookie"].as_str()),
+        (Some("sse"), Some("theme=dark; session=ann"))
+    );
+    let asked = backend.wait_for("subscribe", |b| b["client"] == client.as_str()).await?;
+    assert_eq!((asked["channel"].as_str(), asked["user"].as_str()), (Some("chat:room"), Some("ann")), "{asked}");
+    post(sys.api(), "/publish", &json!({ "channel": "chat:room", "data": "to the room" })).await?;
+    assert_eq!(sse.next_event().await?.json()?["data"], "to the room");
+
+    // Refused streams are counted like refused WebSockets.
+    let text = metrics(gw).await?;
+    assert_eq!(sample(&text, "pushmesh_gateway_auth_failures_total", &[("reason", "refused")]), 2.0);
     Ok(())
 }
 

@@ -1005,11 +1005,24 @@ impl SseClient {
     /// GET `http://addr/sse{query}` with optional `Last-Event-ID`; fails
     /// unless the answer is 200 `text/event-stream`.
     pub async fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Result<SseClient> {
+        Self::connect_with_headers(addr, query, last_event_id, &[]).await
+    }
+
+    /// `connect`, with request headers (e.g. a session `Cookie`).
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        query: &str,
+        last_event_id: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<SseClient> {
         // No overall timeout (the stream lives on); no TLS roots to load.
         let client = reqwest::Client::builder().tls_built_in_root_certs(false).build()?;
         let mut req = client.get(format!("http://{addr}/sse{query}"));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let r = tokio::time::timeout(WAIT, req.send()).await.map_err(|_| anyhow!("GET /sse timed out"))??;
         if r.status() != 200 {

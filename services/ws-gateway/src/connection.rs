@@ -503,6 +503,99 @@ impl Write for SocketIo<'_> {
     }
 }
 
+/// Ask the connect proxy about a new client (`body`: what its request
+/// said); its answer is the connection's grant.
+async fn connect_via_proxy(proxy: &Proxy, body: serde_json::Value) -> Result<Grant, AuthError> {
+    match proxy.call(Kind::Connect, body).await.and_then(ConnectResult::from_result) {
+        Ok(r) => {
+            let extra = (r.claims.is_some() || r.info.is_some() || !r.channels.is_empty())
+                .then(|| Arc::new(GrantExtra { claims: r.claims, info: r.info, channels: r.channels }));
+            // The backend decides per subscribe (proxy_subscribe) or the
+            // namespaces' claims do; the connect answer grants no channel
+            // patterns itself.
+            Ok(Grant { user: r.user, channels: None, expires: None, extra })
+        }
+        Err(ProxyError::Refused { code, message }) => {
+            let code = code.filter(|c| (4000..=4999).contains(c)).unwrap_or(close::UNAUTHORIZED);
+            Err(AuthError::Refused(Box::new((code, message))))
+        }
+        Err(e) => Err(AuthError::Backend(format!("cannot authenticate now: {e}; retry later"))),
+    }
+}
+
+/// Why an event stream may not start.
+#[derive(Debug)]
+pub enum StreamRefusal {
+    Auth(AuthError),
+    /// A channel the grant, the namespace's claims or the backend refuse.
+    Denied(String),
+    /// The backend could not decide (timeout, error, unavailable).
+    Backend(ProxyError),
+}
+
+/// Authenticate an event stream (`GET /sse`) the way a WebSocket is: a JWT
+/// when one is given and keys are configured, else the connect proxy when
+/// it is on (an event stream sends no first message, so a proxy that waits
+/// for one refuses it), else the JWT rules; then every channel must pass
+/// what a WebSocket `subscribe` passes: the grant's channel patterns, the
+/// namespace's `require_claims`, and its subscribe proxy.
+pub async fn authorize_stream(
+    shared: &Clients,
+    client: &str,
+    token: Option<&str>,
+    connect: Option<ConnectRequest>,
+    channels: &[Channel],
+) -> Result<Grant, StreamRefusal> {
+    let use_jwt = shared.auth.is_some() && token.is_some();
+    let grant = match (shared.connect_proxy(), connect, use_jwt) {
+        (Some(proxy), Some(req), false) => {
+            if proxy.config().connect_first_message {
+                return Err(StreamRefusal::Auth(AuthError::Invalid(
+                    "this gateway's connect proxy reads the client's first message, which an event stream cannot \
+                     send: use a WebSocket, or a token"
+                        .into(),
+                )));
+            }
+            let mut body = req.body(client);
+            body["transport"] = json!("sse");
+            connect_via_proxy(proxy, body).await.map_err(StreamRefusal::Auth)?
+        }
+        _ => match (&shared.auth, token) {
+            (None, _) => Grant::anonymous(),
+            (Some(auth), Some(t)) => auth.check_fresh(t).await.map_err(StreamRefusal::Auth)?,
+            (Some(_), None) => return Err(StreamRefusal::Auth(AuthError::Missing)),
+        },
+    };
+    for channel in channels {
+        if !grant.may_subscribe(channel.as_str()) {
+            return Err(StreamRefusal::Denied(format!("your token does not allow channel {:?}", channel.as_str())));
+        }
+        let ns = shared.namespaces.for_channel(channel.as_str());
+        if !ns.claims_allow(grant.claims()) {
+            let names: Vec<&str> = ns.require_claims.keys().map(String::as_str).collect();
+            return Err(StreamRefusal::Denied(format!(
+                "channel {:?} needs the claims {names:?} with the namespace's values",
+                channel.as_str()
+            )));
+        }
+        if ns.proxy_subscribe
+            && let Some(proxy) = &shared.proxy
+        {
+            let mut body = json!({ "channel": channel.as_str(), "client": client });
+            body["user"] = json!(grant.user.as_ref().map(UserId::as_str));
+            if let Some(info) = grant.info() {
+                body["info"] = info.clone();
+            }
+            match proxy.call(Kind::Subscribe, body).await {
+                Ok(_) => {}
+                Err(ProxyError::Refused { message, .. }) => return Err(StreamRefusal::Denied(message)),
+                Err(e) => return Err(StreamRefusal::Backend(e)),
+            }
+        }
+    }
+    Ok(grant)
+}
+
 /// With auth configured: the token from `?token=`, or from a first
 /// `{"op":"auth","token":…}` within the auth timeout. Returns the grant and
 /// the id of the auth command to reply to.
@@ -545,23 +638,7 @@ async fn authenticate(
                 }
             }
         }
-        let r = proxy.call(Kind::Connect, body).await.and_then(ConnectResult::from_result);
-        return match r {
-            Ok(r) => {
-                let extra = (r.claims.is_some() || r.info.is_some() || !r.channels.is_empty())
-                    .then(|| Arc::new(GrantExtra { claims: r.claims, info: r.info, channels: r.channels }));
-                // The backend decides per subscribe (proxy_subscribe) or
-                // the namespaces' claims do; the connect answer grants no
-                // channel patterns itself.
-                let grant = Grant { user: r.user, channels: None, expires: None, extra };
-                Ok((grant, reply_id))
-            }
-            Err(ProxyError::Refused { code, message }) => {
-                let code = code.filter(|c| (4000..=4999).contains(c)).unwrap_or(close::UNAUTHORIZED);
-                Err(AuthError::Refused(Box::new((code, message))))
-            }
-            Err(e) => Err(AuthError::Backend(format!("cannot authenticate now: {e}; retry later"))),
-        };
+        return connect_via_proxy(proxy, body).await.map(|g| (g, reply_id));
     }
     let Some(auth) = &shared.auth else {
         return Ok((Grant::anonymous(), None));

@@ -22,7 +22,7 @@ use pushmesh_common::admin;
 use pushmesh_common::health::Health;
 
 use crate::admission::{Admission, Refusal, Slot};
-use crate::auth::{AuthError, Grant};
+use crate::auth::AuthError;
 use crate::connection::{self, Clients};
 use crate::links::AttachedCount;
 use crate::proxy::ConnectRequest;
@@ -75,7 +75,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
                 TokioIo::new(stream),
                 service_fn(move |req| {
                     let shared = service.clone();
-                    async move { Ok::<_, Infallible>(route(req, shared, peer)) }
+                    async move { Ok::<_, Infallible>(route(req, shared, peer).await) }
                 }),
             )
             .with_upgrades();
@@ -96,10 +96,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Front>) {
     }
 }
 
-fn route(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
+async fn route(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, shared, peer),
-        (&Method::GET, "/sse") => sse(req, shared, peer.ip()),
+        (&Method::GET, "/sse") => sse(req, shared, peer).await,
         (&Method::GET, "/") => {
             let mut r = text(StatusCode::OK, DEMO_PAGE);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -244,8 +244,9 @@ fn admit(req: &Request<Incoming>, shared: &Front, ip: std::net::IpAddr) -> Resul
     })
 }
 
-/// `GET /sse?channel=…`: an event stream (see `sse`).
-fn sse(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Response<Body> {
+/// `GET /sse?channel=…`: an event stream (see `sse`), authenticated and
+/// authorized like a WebSocket and its subscribes (`authorize_stream`).
+async fn sse(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
     let clients = &shared.clients;
     let r = match crate::sse::parse(&req, clients.settings.max_channels) {
         Ok(r) => r,
@@ -254,39 +255,50 @@ fn sse(req: Request<Incoming>, shared: Arc<Front>, ip: std::net::IpAddr) -> Resp
     if let Err(e) = ready(&shared) {
         return e.response();
     }
-    let grant = match &clients.auth {
-        None => Grant::anonymous(),
-        Some(auth) => match r.token().map(|t| auth.check(t)) {
-            Some(Ok(g)) => g,
-            Some(Err(e)) => {
-                let label = if e == AuthError::Expired { "expired" } else { "invalid" };
-                clients.metrics.auth_failures.with_label_values(&[label]).inc();
-                return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
-            }
-            None => {
-                clients.metrics.auth_failures.with_label_values(&["missing"]).inc();
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "authentication required: pass ?token=JWT or the header Authorization: Bearer JWT",
-                );
-            }
-        },
-    };
-    if let Some(ch) = r.channels().iter().find(|c| !grant.may_subscribe(c.as_str())) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            &format!("your token does not allow channel {:?}", ch.as_str()),
-        );
-    }
-    let slot = match admit(&req, &shared, ip) {
+    let slot = match admit(&req, &shared, peer.ip()) {
         Ok(slot) => slot,
         Err(e) => return e.response(),
     };
-    let (resp, task) = crate::sse::start(clients.clone(), r, grant, slot);
+    let connect = clients.connect_proxy().map(|_| ConnectRequest::from_parts(req.headers(), req.uri().query(), peer));
+    let seq = clients.next_seq();
+    let client = pushmesh_common::ids::ConnectionId::new(clients.gateway.clone(), seq).to_string();
+    let grant = match connection::authorize_stream(clients, &client, r.token(), connect, r.channels()).await {
+        Ok(grant) => grant,
+        Err(refusal) => return stream_refused(clients, refusal),
+    };
+    let (resp, task) = crate::sse::start(clients.clone(), r, grant, seq, slot);
     shared.tasks.spawn(task);
     resp
+}
+
+/// An event stream refused: 401 for authentication, 403 for a channel,
+/// 503 when the backend could not decide; counted like a WebSocket's.
+fn stream_refused(clients: &crate::connection::Clients, refusal: connection::StreamRefusal) -> Response<Body> {
+    use connection::StreamRefusal;
+    match refusal {
+        StreamRefusal::Auth(AuthError::Backend(message)) => {
+            clients.metrics.auth_failures.with_label_values(&["backend"]).inc();
+            error(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", &message)
+        }
+        StreamRefusal::Auth(e) => {
+            let label = match &e {
+                AuthError::Expired => "expired",
+                AuthError::Missing => "missing",
+                AuthError::Refused(_) => "refused",
+                _ => "invalid",
+            };
+            clients.metrics.auth_failures.with_label_values(&[label]).inc();
+            let message = match &e {
+                AuthError::Missing => {
+                    "authentication required: pass ?token=JWT or the header Authorization: Bearer JWT".to_owned()
+                }
+                e => e.to_string(),
+            };
+            error(StatusCode::UNAUTHORIZED, "unauthorized", &message)
+        }
+        StreamRefusal::Denied(message) => error(StatusCode::FORBIDDEN, "permission_denied", &message),
+        StreamRefusal::Backend(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.client_code(), &e.to_string()),
+    }
 }
 
 /// The query parameters `/ws` understands: `format=raw|json` (default

@@ -160,12 +160,12 @@ pub fn start(
     clients: Arc<Clients>,
     r: SseRequest,
     grant: Grant,
+    seq: u64,
     slot: Slot,
 ) -> (Response<Body>, impl Future<Output = ()>) {
     let settings = &clients.settings;
     let names: Vec<String> = r.channels.iter().map(|c| c.as_str().to_owned()).collect();
     let queue = Arc::new(SseQueue::new(names, r.resume.clone(), settings.outbound_queue));
-    let seq = clients.next_seq();
     let id = ConnectionId::new(clients.gateway.clone(), seq);
     let close = Arc::new(CloseSignal::default());
     queue.raw("retry: 1000\n\n");
