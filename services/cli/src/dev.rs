@@ -51,10 +51,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut in_cfg = pushmesh_http_ingress::Config::parse_from(["http-ingress"]);
     in_cfg.listen_addr = args.ingress_addr;
     in_cfg.grpc_addr = args.ingress_grpc_addr;
-    in_cfg.hubs = vec![hub_url];
     in_cfg.cors_allow_origins = page_origins(gw);
     in_cfg.cors_allow_origins.extend(args.cors_allow_origin.iter().cloned());
-    let ingress = pushmesh_http_ingress::Ingress::bind(in_cfg).await.map_err(|e| {
+    in_cfg.hubs = vec![hub_url.clone()];
+    // The hub runs inside the ingress: publishes reach it as calls, not
+    // gRPC messages (docs/architecture.md, "A hub inside the ingress").
+    let ingress = pushmesh_http_ingress::Ingress::bind_with_hub(in_cfg, hub_url, hub).await.map_err(|e| {
         in_use(format!(
             "cannot start the http-ingress on {} (HTTP) and {} (gRPC): {e:#}",
             args.ingress_addr, args.ingress_grpc_addr
@@ -70,8 +72,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
 
     let mut tasks = JoinSet::new();
-    let t = shutdown.clone();
-    tasks.spawn(async move { ("hub", hub.run(t).await) });
     let t = shutdown.clone();
     tasks.spawn(async move { ("ws-gateway", gateway.run(t).await) });
     let t = shutdown.clone();

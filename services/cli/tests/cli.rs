@@ -361,6 +361,14 @@ async fn two_devs_side_by_side_on_the_free_ports_of_the_help_example() -> Result
         );
         let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
         assert!(metrics.contains("pushmesh_hub_publishes_total"), "hub admin serves metrics");
+        // The publish reached the hub in the same process as a call.
+        let ingress_metrics = reqwest::get(format!("http://{api}/metrics")).await?.text().await?;
+        assert!(
+            ingress_metrics
+                .lines()
+                .any(|l| l.starts_with("pushmesh_ingress_colocated_publishes_total ") && !l.ends_with(" 0")),
+            "the ingress handed its publish to the hub in its process"
+        );
         // The announced gRPC port is this dev's ingress gRPC API: it answers Stats.
         let mut grpc = PushApiClient::connect(format!("http://{api_grpc}")).await?;
         let stats = grpc.stats(ApiStatsRequest::default()).await?.into_inner();

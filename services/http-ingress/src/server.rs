@@ -54,6 +54,25 @@ impl Ingress {
             Some(addr) => Some(colocated_hub(&mut config, addr).await?),
             None => None,
         };
+        Self::bind_checked(config, tls, frame_bytes, colocated).await
+    }
+
+    /// `bind`, next to a hub this process already bound (`pushmesh dev`):
+    /// `url` is that hub's entry in `config.hubs`, and publishes for it are
+    /// handed to it in-process. The ingress runs it, and stops it after
+    /// the API drained.
+    pub async fn bind_with_hub(config: Config, url: String, hub: pushmesh_hub::Hub) -> anyhow::Result<Self> {
+        let tls = config.hub_tls.client_config()?;
+        let frame_bytes = crate::stream::frame_budget(config.max_body_bytes, config.hub_max_message_bytes)?;
+        Self::bind_checked(config, tls, frame_bytes, Some((url, hub))).await
+    }
+
+    async fn bind_checked(
+        config: Config,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        frame_bytes: usize,
+        colocated: Option<(String, pushmesh_hub::Hub)>,
+    ) -> anyhow::Result<Self> {
         let source = HubSource::new(&config.hubs, &config.hub_dns, tls.is_some())?;
         let access = Access::from_config(&config)?;
         let hub_set_stop = CancellationToken::new();
