@@ -39,6 +39,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import string
@@ -84,6 +85,17 @@ def grpc_health(address: str, service: str, timeout: float) -> str:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     finally:
         channel.close()
+
+
+def expand_refs(value: str, defined: dict[str, str]) -> str:
+    """`$(NAME)` in an env value, as the kubelet expands it: the value of a
+    variable defined before it (envFrom, then earlier env entries); `$$` is a
+    literal `$`; a reference to nothing defined stays as it is."""
+    def one(m: re.Match) -> str:
+        if m[0] == "$$":
+            return "$"
+        return defined.get(m[1], m[0])
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, value)
 
 
 def selector_matches(selector: dict, labels: dict) -> bool:
@@ -348,7 +360,7 @@ class Cluster:
                     env[prefix + k] = self._secret_value(ref["name"], k)
         for e in c.get("env", []):
             if "value" in e:
-                env[e["name"]] = str(e["value"])
+                env[e["name"]] = expand_refs(str(e["value"]), env)
                 continue
             vf = e.get("valueFrom", {})
             if "fieldRef" in vf:

@@ -733,3 +733,83 @@ def test_the_deprecated_wsgateway_namespaces_value_still_renders_the_same_file(t
     assert files[0] == files[1]
     import tomllib
     assert tomllib.loads(files[0])["namespace"][0]["history_size"] == 3
+
+
+def test_colocated_hubs_run_in_the_ingress_pods_behind_the_same_headless_name(tmp_path):
+    values = tmp_path / "colocated.yaml"
+    values.write_text(yaml.safe_dump({
+        "hub": {"colocated": True},
+        "httpIngress": {"replicas": 2},
+        "networkPolicy": {"enabled": True},
+        "engine": {"type": "redis"}, "redis": {"enabled": True},
+        "namespaces": {"list": [{"prefix": "chat:", "history_size": 3}]},
+    }))
+    docs, _ = render(values)
+    workloads = {d["metadata"]["name"] for d in docs if d["kind"] in WORKLOADS}
+    assert "pm-pushmesh-hub" not in workloads, "no hub StatefulSet"
+    assert "pm-pushmesh-hub" not in by_kind(docs, "ConfigMap"), "no ConfigMap for hub pods that do not exist"
+    assert "pm-pushmesh-hub" not in by_kind(docs, "PodDisruptionBudget")
+
+    # The hubs' headless name now answers the ingress pods, on their hub ports:
+    # gateways and ingresses find hubs exactly as before.
+    svc = by_kind(docs, "Service")["pm-pushmesh-hub-headless"]
+    ingress = by_kind(docs, "Deployment")["pm-pushmesh-http-ingress"]
+    pod = ingress["spec"]["template"]
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"grpc": "hub-grpc", "admin": "hub-admin"}
+    (c,) = pod["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "http": 8081, "grpc": 8082, "hub-grpc": 50051, "hub-admin": 9090}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # Its URL in the hub set is what the headless name resolves to for this pod.
+    assert env["PUSHMESH_COLOCATED_HUB_URL"]["value"] == "http://$(POD_IP):50051"
+    assert env["PUSHMESH_HUB_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    data = by_kind(docs, "ConfigMap")["pm-pushmesh-http-ingress"]["data"]
+    assert data["PUSHMESH_COLOCATED_HUB_ADDR"] == "0.0.0.0:50051"
+    assert data["PUSHMESH_COLOCATED_HUB_ADMIN_ADDR"] == "0.0.0.0:9090"
+    assert data["PUSHMESH_HUB_DNS"] == "pm-pushmesh-hub-headless.pushmesh.svc.cluster.local:50051"
+    assert data["PUSHMESH_ENGINE"] == "redis" and data["PUSHMESH_REDIS_URL"].startswith("redis://pm-pushmesh-redis.")
+    assert data["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces/namespaces.toml"
+    assert "PUSHMESH_QUERY_TIMEOUT_MS" not in data, "the ingress's own query deadline stays its default"
+    assert {"name": "namespaces", "mountPath": "/etc/pushmesh/namespaces", "readOnly": True} in c["volumeMounts"]
+    assert pod["metadata"]["annotations"]["checksum/namespaces"]
+
+    # Network policy: the hub port of the ingress pods takes gateways and
+    # ingresses; the bundled Redis takes the ingress pods (their hubs).
+    policies = by_kind(docs, "NetworkPolicy")
+    labels = {w["metadata"]["name"].removeprefix("pm-pushmesh-"): w["spec"]["template"]["metadata"]["labels"]
+              for w in docs if w["kind"] in WORKLOADS}
+    hub_policy = policies["pm-pushmesh-hub"]
+    same = {"same": True}
+    assert hub_policy["spec"]["podSelector"]["matchLabels"].items() <= labels["http-ingress"].items()
+    assert _admits(hub_policy, labels["ws-gateway"], same, "hub-grpc")
+    assert _admits(hub_policy, labels["http-ingress"], same, "hub-grpc")
+    assert not _admits(hub_policy, {"app": "something-else"}, same, "hub-grpc")
+    assert _admits(policies["pm-pushmesh-redis"], labels["http-ingress"], same, "redis")
+
+    # The printed instructions wait for no hub StatefulSet.
+    notes = helm("template", "pm", str(CHART), "--namespace", "pushmesh", "--values", str(values),
+                 "--show-only", "templates/NOTES.txt", check=False)
+    assert "statefulset/pm-pushmesh-hub" not in notes.stdout
+
+
+def test_colocated_ingress_starts_its_hub_from_the_rendered_environment(tmp_path):
+    docs, _ = render(set_values=("hub.colocated=true",))
+    data = by_kind(docs, "ConfigMap")["pm-pushmesh-http-ingress"]["data"]
+    env = {k: v for k, v in data.items()}
+    # On this machine: loopback and free ports instead of the pod's.
+    env.update({"PUSHMESH_LISTEN_ADDR": "127.0.0.1:0", "PUSHMESH_GRPC_ADDR": "127.0.0.1:0",
+                "PUSHMESH_COLOCATED_HUB_ADDR": "127.0.0.1:0", "PUSHMESH_COLOCATED_HUB_ADMIN_ADDR": "127.0.0.1:0",
+                "PUSHMESH_HUB_DNS": "", "PUSHMESH_LOG_FORMAT": "text", "PATH": "/usr/bin:/bin"})
+    env.pop("PUSHMESH_HUB_DNS")
+    binary = ROOT / "target" / "debug" / "http-ingress"
+    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        announced = json.loads(line)["listening"]
+        assert {"http", "grpc", "hub-grpc", "hub-admin"} <= announced.keys(), line
+    finally:
+        proc.kill()
+        proc.wait()

@@ -139,6 +139,18 @@ says what is wrong and what to do.
 {{- if and .Values.auth.jwksUrl (or .Values.auth.jwtSecret (eq .Values.auth.jwtAlgorithm "HS256")) -}}
 {{- fail "auth.jwksUrl replaces the JWT secret: leave auth.jwtSecret empty, set auth.jwtAlgorithm to RS256 or ES256, and keep no jwt-secret key in auth.existingSecret" -}}
 {{- end -}}
+{{- if .Values.hub.colocated -}}
+{{- if .Values.hub.tls.enabled -}}
+{{- fail "hub.colocated with hub.tls.enabled is not supported yet: run the hubs as their own StatefulSet (hub.colocated=false) to use mutual TLS" -}}
+{{- end -}}
+{{- if and (eq .Values.engine.type "redis") .Values.engine.redis.tls.caSecret -}}
+{{- fail "hub.colocated with engine.redis.tls.caSecret is not supported yet: run the hubs as their own StatefulSet (hub.colocated=false)" -}}
+{{- end -}}
+{{- $ports := list (int .Values.httpIngress.port) (int .Values.httpIngress.grpcPort) -}}
+{{- if or (has (int .Values.hub.ports.grpc) $ports) (has (int .Values.hub.ports.admin) $ports) -}}
+{{- fail (printf "hub.colocated: the hub ports (%d, %d) must differ from the ingress's port and grpcPort (%d, %d): they share a pod" (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) (int .Values.httpIngress.port) (int .Values.httpIngress.grpcPort)) -}}
+{{- end -}}
+{{- end -}}
 {{- if eq (int .Values.hub.ports.grpc) (int .Values.hub.ports.admin) -}}
 {{- fail (printf "hub.ports: grpc and admin must differ (both are %d)" (int .Values.hub.ports.grpc)) -}}
 {{- end -}}
@@ -230,24 +242,34 @@ input of its checksum/config annotation). Pods bind every interface: in
 Kubernetes each pod has its own IP and the same ports.
 */}}
 {{- define "pushmesh.config.hub" -}}
-{{- $c := .Values.hub.config -}}
 PUSHMESH_GRPC_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.grpc) | quote }}
 PUSHMESH_ADMIN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.admin) | quote }}
-PUSHMESH_GATEWAY_QUEUE: {{ $c.gatewayQueue | quote }}
-PUSHMESH_BATCH_MAX: {{ $c.batchMax | quote }}
-PUSHMESH_QUERY_TIMEOUT_MS: {{ $c.queryTimeoutMs | quote }}
-PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
-PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
+PUSHMESH_QUERY_TIMEOUT_MS: {{ .Values.hub.config.queryTimeoutMs | quote }}
 PUSHMESH_LOG: {{ .Values.log.level | quote }}
 PUSHMESH_LOG_FORMAT: {{ .Values.log.format | quote }}
-PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
-{{- if include "pushmesh.namespacesEnabled" . }}
-PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
-{{- end }}
+{{ include "pushmesh.config.hubSettings" . }}
 {{- if .Values.hub.tls.enabled }}
 PUSHMESH_TLS_CERT: "/etc/pushmesh/hub-tls/tls.crt"
 PUSHMESH_TLS_KEY: "/etc/pushmesh/hub-tls/tls.key"
 PUSHMESH_TLS_CLIENT_CA: "/etc/pushmesh/hub-tls/ca.crt"
+{{- end }}
+{{- end -}}
+
+{{/*
+The hub settings a hub reads besides its ports, TLS, log and query deadline
+(names the ingress reads too): the hubs' ConfigMap, and the ingresses' when
+the hubs run inside them (hub.colocated; the ingress gives its hub a query
+deadline 1 s under its own).
+*/}}
+{{- define "pushmesh.config.hubSettings" -}}
+{{- $c := .Values.hub.config -}}
+PUSHMESH_GATEWAY_QUEUE: {{ $c.gatewayQueue | quote }}
+PUSHMESH_BATCH_MAX: {{ $c.batchMax | quote }}
+PUSHMESH_KEEPALIVE_SECS: {{ $c.keepaliveSecs | quote }}
+PUSHMESH_MAX_MESSAGE_BYTES: {{ $c.maxMessageBytes | int64 | quote }}
+PUSHMESH_ENGINE: {{ .Values.engine.type | quote }}
+{{- if include "pushmesh.namespacesEnabled" . }}
+PUSHMESH_NAMESPACES: "/etc/pushmesh/namespaces/namespaces.toml"
 {{- end }}
 {{- if eq .Values.engine.type "redis" }}
 {{- $r := .Values.engine.redis }}
@@ -317,6 +339,12 @@ PUSHMESH_HUB_MAX_MESSAGE_BYTES: {{ .Values.hub.config.maxMessageBytes | int64 | 
 PUSHMESH_HUB_PROBE_MS: {{ $c.hubProbeMs | quote }}
 PUSHMESH_PUBLISH_TIMEOUT_MS: {{ $c.publishTimeoutMs | quote }}
 PUSHMESH_MAX_BATCH: {{ $c.maxBatch | quote }}
+{{- if .Values.hub.colocated }}
+# The hub in this process (hub.colocated): its ports, then its settings.
+PUSHMESH_COLOCATED_HUB_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.grpc) | quote }}
+PUSHMESH_COLOCATED_HUB_ADMIN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.hub.ports.admin) | quote }}
+{{ include "pushmesh.config.hubSettings" . }}
+{{- end }}
 {{- include "pushmesh.hubTls.clientConfig" . }}
 {{- with $c.corsAllowOrigins }}
 PUSHMESH_CORS_ALLOW_ORIGINS: {{ join "," . | quote }}
