@@ -380,7 +380,9 @@ async fn event_streams_pass_the_connect_and_subscribe_proxies() -> anyhow::Resul
             .await?;
     let welcome = sse.expect("welcome").await?.json()?;
     assert_eq!(welcome["user"], "ann", "{welcome}");
-    sse.expect("subscribed").await?;
+    // The named channel, then the one the connect answer subscribes ann to.
+    assert_eq!(sse.expect("subscribed").await?.json()?["channel"], "chat:room");
+    assert_eq!(sse.expect("subscribed").await?.json()?["channel"], "user:ann:inbox");
     let client = welcome["connection"].as_str().expect("connection").to_owned();
     let connect = backend.wait_for("connect", |b| b["client"] == client.as_str()).await?;
     assert_eq!(
@@ -391,6 +393,32 @@ async fn event_streams_pass_the_connect_and_subscribe_proxies() -> anyhow::Resul
     assert_eq!((asked["channel"].as_str(), asked["user"].as_str()), (Some("chat:room"), Some("ann")), "{asked}");
     post(sys.api(), "/publish", &json!({ "channel": "chat:room", "data": "to the room" })).await?;
     assert_eq!(sse.next_event().await?.json()?["data"], "to the room");
+    post(sys.api(), "/publish", &json!({ "channel": "user:ann:inbox", "data": "to ann" })).await?;
+    let ev = sse.next_event().await?;
+    assert_eq!(ev.json()?["data"], "to ann");
+    // Its id holds a position per channel of the stream, named ones first.
+    let id = ev.id.clone().expect("a positioned message has an id");
+    let positions: Vec<&str> = id.split(',').collect();
+    assert!(positions.len() == 2 && positions.iter().all(|p| p.contains(':')), "{id}");
+
+    // A stream may name no channel at all: the backend's answer subscribes
+    // it; and it resumes from Last-Event-ID in those channels too.
+    let bob = [("Cookie", "session=bob")];
+    let mut inbox = SseClient::connect_with_headers(gw, "", None, &bob).await?;
+    inbox.expect("welcome").await?;
+    assert_eq!(inbox.expect("subscribed").await?.json()?["channel"], "user:bob:inbox");
+    post(sys.api(), "/publish", &json!({ "channel": "user:bob:inbox", "data": "one" })).await?;
+    let first = inbox.next_event().await?;
+    assert_eq!(first.json()?["data"], "one");
+    drop(inbox);
+    post(sys.api(), "/publish", &json!({ "channel": "user:bob:inbox", "data": "two" })).await?;
+    let mut again = SseClient::connect_with_headers(gw, "", first.id.as_deref(), &bob).await?;
+    again.expect("welcome").await?;
+    let subscribed = again.expect("subscribed").await?.json()?;
+    assert_eq!((&subscribed["channel"], &subscribed["recovered"]), (&json!("user:bob:inbox"), &json!(true)));
+    assert_eq!(again.next_event().await?.json()?["data"], "two");
+    // Without a connect proxy, a stream without channels is still a 400
+    // (sse::streams_are_refused_clearly_and_closed_with_a_reason).
 
     // Refused streams are counted like refused WebSockets.
     let text = metrics(gw).await?;

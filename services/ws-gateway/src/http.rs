@@ -248,10 +248,15 @@ fn admit(req: &Request<Incoming>, shared: &Front, ip: std::net::IpAddr) -> Resul
 /// authorized like a WebSocket and its subscribes (`authorize_stream`).
 async fn sse(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketAddr) -> Response<Body> {
     let clients = &shared.clients;
-    let r = match crate::sse::parse(&req, clients.settings.max_channels) {
+    let mut r = match crate::sse::parse(&req, clients.settings.max_channels) {
         Ok(r) => r,
         Err((status, code, message)) => return error(status, code, &message),
     };
+    // Without a connect proxy the named channels are all there will be.
+    let proxied = clients.connect_proxy().is_some();
+    if !proxied && let Err((status, code, message)) = r.complete(&[], clients.settings.max_channels) {
+        return error(status, code, &message);
+    }
     if let Err(e) = ready(&shared) {
         return e.response();
     }
@@ -266,6 +271,14 @@ async fn sse(req: Request<Incoming>, shared: Arc<Front>, peer: std::net::SocketA
         Ok(grant) => grant,
         Err(refusal) => return stream_refused(clients, refusal),
     };
+    // With one, the channels its answer subscribes the client to join the
+    // stream, as a WebSocket gets them.
+    if proxied {
+        let server_channels = grant.extra.as_ref().map(|e| e.channels.as_slice()).unwrap_or_default();
+        if let Err((status, code, message)) = r.complete(server_channels, clients.settings.max_channels) {
+            return error(status, code, &message);
+        }
+    }
     let (resp, task) = crate::sse::start(clients.clone(), r, grant, seq, slot);
     shared.tasks.spawn(task);
     resp

@@ -62,15 +62,55 @@ pub struct SseRequest {
     /// `Last-Event-ID` was given but is not one this stream could have sent.
     bad_last_event_id: Option<String>,
     token: Option<String>,
+    /// The `Last-Event-ID` header as sent (or why it is not text), read
+    /// against the stream's channels once they are all known.
+    last_event_id: Option<Result<String, String>>,
 }
 
 impl SseRequest {
+    /// The channels the request named.
     pub fn channels(&self) -> &[Channel] {
         &self.channels
     }
 
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    /// Add the channels the connect proxy's answer subscribes the client
+    /// to (after the named ones, in the answer's order, without repeats),
+    /// then read `Last-Event-ID` against the whole list: its ids name a
+    /// position per channel of the stream, in that order.
+    pub fn complete(&mut self, server_channels: &[Channel], max_channels: usize) -> Result<(), Refusal> {
+        for ch in server_channels {
+            if !self.channels.contains(ch) {
+                self.channels.push(ch.clone());
+            }
+        }
+        if self.channels.is_empty() {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "name at least one channel: /sse?channel=news (repeat channel= for more)",
+            ));
+        }
+        if self.channels.len() > max_channels {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "limit_exceeded",
+                format!("a connection may subscribe to at most {max_channels} channels"),
+            ));
+        }
+        let n = self.channels.len();
+        (self.resume, self.bad_last_event_id) = match &self.last_event_id {
+            None => (vec![None; n], None),
+            Some(Ok(id)) => match parse_last_event_id(id, n) {
+                Ok(r) => (r, None),
+                Err(e) => (vec![None; n], Some(e)),
+            },
+            Some(Err(e)) => (vec![None; n], Some(e.clone())),
+        };
+        Ok(())
     }
 }
 
@@ -92,13 +132,8 @@ pub fn parse(req: &Request<Incoming>, max_channels: usize) -> Result<SseRequest,
             _ => {}
         }
     }
-    if channels.is_empty() {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "name at least one channel: /sse?channel=news (repeat channel= for more)",
-        ));
-    }
+    // Checked again with the connect answer's channels (`complete`): a
+    // stream may name none when the backend subscribes it.
     if channels.len() > max_channels {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -111,16 +146,11 @@ pub fn parse(req: &Request<Incoming>, max_channels: usize) -> Result<SseRequest,
     {
         token = auth.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    let (resume, bad_last_event_id) =
-        match req.headers().get("last-event-id").map(|v| v.to_str().map_err(|_| "not text".to_owned())) {
-            None => (vec![None; channels.len()], None),
-            Some(Ok(id)) => match parse_last_event_id(id, channels.len()) {
-                Ok(r) => (r, None),
-                Err(e) => (vec![None; channels.len()], Some(e)),
-            },
-            Some(Err(e)) => (vec![None; channels.len()], Some(e)),
-        };
-    Ok(SseRequest { channels, resume, bad_last_event_id, token })
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned).map_err(|_| "Last-Event-ID is not text".to_owned()));
+    Ok(SseRequest { channels, resume: Vec::new(), bad_last_event_id: None, token, last_event_id })
 }
 
 /// `epoch:offset` per channel, comma-separated, as this gateway writes
