@@ -27,6 +27,19 @@ def by_kind(docs, kind):
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def announce_line(argv, env=None):
+    """Start a service binary, read its first stdout line (the announce line,
+    once its ports are bound), stop it; (that line, its stderr)."""
+    proc = subprocess.Popen([str(a) for a in argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    return line, proc.stderr.read()
+
+
 def containers(docs):
     for d in docs:
         if d["kind"] in WORKLOADS:
@@ -673,15 +686,9 @@ def test_namespaces_values_become_the_file_the_gateway_and_the_hub_read(tmp_path
     # The gateway itself accepts the file: it gets as far as binding its port.
     f = tmp_path / "namespaces.toml"
     f.write_text(text)
-    binary = ROOT / "target" / "debug" / "ws-gateway"
-    proc = subprocess.Popen([str(binary), "--namespaces", str(f), "--listen-addr", "127.0.0.1:0",
-                             "--hub", "http://127.0.0.1:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-    finally:
-        proc.kill()
-        proc.wait()
-    assert '"listening"' in line, proc.stderr.read()
+    line, stderr = announce_line([ROOT / "target" / "debug" / "ws-gateway", "--namespaces", f,
+                                  "--listen-addr", "127.0.0.1:0", "--hub", "http://127.0.0.1:1"])
+    assert '"listening"' in line, stderr
     # The hubs mount the same file (history_size / history_ttl_secs per
     # namespace), and the real hub accepts it whole, gateway keys included.
     assert parsed["namespace"][0]["history_size"] == 3
@@ -694,14 +701,8 @@ def test_namespaces_values_become_the_file_the_gateway_and_the_hub_read(tmp_path
     hub_env = by_kind(docs, "ConfigMap")["pm-pushmesh-hub"]["data"]
     assert hub_env["PUSHMESH_NAMESPACES"] == "/etc/pushmesh/namespaces/namespaces.toml"
     hub_bin = ROOT / "target" / "debug" / "hub"
-    proc = subprocess.Popen([str(hub_bin), "--namespaces", str(f), "--grpc-addr", "127.0.0.1:0",
-                             "--admin-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-    finally:
-        proc.kill()
-        proc.wait()
-    assert '"listening"' in line, proc.stderr.read()
+    line, stderr = announce_line([hub_bin, "--namespaces", f, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+    assert '"listening"' in line, stderr
     # A file the hub refuses is refused before it binds, naming the line.
     f.write_text(text + "\nhistory_ttl_secs = 0\n")
     bad = subprocess.run([str(hub_bin), "--namespaces", str(f), "--grpc-addr", "127.0.0.1:0",
@@ -798,18 +799,12 @@ def test_colocated_hubs_run_in_the_ingress_pods_behind_the_same_headless_name(tm
 def test_colocated_ingress_starts_its_hub_from_the_rendered_environment(tmp_path):
     docs, _ = render(set_values=("hub.colocated=true",))
     data = by_kind(docs, "ConfigMap")["pm-pushmesh-http-ingress"]["data"]
-    env = {k: v for k, v in data.items()}
+    env = dict(data)
     # On this machine: loopback and free ports instead of the pod's.
     env.update({"PUSHMESH_LISTEN_ADDR": "127.0.0.1:0", "PUSHMESH_GRPC_ADDR": "127.0.0.1:0",
                 "PUSHMESH_COLOCATED_HUB_ADDR": "127.0.0.1:0", "PUSHMESH_COLOCATED_HUB_ADMIN_ADDR": "127.0.0.1:0",
-                "PUSHMESH_HUB_DNS": "", "PUSHMESH_LOG_FORMAT": "text", "PATH": "/usr/bin:/bin"})
-    env.pop("PUSHMESH_HUB_DNS")
-    binary = ROOT / "target" / "debug" / "http-ingress"
-    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        announced = json.loads(line)["listening"]
-        assert {"http", "grpc", "hub-grpc", "hub-admin"} <= announced.keys(), line
-    finally:
-        proc.kill()
-        proc.wait()
+                "PUSHMESH_LOG_FORMAT": "text", "PATH": "/usr/bin:/bin"})
+    env.pop("PUSHMESH_HUB_DNS")  # no cluster DNS here: the hub set is the pod's own hub
+    line, stderr = announce_line([ROOT / "target" / "debug" / "http-ingress"], env=env)
+    assert line, stderr
+    assert {"http", "grpc", "hub-grpc", "hub-admin"} <= json.loads(line)["listening"].keys(), line

@@ -503,6 +503,32 @@ impl Write for SocketIo<'_> {
     }
 }
 
+/// Whether `grant` (its token's channel patterns, its claims against the
+/// namespace's `require_claims`) allows `channel`; else why not. The same
+/// rule for a WebSocket's commands and an event stream's channels.
+fn channel_allowed(shared: &Clients, grant: &Grant, channel: &Channel) -> Result<(), String> {
+    if !grant.may_subscribe(channel.as_str()) {
+        return Err(format!("your token does not allow channel {:?}", channel.as_str()));
+    }
+    let ns = shared.namespaces.for_channel(channel.as_str());
+    if !ns.claims_allow(grant.claims()) {
+        let names: Vec<&str> = ns.require_claims.keys().map(String::as_str).collect();
+        return Err(format!("channel {:?} needs the claims {names:?} with the namespace's values", channel.as_str()));
+    }
+    Ok(())
+}
+
+/// A backend call's body: `fields` plus who is asking (client id, user,
+/// the connect answer's `info`).
+fn with_caller(mut fields: serde_json::Value, client: &str, grant: &Grant) -> serde_json::Value {
+    fields["client"] = json!(client);
+    fields["user"] = json!(grant.user.as_ref().map(UserId::as_str));
+    if let Some(info) = grant.info() {
+        fields["info"] = info.clone();
+    }
+    fields
+}
+
 /// Ask the connect proxy about a new client (`body`: what its request
 /// said); its answer is the connection's grant.
 async fn connect_via_proxy(proxy: &Proxy, body: serde_json::Value) -> Result<Grant, AuthError> {
@@ -567,25 +593,12 @@ pub async fn authorize_stream(
         },
     };
     for channel in channels {
-        if !grant.may_subscribe(channel.as_str()) {
-            return Err(StreamRefusal::Denied(format!("your token does not allow channel {:?}", channel.as_str())));
-        }
+        channel_allowed(shared, &grant, channel).map_err(StreamRefusal::Denied)?;
         let ns = shared.namespaces.for_channel(channel.as_str());
-        if !ns.claims_allow(grant.claims()) {
-            let names: Vec<&str> = ns.require_claims.keys().map(String::as_str).collect();
-            return Err(StreamRefusal::Denied(format!(
-                "channel {:?} needs the claims {names:?} with the namespace's values",
-                channel.as_str()
-            )));
-        }
         if ns.proxy_subscribe
             && let Some(proxy) = &shared.proxy
         {
-            let mut body = json!({ "channel": channel.as_str(), "client": client });
-            body["user"] = json!(grant.user.as_ref().map(UserId::as_str));
-            if let Some(info) = grant.info() {
-                body["info"] = info.clone();
-            }
+            let body = with_caller(json!({ "channel": channel.as_str() }), client, &grant);
             match proxy.call(Kind::Subscribe, body).await {
                 Ok(_) => {}
                 Err(ProxyError::Refused { message, .. }) => return Err(StreamRefusal::Denied(message)),
@@ -1118,32 +1131,14 @@ impl Conn {
     /// Whether this connection's token (channel patterns) and claims allow `channel`.
     fn allowed(&self, channel: &Channel) -> Result<(), Reply> {
         let grant = self.grant.lock().expect("grant lock");
-        if !grant.may_subscribe(channel.as_str()) {
-            return Err(Reply::error(
-                "permission_denied",
-                format!("your token does not allow channel {:?}", channel.as_str()),
-            ));
-        }
-        let ns = self.shared.namespaces.for_channel(channel.as_str());
-        if !ns.claims_allow(grant.claims()) {
-            let names: Vec<&str> = ns.require_claims.keys().map(String::as_str).collect();
-            return Err(Reply::error(
-                "permission_denied",
-                format!("channel {:?} needs the claims {names:?} with the namespace's values", channel.as_str()),
-            ));
-        }
-        Ok(())
+        channel_allowed(&self.shared, &grant, channel).map_err(|why| Reply::error("permission_denied", why))
     }
 
     /// A backend call's body: `fields` plus who is asking.
-    fn backend_body(&self, mut fields: serde_json::Value) -> serde_json::Value {
+    fn backend_body(&self, fields: serde_json::Value) -> serde_json::Value {
         let grant = self.grant.lock().expect("grant lock");
-        fields["client"] = json!(ConnectionId::new(self.shared.gateway.clone(), self.seq).to_string());
-        fields["user"] = json!(grant.user.as_ref().map(UserId::as_str));
-        if let Some(info) = grant.info() {
-            fields["info"] = info.clone();
-        }
-        fields
+        let client = ConnectionId::new(self.shared.gateway.clone(), self.seq).to_string();
+        with_caller(fields, &client, &grant)
     }
 
     /// `{"op":"publish","channel","data"}`: where the namespace allows it,

@@ -475,7 +475,6 @@ impl Ctx<'_> {
         let schedule_s = ops as f64 / rate;
         let span_s = (m.last_recv_ns.saturating_sub(load.start_ns) as f64 / 1e9).max(schedule_s);
         let h = &m.hist;
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let mut r = ClientPhase {
             config: a.config_label(),
             op: a.op,
@@ -505,13 +504,7 @@ impl Ctx<'_> {
             disconnected: m.closed,
             offered_delivery_rate: expected as f64 / schedule_s,
             delivered_rate: m.unique as f64 / span_s,
-            latency_ms: Latency {
-                p50: ms(0.5),
-                p90: ms(0.9),
-                p99: ms(0.99),
-                p999: ms(0.999),
-                max: h.max() as f64 / 1000.0,
-            },
+            latency_ms: Latency::from_us(h),
             pushmesh_us_per_op: per_op(cpu(&is_pushmesh)),
             us_per_op: usage
                 .iter()

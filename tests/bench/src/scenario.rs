@@ -230,7 +230,6 @@ pub async fn phase(
     }
     let span_s = (m.last_recv_ns.saturating_sub(start_ns) as f64 / 1e9).max(count as f64 / per_sec);
     let h = &m.hist;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let mut r = PhaseResult {
         config: config.to_owned(),
         system: system.name(),
@@ -250,13 +249,7 @@ pub async fn phase(
         publisher_max_lag_ms: lag_ms,
         disconnected: m.closed + dead as u64,
         delivered_rate: m.unique as f64 / span_s,
-        latency_ms: Latency {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-        },
+        latency_ms: Latency::from_us(h),
         usage: cluster::usage(&before, &after),
         other_cpu_s: 0.0,
         server_us_per_delivery: 0.0,

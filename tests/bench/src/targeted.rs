@@ -440,7 +440,6 @@ impl<'a> Ctx<'a> {
         let schedule_s = messages as f64 / rate;
         let span_s = (m.last_recv_ns.saturating_sub(outcome.start_ns) as f64 / 1e9).max(schedule_s);
         let h = &m.hist;
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let mut r = MsgPhase {
             config: self.config.clone(),
             workload: self.workload,
@@ -474,13 +473,7 @@ impl<'a> Ctx<'a> {
             disconnected: m.closed,
             offered_delivery_rate: expected as f64 / schedule_s,
             delivered_rate: m.unique as f64 / span_s,
-            latency_ms: Latency {
-                p50: ms(0.5),
-                p90: ms(0.9),
-                p99: ms(0.99),
-                p999: ms(0.999),
-                max: h.max() as f64 / 1000.0,
-            },
+            latency_ms: Latency::from_us(h),
             system_us_per_message: per_msg(system_cpu),
             us_per_message: usage
                 .iter()
